@@ -1,0 +1,89 @@
+"""The project's exceptions: one base, a few specific subclasses that carry their evidence.
+
+Every error a user can provoke with bad input is a :class:`KvmMmuError`; the CLI prints its
+message on one line and exits with status 2, never with a traceback.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "KvmMmuError",
+    "TraceFormatError",
+    "TraceParseError",
+    "TraceTruncatedError",
+    "SchemaError",
+    "UnknownEventError",
+    "MissingExtraError",
+]
+
+
+class KvmMmuError(Exception):
+    """Base class of every error raised by kvm-mmu-replay."""
+
+
+class TraceFormatError(KvmMmuError):
+    """The input is not a trace in any format we read (empty, binary garbage, unknown magic)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+class TraceParseError(KvmMmuError):
+    """A line (text) or a byte range (binary) did not match the grammar it must follow."""
+
+    def __init__(
+        self,
+        path: str,
+        reason: str,
+        *,
+        lineno: int | None = None,
+        line: str | None = None,
+        offset: int | None = None,
+    ) -> None:
+        self.path = path
+        self.reason = reason
+        self.lineno = lineno
+        self.line = line
+        self.offset = offset
+        where = path
+        if lineno is not None:
+            where = f"{path}:{lineno}"
+        elif offset is not None:
+            where = f"{path}: byte {offset}"
+        text = f"{where}: {reason}"
+        if line is not None:
+            shown = line if len(line) <= 160 else line[:157] + "..."
+            text += f": {shown!r}"
+        super().__init__(text)
+
+
+class TraceTruncatedError(TraceParseError):
+    """A binary trace ends (or a size field points) before the data it announces."""
+
+
+class SchemaError(KvmMmuError):
+    """A table does not match the declared schema it claims to follow."""
+
+
+class UnknownEventError(KvmMmuError):
+    """A typed table was asked for an event that has no declared schema."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        self.known = known
+        super().__init__(
+            f"no typed table for event {name!r}; known: {', '.join(sorted(known))}"
+        )
+
+
+class MissingExtraError(KvmMmuError):
+    """An optional dependency is needed for this input (e.g. zstd-compressed trace.dat)."""
+
+    def __init__(self, module: str, extra: str, why: str) -> None:
+        self.module = module
+        self.extra = extra
+        super().__init__(
+            f"{why} needs the '{module}' module: pip install 'kvm-mmu-replay[{extra}]'"
+        )

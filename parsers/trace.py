@@ -1,0 +1,211 @@
+"""`Trace`: the set of Arrow tables a reader produces, and the metadata that goes with them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from parsers.errors import SchemaError, UnknownEventError
+from parsers.schema import EVENT_FIELDS, EVENTS_SCHEMA, LOST_EVENTS, METADATA_KEY, typed_schema
+
+__all__ = ["Trace", "TraceBatch", "TraceMetadata", "TraceStream"]
+
+#: How many offending lines per skip reason are kept as samples.
+SAMPLES_PER_REASON = 5
+
+
+@dataclass
+class TraceMetadata:
+    """What a reader learnt about its input besides the events themselves.
+
+    ``skipped`` counts input lines (or records) not turned into rows, by reason; ``samples``
+    keeps the first few of each reason as ``"<line>: <text>"`` so a user can see them.
+    """
+
+    source: str
+    format: str
+    variants: list[str] = field(default_factory=list)
+    clock: str | None = None
+    ts_unit: str = "ns"
+    cpus: int | None = None
+    skipped: dict[str, int] = field(default_factory=dict)
+    samples: dict[str, list[str]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def skip(self, reason: str, where: int, text: str, count: int = 1) -> None:
+        """Count ``count`` skipped inputs of ``reason``; keep ``text`` as a sample."""
+        self.skipped[reason] = self.skipped.get(reason, 0) + count
+        kept = self.samples.setdefault(reason, [])
+        if len(kept) < SAMPLES_PER_REASON:
+            kept.append(f"{where}: {text[:200]}")
+
+    def add_variant(self, name: str) -> None:
+        """Record that a format variant (e.g. ``record-tgid``) was seen."""
+        if name not in self.variants:
+            self.variants.append(name)
+
+    def to_json(self) -> str:
+        """The metadata as a JSON object (stored in the schema metadata of written files)."""
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> TraceMetadata:
+        """Inverse of :meth:`to_json`."""
+        return cls(**json.loads(text))
+
+
+@dataclass
+class TraceBatch:
+    """One streamed slice of a trace: rows of ``events`` and the typed rows that belong to them."""
+
+    events: pa.RecordBatch
+    typed: dict[str, pa.RecordBatch] = field(default_factory=dict)
+
+
+class TraceStream:
+    """An iterable of :class:`TraceBatch` whose :attr:`metadata` is complete once exhausted."""
+
+    def __init__(self, batches: Iterator[TraceBatch], metadata: TraceMetadata) -> None:
+        self._batches = batches
+        self.metadata = metadata
+
+    def __iter__(self) -> Iterator[TraceBatch]:
+        return self._batches
+
+
+class Trace:
+    """A parsed trace: the common ``events`` table plus one typed table per known event.
+
+    Examples:
+        >>> from parsers import read_trace
+        >>> trace = read_trace("sample_traces/tracefs_default.head.txt")
+        >>> trace.table("kvm_mmu_get_page").num_rows > 0
+        True
+    """
+
+    def __init__(
+        self, events: pa.Table, tables: dict[str, pa.Table], metadata: TraceMetadata
+    ) -> None:
+        if not events.schema.equals(EVENTS_SCHEMA):
+            raise SchemaError(f"events table does not match EVENTS_SCHEMA: {events.schema}")
+        for name, table in tables.items():
+            if not table.schema.equals(typed_schema(name)):
+                raise SchemaError(f"typed table {name!r} does not match its declared schema")
+        self.events = events
+        self._tables = tables
+        self.metadata = metadata
+
+    @classmethod
+    def from_stream(cls, stream: TraceStream) -> Trace:
+        """Collect a :class:`TraceStream` into whole tables."""
+        return cls.from_batches(stream, stream.metadata)
+
+    @classmethod
+    def from_batches(cls, batches: Iterable[TraceBatch], metadata: TraceMetadata) -> Trace:
+        """Concatenate streamed batches into a :class:`Trace`."""
+        events: list[pa.RecordBatch] = []
+        typed: dict[str, list[pa.RecordBatch]] = {}
+        for batch in batches:
+            events.append(batch.events)
+            for name, rb in batch.typed.items():
+                typed.setdefault(name, []).append(rb)
+        ev = pa.Table.from_batches(events, schema=EVENTS_SCHEMA).unify_dictionaries()
+        tables = {
+            name: pa.Table.from_batches(rbs, schema=typed_schema(name))
+            for name, rbs in typed.items()
+        }
+        return cls(ev.combine_chunks(), {n: t.combine_chunks() for n, t in tables.items()}, metadata)
+
+    @property
+    def names(self) -> list[str]:
+        """Typed tables that have at least one row, sorted."""
+        return sorted(n for n, t in self._tables.items() if t.num_rows)
+
+    def table(self, name: str = "events") -> pa.Table:
+        """The table ``name``: ``"events"`` or a typed event table (empty when the trace has none).
+
+        Raises:
+            UnknownEventError: no schema is declared for ``name``.
+        """
+        if name == "events":
+            return self.events
+        if name not in EVENT_FIELDS:
+            raise UnknownEventError(name, ["events", *EVENT_FIELDS])
+        found = self._tables.get(name)
+        return found if found is not None else typed_schema(name).empty_table()
+
+    def to_pandas(self, name: str = "events") -> pd.DataFrame:
+        """The table ``name`` as a pandas DataFrame (nullable integer columns stay integers)."""
+        return self.table(name).to_pandas(types_mapper=_pandas_type)
+
+    def with_metadata(self, table: pa.Table) -> pa.Table:
+        """``table`` with this trace's metadata attached to its schema (for writing files)."""
+        meta = dict(table.schema.metadata or {})
+        meta[METADATA_KEY] = self.metadata.to_json().encode()
+        return table.replace_schema_metadata(meta)
+
+    def event_counts(self) -> dict[str, int]:
+        """Rows of ``events`` per event name, lost-event markers excluded, sorted by name."""
+        counts = pc.value_counts(self.events.column("event").combine_chunks().dictionary_decode())
+        out = {
+            str(row["values"]): int(row["counts"])
+            for row in counts.to_pylist()
+            if row["values"] not in (LOST_EVENTS,)
+        }
+        return dict(sorted(out.items()))
+
+    def lost_events(self) -> dict[int, int | None]:
+        """Lost events per CPU; ``None`` where a marker did not give the count."""
+        out: dict[int, int | None] = {}
+        for row in self.table(LOST_EVENTS).select(["cpu", "count"]).to_pylist():
+            cpu, count = int(row["cpu"] if row["cpu"] is not None else -1), row["count"]
+            if count is None or out.get(cpu, 0) is None:
+                out[cpu] = None
+            else:
+                prev = out.get(cpu, 0)
+                out[cpu] = (prev or 0) + int(count)
+        return dict(sorted(out.items()))
+
+    def info(self) -> dict[str, Any]:
+        """A JSON-ready summary: format, clock, CPUs, time range, counts, losses, skips."""
+        ts = self.events.column("ts")
+        real = self.events.filter(
+            pc.invert(pc.is_in(self.events.column("event").combine_chunks().dictionary_decode(),
+                               pa.array([LOST_EVENTS, "buffer_started"])))
+        ).column("ts") if self.events.num_rows else ts
+        cpus = self.metadata.cpus
+        if cpus is None and self.events.num_rows:
+            top = pc.max(self.events.column("cpu")).as_py()
+            cpus = None if top is None else int(top) + 1
+        return {
+            "source": self.metadata.source,
+            "format": self.metadata.format,
+            "variants": list(self.metadata.variants),
+            "clock": self.metadata.clock,
+            "ts_unit": self.metadata.ts_unit,
+            "cpus": cpus,
+            "events": int(sum(self.event_counts().values())),
+            "first_ts": pc.min(real).as_py() if len(real) else None,
+            "last_ts": pc.max(real).as_py() if len(real) else None,
+            "event_counts": self.event_counts(),
+            "lost_events": {str(k): v for k, v in self.lost_events().items()},
+            "skipped_lines": dict(sorted(self.metadata.skipped.items())),
+            "skipped_samples": dict(sorted(self.metadata.samples.items())),
+            "warnings": list(self.metadata.warnings),
+        }
+
+
+def _pandas_type(t: pa.DataType) -> Any:
+    """Map Arrow integer and bool types to pandas' nullable dtypes so nulls stay nulls."""
+    mapping = {
+        pa.int8(): pd.Int8Dtype(), pa.int16(): pd.Int16Dtype(), pa.int32(): pd.Int32Dtype(),
+        pa.int64(): pd.Int64Dtype(), pa.uint8(): pd.UInt8Dtype(), pa.uint16(): pd.UInt16Dtype(),
+        pa.uint32(): pd.UInt32Dtype(), pa.uint64(): pd.UInt64Dtype(), pa.bool_(): pd.BooleanDtype(),
+    }
+    return mapping.get(t)
