@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-SAMPLE ?= sample_traces/tracefs_default.head.txt
+SAMPLE ?= sample_traces/tracefs_record_tgid.txt
 
 .PHONY: run test bench clean
 

@@ -13,7 +13,10 @@ from parsers.errors import (
     TraceTruncatedError,
     UnknownEventError,
 )
+from parsers.detect import detect_format, iter_trace, read_trace
+from parsers.ftrace_text import iter_ftrace_text, read_ftrace_text
 from parsers.schema import EVENTS_SCHEMA, typed_event_names, typed_schema
+from parsers.table_files import write_tables
 from parsers.trace import Trace, TraceBatch, TraceMetadata, TraceStream
 
 __all__ = [
@@ -29,6 +32,12 @@ __all__ = [
     "TraceStream",
     "TraceTruncatedError",
     "UnknownEventError",
+    "detect_format",
+    "iter_ftrace_text",
+    "iter_trace",
+    "read_ftrace_text",
+    "read_trace",
+    "write_tables",
     "typed_event_names",
     "typed_schema",
 ]

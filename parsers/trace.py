@@ -66,6 +66,8 @@ class TraceBatch:
 
     events: pa.RecordBatch
     typed: dict[str, pa.RecordBatch] = field(default_factory=dict)
+    #: Input bytes (decompressed) this batch consumed, for progress reporting.
+    source_bytes: int = 0
 
 
 class TraceStream:
@@ -84,7 +86,7 @@ class Trace:
 
     Examples:
         >>> from parsers import read_trace
-        >>> trace = read_trace("sample_traces/tracefs_default.head.txt")
+        >>> trace = read_trace("sample_traces/tracefs_record_tgid.txt")
         >>> trace.table("kvm_mmu_get_page").num_rows > 0
         True
     """

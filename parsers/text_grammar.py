@@ -1,0 +1,156 @@
+"""The line grammar of ftrace text and ``trace-cmd report`` output, applied to whole columns.
+
+An event line is ``[file: ]COMM-PID [(TGID)] [CPU] [FLAGS] TS: [(+DELTA)] EVENT: PAYLOAD``
+(kernel/trace/trace_output.c ``trace_print_context``; trace-cmd tracecmd/trace-read.c), with
+the ``-l`` variant ``COMM-PID CPUFLAGS TS:`` and the ``-R`` (>= 3.3) variant ``[CPU]-0xF``.
+Each line is cut at the timestamp into a short *context* and a *tail*; both are matched with
+RE2 (pyarrow.compute) over the whole chunk, so the cost per line is a few C calls, not a
+Python loop. Lines that are not events (headers, markers, garbage) are few and are classified
+one by one by :mod:`parsers.text_markers`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from parsers.numeric_text import dec_to_int
+
+__all__ = ["EventLines", "split_event_lines", "TS_FIND_RE", "CTX_RE", "TAIL_RE"]
+
+#: Where the timestamp starts: the first `` <digits>[.<digits>]: `` of the line.
+TS_FIND_RE = r" [0-9]+(?:\.[0-9]+)?: "
+
+#: The context before the timestamp. ``comm`` is greedy: it runs to the last ``-PID`` that
+#: the rest of the grammar accepts, so comms with dashes, spaces, slashes and colons work.
+CTX_RE = (
+    r"^ *(?P<comm>.*)-(?P<pid>[0-9]+) +(?:\((?P<tgid>[ 0-9-]+)\) +)?"
+    r"(?:\[(?P<cpu>[0-9]+)\](?:-(?P<rflags>0x[0-9a-fA-F]+))?"
+    r"|(?P<lcpu>[0-9]+)(?P<lflags>[^ \[\]0-9][^ \[\]]{2,6}))"
+    r"(?: +(?P<flags>[^ ]{3,7}))? *$"
+)
+
+#: The tail from the timestamp to the start of the payload.
+TAIL_RE = (
+    r"^(?P<head> +(?P<sec>[0-9]+)(?:\.(?P<frac>[0-9]+))?: +(?:\(\+[0-9]*\) +)?"
+    r"(?P<event>[^ :]+): *)"
+)
+
+_POW10 = np.array([10**k for k in range(10)], dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class EventLines:
+    """Columns of the lines of a chunk that are events; ``rows`` are their chunk positions."""
+
+    rows: np.ndarray
+    comm: pa.Array
+    pid: pa.Array
+    tgid: pa.Array
+    cpu: pa.Array
+    flags: pa.Array
+    sec: pa.Array
+    frac_digits: np.ndarray
+    ts: np.ndarray
+    event: pa.Array
+    payload: pa.Array
+    instance: pa.Array | None = None
+
+    def take(self, idx: np.ndarray) -> EventLines:
+        """The rows at positions ``idx``."""
+        sel = pa.array(idx, pa.int64())
+        picked = {
+            f.name: (v[idx] if isinstance(v, np.ndarray) else None if v is None else v.take(sel))
+            for f in fields(self) for v in [getattr(self, f.name)]
+        }
+        return EventLines(**picked)
+
+
+def _opt(col: pa.Array) -> pa.Array:
+    """An optional RE2 group that did not take part comes back as ``""``: make it null."""
+    return pc.if_else(pc.equal(col, ""), pa.scalar(None, pa.string()), col)
+
+
+def _partition(lines: pa.StringArray, bounds: np.ndarray, parts: int) -> list[pa.Array]:
+    """Cut every line into ``parts`` consecutive pieces at ``bounds`` (n x parts starts).
+
+    The pieces of all lines tile the chunk's buffer, so one offsets array describes them all
+    and no text is copied until a piece is selected.
+    """
+    n = len(lines)
+    data = lines.buffers()[2]
+    base = np.frombuffer(lines.buffers()[1], dtype=np.int32)[lines.offset : lines.offset + n + 1]
+    offsets = np.empty(n * parts + 1, dtype=np.int32)
+    offsets[:-1] = bounds.reshape(-1)
+    offsets[-1] = base[-1]
+    tiled = pa.Array.from_buffers(pa.string(), n * parts, [None, pa.py_buffer(offsets), data])
+    return [tiled.take(pa.array(np.arange(j, n * parts, parts))) for j in range(parts)]
+
+
+def _line_bounds(lines: pa.StringArray) -> tuple[np.ndarray, np.ndarray]:
+    n = len(lines)
+    base = np.frombuffer(lines.buffers()[1], dtype=np.int32)[lines.offset : lines.offset + n + 1]
+    return base[:-1].astype(np.int64), base[1:].astype(np.int64)
+
+
+def _content_end(lines: pa.StringArray, ends: np.ndarray) -> np.ndarray:
+    """Byte offset where each line's content ends (before ``\\n`` or ``\\r\\n``)."""
+    data = np.frombuffer(lines.buffers()[2], dtype=np.uint8)
+    end = ends - 1  # every line carries its "\n"
+    cr = data[np.maximum(end - 1, 0)] == 13
+    return np.where(cr & (end > 0), end - 1, end)
+
+
+def _timestamps(sec: pa.Array, frac: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """int64 ts: ``sec * 1e9 + frac`` scaled by its digit count; bare integers stay ticks."""
+    s = dec_to_int(sec, pa.int64()).to_numpy(zero_copy_only=False)
+    digits = pc.fill_null(pc.utf8_length(frac), 0).to_numpy(zero_copy_only=False)
+    f = pc.fill_null(dec_to_int(frac, pa.int64()), 0).to_numpy(zero_copy_only=False)
+    digits = np.asarray(digits, dtype=np.int64)
+    scale = _POW10[np.clip(9 - digits, 0, 9)]
+    ns = s * 1_000_000_000 + f * scale
+    return np.where(digits == 0, s, ns).astype(np.int64), digits
+
+
+def split_event_lines(lines: pa.StringArray) -> EventLines:
+    """Match the event-line grammar over a chunk; rows that do not match are left out."""
+    n = len(lines)
+    starts, ends = _line_bounds(lines)
+    pos = pc.find_substring_regex(lines, TS_FIND_RE).to_numpy(zero_copy_only=False)
+    cut = starts + np.maximum(pos, 0)
+    ctx_all, tail_all = _partition(lines, np.stack([starts, cut], axis=1).astype(np.int32), 2)
+    cand = np.flatnonzero(pos >= 0)
+    ctx = pc.extract_regex(ctx_all.take(pa.array(cand)), CTX_RE)
+    tail = pc.extract_regex(tail_all.take(pa.array(cand)), TAIL_RE)
+    ok = np.asarray(pc.and_(pc.is_valid(ctx), pc.is_valid(tail)).to_numpy(zero_copy_only=False))
+    rows = cand[ok]
+    keep = pa.array(np.flatnonzero(ok))
+    ctx, tail = ctx.take(keep), tail.take(keep)
+    head_len = pc.binary_length(tail.field("head")).to_numpy(zero_copy_only=False)
+    pay_start = cut[rows] + head_len
+    pay_end = np.maximum(_content_end(lines, ends)[rows], pay_start)
+    bounds = np.stack([starts, starts, ends], axis=1)
+    bounds[rows, 1] = pay_start
+    bounds[rows, 2] = pay_end
+    _, payload_all, _ = _partition(lines, bounds.astype(np.int32), 3)
+    payload = payload_all.take(pa.array(rows))
+    cpu = pc.coalesce(_opt(ctx.field("cpu")), _opt(ctx.field("lcpu")))
+    flags = pc.coalesce(*(_opt(ctx.field(g)) for g in ("flags", "lflags", "rflags")))
+    tgid_text = _opt(pc.utf8_trim_whitespace(ctx.field("tgid")))
+    ts, digits = _timestamps(tail.field("sec"), _opt(tail.field("frac")))
+    return EventLines(
+        rows=rows,
+        comm=ctx.field("comm"),
+        pid=dec_to_int(ctx.field("pid"), pa.int32()),
+        tgid=dec_to_int(tgid_text, pa.int32()),
+        cpu=dec_to_int(cpu, pa.int32()),
+        flags=flags,
+        sec=tail.field("sec"),
+        frac_digits=digits,
+        ts=ts,
+        event=tail.field("event"),
+        payload=payload,
+    )
