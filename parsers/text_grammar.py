@@ -33,6 +33,18 @@ CTX_RE = (
     r"(?: +(?P<flags>[^ ]{3,7}))? *$"
 )
 
+#: Fast paths for the common layouts: matched from the right without capturing ``comm``
+#: (RE2 then finds the match with a DFA and captures only the short suffix); ``comm`` is
+#: what precedes the match. Lines they miss fall back to :data:`CTX_RE`.
+CTX_FAST_RE = (
+    r"(?P<all>-(?P<pid>[0-9]+) +\[(?P<cpu>[0-9]+)\](?: +(?P<flags>[^ ]{3,7}))? *)$"
+)
+CTX_FAST_TGID_RE = (
+    r"(?P<all>-(?P<pid>[0-9]+) +\((?P<tgid>[ 0-9-]+)\) +\[(?P<cpu>[0-9]+)\]"
+    r"(?: +(?P<flags>[^ ]{3,7}))? *)$"
+)
+TAIL_FAST_RE = r"^(?P<head> +(?P<sec>[0-9]+)(?:\.(?P<frac>[0-9]+))?: +(?P<event>[^ :]+): *)"
+
 #: The tail from the timestamp to the start of the payload.
 TAIL_RE = (
     r"^(?P<head> +(?P<sec>[0-9]+)(?:\.(?P<frac>[0-9]+))?: +(?:\(\+[0-9]*\) +)?"
@@ -115,6 +127,49 @@ def _timestamps(sec: pa.Array, frac: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return np.where(digits == 0, s, ns).astype(np.int64), digits
 
 
+def _first_match(text: pa.Array, patterns: list[str]) -> dict[str, pa.Array]:
+    """Groups of the first pattern each row matches (patterns tried in order on the rest);
+    a group a pattern lacks, or a row no pattern matches, is null."""
+    n = len(text)
+    out: dict[str, pa.Array] = {}
+    left = np.arange(n)
+    for pattern in patterns:
+        if not left.size:
+            break
+        part = text if left.size == n else text.take(pa.array(left))
+        found = pc.extract_regex(part, pattern)
+        hit = np.asarray(pc.is_valid(found).to_numpy(zero_copy_only=False))
+        if hit.any():
+            rows = left[hit]
+            where = np.full(n, -1, dtype=np.int64)
+            where[rows] = np.arange(rows.size)
+            index = pa.array(where, mask=where < 0)
+            hits = found.filter(pa.array(hit))
+            for i, name in enumerate(found.type.names):
+                col = hits.field(i).take(index)
+                out[name] = col if name not in out else pc.coalesce(out[name], col)
+        left = left[~hit]
+    return out
+
+
+def _match_context(ctx: pa.StringArray) -> dict[str, pa.Array]:
+    """Context groups: fast suffix patterns first (``comm`` = what precedes the match, less
+    the padding), then the general :data:`CTX_RE` for the rest."""
+    groups = ("comm", "pid", "tgid", "cpu", "rflags", "lcpu", "lflags", "flags")
+    found = _first_match(ctx, [CTX_FAST_RE, CTX_FAST_TGID_RE, CTX_RE])
+    out = {g: found.get(g, pa.nulls(len(ctx), pa.string())) for g in groups}
+    fast = pc.is_valid(found.get("all", pa.nulls(len(ctx), pa.string())))
+    if pc.any(fast).as_py():
+        starts, ends = _line_bounds(ctx)
+        cut = ends - pc.fill_null(pc.binary_length(found["all"]), 0).to_numpy(
+            zero_copy_only=False)
+        bounds = np.stack([starts, np.maximum(cut, starts)], axis=1).astype(np.int32)
+        head, _ = _partition(ctx, bounds, 2)
+        fast_comm = pc.utf8_ltrim(head, " ")
+        out["comm"] = pc.if_else(fast, fast_comm, out["comm"])
+    return out
+
+
 def split_event_lines(lines: pa.StringArray) -> EventLines:
     """Match the event-line grammar over a chunk; rows that do not match are left out."""
     n = len(lines)
@@ -123,13 +178,15 @@ def split_event_lines(lines: pa.StringArray) -> EventLines:
     cut = starts + np.maximum(pos, 0)
     ctx_all, tail_all = _partition(lines, np.stack([starts, cut], axis=1).astype(np.int32), 2)
     cand = np.flatnonzero(pos >= 0)
-    ctx = pc.extract_regex(ctx_all.take(pa.array(cand)), CTX_RE)
-    tail = pc.extract_regex(tail_all.take(pa.array(cand)), TAIL_RE)
-    ok = np.asarray(pc.and_(pc.is_valid(ctx), pc.is_valid(tail)).to_numpy(zero_copy_only=False))
+    ctx = _match_context(ctx_all.take(pa.array(cand)))
+    tail = _first_match(tail_all.take(pa.array(cand)), [TAIL_FAST_RE, TAIL_RE])
+    ok = np.asarray(pc.and_(pc.is_valid(ctx["pid"]), pc.is_valid(tail["event"]))
+                    .to_numpy(zero_copy_only=False))
     rows = cand[ok]
     keep = pa.array(np.flatnonzero(ok))
-    ctx, tail = ctx.take(keep), tail.take(keep)
-    head_len = pc.binary_length(tail.field("head")).to_numpy(zero_copy_only=False)
+    ctx = {k: v.take(keep) for k, v in ctx.items()}
+    tail = {k: v.take(keep) for k, v in tail.items()}
+    head_len = pc.binary_length(tail["head"]).to_numpy(zero_copy_only=False)
     pay_start = cut[rows] + head_len
     pay_end = np.maximum(_content_end(lines, ends)[rows], pay_start)
     bounds = np.stack([starts, starts, ends], axis=1)
@@ -137,20 +194,20 @@ def split_event_lines(lines: pa.StringArray) -> EventLines:
     bounds[rows, 2] = pay_end
     _, payload_all, _ = _partition(lines, bounds.astype(np.int32), 3)
     payload = payload_all.take(pa.array(rows))
-    cpu = pc.coalesce(_opt(ctx.field("cpu")), _opt(ctx.field("lcpu")))
-    flags = pc.coalesce(*(_opt(ctx.field(g)) for g in ("flags", "lflags", "rflags")))
-    tgid_text = _opt(pc.utf8_trim_whitespace(ctx.field("tgid")))
-    ts, digits = _timestamps(tail.field("sec"), _opt(tail.field("frac")))
+    cpu = pc.coalesce(_opt(ctx["cpu"]), _opt(ctx["lcpu"]))
+    flags = pc.coalesce(*(_opt(ctx[g]) for g in ("flags", "lflags", "rflags")))
+    tgid_text = _opt(pc.utf8_trim_whitespace(ctx["tgid"]))
+    ts, digits = _timestamps(tail["sec"], _opt(tail["frac"]))
     return EventLines(
         rows=rows,
-        comm=ctx.field("comm"),
-        pid=dec_to_int(ctx.field("pid"), pa.int32()),
+        comm=ctx["comm"],
+        pid=dec_to_int(ctx["pid"], pa.int32()),
         tgid=dec_to_int(tgid_text, pa.int32()),
         cpu=dec_to_int(cpu, pa.int32()),
         flags=flags,
-        sec=tail.field("sec"),
+        sec=tail["sec"],
         frac_digits=digits,
         ts=ts,
-        event=tail.field("event"),
+        event=tail["event"],
         payload=payload,
     )
