@@ -22,6 +22,8 @@ run: $(VENV)/.installed
 	$(BIN)/kvm-mmu-replay info $(SAMPLE)
 
 test: $(VENV)/.installed-test
+	$(BIN)/ruff check parsers replay tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.installed

@@ -4,6 +4,7 @@ Every reader has the same shape: ``read_<format>(source) -> Trace``; :func:`read
 detects the format from the content. See :mod:`parsers.schema` for the tables.
 """
 
+from parsers.detect import detect_format, iter_trace, read_trace
 from parsers.errors import (
     KvmMmuError,
     MissingExtraError,
@@ -13,7 +14,6 @@ from parsers.errors import (
     TraceTruncatedError,
     UnknownEventError,
 )
-from parsers.detect import detect_format, iter_trace, read_trace
 from parsers.ftrace_text import iter_ftrace_text, read_ftrace_text
 from parsers.schema import EVENTS_SCHEMA, typed_event_names, typed_schema
 from parsers.table_files import write_tables

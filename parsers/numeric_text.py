@@ -64,7 +64,10 @@ def hex_to_uint64(text: pa.Array, *, strict: bool = False) -> pa.Array:
     return pa.array(values, pa.uint64(), mask=~valid | bad)
 
 
-def dec_to_int(text: pa.Array, typ: pa.DataType = pa.int64(), *, strict: bool = False) -> pa.Array:
+_INT64 = pa.int64()
+
+
+def dec_to_int(text: pa.Array, typ: pa.DataType = _INT64, *, strict: bool = False) -> pa.Array:
     """Parse decimal strings (optionally signed) into ``typ``; non-numbers become null.
 
     Examples:

@@ -12,6 +12,7 @@ one by one by :mod:`parsers.text_markers`.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -74,7 +75,7 @@ class EventLines:
     def take(self, idx: np.ndarray) -> EventLines:
         """The rows at positions ``idx``."""
         sel = pa.array(idx, pa.int64())
-        picked = {
+        picked: dict[str, Any] = {
             f.name: (v[idx] if isinstance(v, np.ndarray) else None if v is None else v.take(sel))
             for f in fields(self) for v in [getattr(self, f.name)]
         }
@@ -172,7 +173,6 @@ def _match_context(ctx: pa.StringArray) -> dict[str, pa.Array]:
 
 def split_event_lines(lines: pa.StringArray) -> EventLines:
     """Match the event-line grammar over a chunk; rows that do not match are left out."""
-    n = len(lines)
     starts, ends = _line_bounds(lines)
     pos = pc.find_substring_regex(lines, TS_FIND_RE).to_numpy(zero_copy_only=False)
     cut = starts + np.maximum(pos, 0)

@@ -189,8 +189,9 @@ def _kernel_renderings() -> dict[str, list[Rendering]]:
         page[n].append(Rendering("plugin", rx, frozenset({"gfn"}), _page_plugin))
     h = frozenset
     simple: dict[str, list[Rendering]] = {
-        "check_mmio_spte": [Rendering("kernel", rf"^spte (?P<spte>{_H}) kvm_gen (?P<kvm_gen>{_H}) "
-                                      rf"spte-gen (?P<spte_gen>{_H}) valid \d", h({"spte", "kvm_gen", "spte_gen"}))],
+        "check_mmio_spte": [Rendering(
+            "kernel", rf"^spte (?P<spte>{_H}) kvm_gen (?P<kvm_gen>{_H}) "
+            rf"spte-gen (?P<spte_gen>{_H}) valid \d", h({"spte", "kvm_gen", "spte_gen"}))],
         "fast_page_fault": [Rendering(
             "kernel", rf"^vcpu (?P<vcpu_id>-?\d+) gva (?P<cr2_or_gpa>{_H}) error_code (?P<_flags>\S*) "
             rf"sptep \S+ old (?P<old_spte>(?:0x)?{_H}) new (?P<new_spte>{_H}) "

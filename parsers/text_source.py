@@ -55,7 +55,7 @@ def _open_compressed(path: str, raw: BinaryIO, head: bytes) -> BinaryIO:
             import zstandard
         except ImportError as exc:
             raise MissingExtraError("zstandard", "zstd", f"{path}: zstd-compressed input") from exc
-        return zstandard.ZstdDecompressor().stream_reader(raw)  # type: ignore[return-value]
+        return zstandard.ZstdDecompressor().stream_reader(raw)
     return raw
 
 

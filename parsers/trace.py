@@ -12,7 +12,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from parsers.errors import SchemaError, UnknownEventError
-from parsers.schema import EVENT_FIELDS, EVENTS_SCHEMA, LOST_EVENTS, METADATA_KEY, typed_schema
+from parsers.schema import (
+    BUFFER_STARTED,
+    EVENT_FIELDS,
+    EVENTS_SCHEMA,
+    LOST_EVENTS,
+    METADATA_KEY,
+    typed_schema,
+)
+
+#: Rows of ``events`` that mark the trace itself rather than record a kernel event.
+MARKERS = (LOST_EVENTS, BUFFER_STARTED)
 
 __all__ = ["Trace", "TraceBatch", "TraceMetadata", "TraceStream"]
 
@@ -152,15 +162,17 @@ class Trace:
         meta[METADATA_KEY] = self.metadata.to_json().encode()
         return table.replace_schema_metadata(meta)
 
+    def _is_record(self) -> pa.ChunkedArray:
+        """Mask of ``events`` rows that are kernel events, not :data:`MARKERS`."""
+        names = self.events.column("event").cast(pa.string())
+        return pc.invert(pc.is_in(names, pa.array(MARKERS)))
+
     def event_counts(self) -> dict[str, int]:
-        """Rows of ``events`` per event name, lost-event markers excluded, sorted by name."""
-        counts = pc.value_counts(self.events.column("event").combine_chunks().dictionary_decode())
-        out = {
-            str(row["values"]): int(row["counts"])
-            for row in counts.to_pylist()
-            if row["values"] not in (LOST_EVENTS,)
-        }
-        return dict(sorted(out.items()))
+        """Rows of ``events`` per event name, markers excluded, sorted by name."""
+        names = self.events.filter(self._is_record()).column("event").cast(pa.string())
+        counts = pc.value_counts(names.combine_chunks()).to_pylist()
+        return {str(r["values"]): int(r["counts"]) for r in sorted(
+            counts, key=lambda r: str(r["values"]))}
 
     def lost_events(self) -> dict[int, int | None]:
         """Lost events per CPU; ``None`` where a marker did not give the count."""
@@ -176,11 +188,7 @@ class Trace:
 
     def info(self) -> dict[str, Any]:
         """A JSON-ready summary: format, clock, CPUs, time range, counts, losses, skips."""
-        ts = self.events.column("ts")
-        real = self.events.filter(
-            pc.invert(pc.is_in(self.events.column("event").combine_chunks().dictionary_decode(),
-                               pa.array([LOST_EVENTS, "buffer_started"])))
-        ).column("ts") if self.events.num_rows else ts
+        real = self.events.filter(self._is_record()).column("ts")
         cpus = self.metadata.cpus
         if cpus is None and self.events.num_rows:
             top = pc.max(self.events.column("cpu")).as_py()

@@ -7,7 +7,6 @@ Errors the user can cause print one line on stderr and exit with status 2.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from rich.table import Table
 
 from parsers import KvmMmuError, Trace, TraceBatch, TraceStream
 from parsers.detect import iter_trace
-from parsers.table_files import TABLE_FORMATS, write_tables
+from parsers.table_files import write_tables
 
 __all__ = ["app", "main"]
 

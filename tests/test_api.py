@@ -7,9 +7,9 @@ import importlib
 import pkgutil
 
 import pytest
+from conftest import ROOT
 
 import parsers
-from conftest import ROOT
 
 MODULES = sorted(m.name for m in pkgutil.iter_modules(parsers.__path__, "parsers."))
 

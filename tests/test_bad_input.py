@@ -7,8 +7,8 @@ import lzma
 from pathlib import Path
 
 import pytest
-
 from conftest import SAMPLES
+
 from parsers import TraceFormatError, TraceParseError, read_trace
 
 GOOD = (" kvm_root_worklo-17487   [001] d..1.  1806.029258: kvm_mmu_zap_all_fast: "

@@ -7,8 +7,8 @@ import json
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-
 from conftest import GOLDEN, SAMPLES, SHARED_TRACES, check_golden, readme_counts, shared_trace
+
 from parsers import read_trace
 
 COUNTED = sorted(readme_counts()) or ["real/tracefs_default.txt"]
