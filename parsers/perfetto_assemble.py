@@ -1,0 +1,272 @@
+"""Assemble decoded bundles into a :class:`~parsers.trace.TraceBatch` in file order.
+
+Rows come in the order of the file: bundle by bundle; in each bundle a ``lost_events``
+marker first (the flag says events were lost *before* the bundle), then the events, with
+compact-sched events merged in by timestamp. ``seq`` numbers the rows of the whole trace.
+``comm``/``tgid`` come from the :class:`~parsers.perfetto_threads.ThreadMap`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from parsers.perfetto_bundles import Bundle, CompactEvent
+from parsers.perfetto_events import DecodedEvents, EventGroup
+from parsers.perfetto_threads import ThreadMap
+from parsers.perfetto_wire import I64
+from parsers.schema import EVENTS_SCHEMA, LOST_EVENTS
+from parsers.trace import TraceBatch
+from parsers.typed_batch import build_typed_batch
+
+__all__ = ["Inference", "assemble_batch", "VCPU_TABLES"]
+
+#: Compiled Perfetto events whose x86 fields (``vcpu_id`` among them) the recorder drops.
+VCPU_TABLES = ("kvm_entry", "kvm_exit")
+_VCPU_SOURCES = ("kvm_page_fault", "fast_page_fault", "kvm_entry", "kvm_exit")
+
+
+@dataclass
+class Inference:
+    """How many compiled kvm_entry/kvm_exit rows got their vcpu_id, and from what."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def add(self, how: str, n: int) -> None:
+        """Count ``n`` rows resolved by ``how`` (``""``: not resolved)."""
+        if n:
+            self.counts[how] = self.counts.get(how, 0) + n
+
+
+@dataclass
+class _Rows:
+    """The row layout of a batch before columns are built."""
+
+    kind: I64  # 0 marker, 1 event, 2 compact
+    index: I64  # into markers / decoded events / compact list
+    bundle: I64
+
+
+def _layout(bundles: list[Bundle], dec: DecodedEvents, compact: list[list[CompactEvent]],
+            keep: np.ndarray) -> _Rows:
+    nb = len(bundles)
+    ev_idx = np.flatnonzero(keep)
+    first = np.searchsorted(dec.bundle, np.arange(nb))
+    within = ev_idx - first[dec.bundle[ev_idx]]
+    keys_b = [dec.bundle[ev_idx]]
+    keys_slot = [2 * within + 1]
+    kinds = [np.ones(ev_idx.size, np.int64)]
+    index = [ev_idx]
+    lost = np.array([b.lost_events for b in bundles], bool)
+    lb = np.flatnonzero(lost)
+    keys_b.append(lb)
+    keys_slot.append(np.full(lb.size, -1, np.int64))
+    kinds.append(np.zeros(lb.size, np.int64))
+    index.append(lb)
+    flat = [(b, i, ev) for b, evs in enumerate(compact) for i, ev in enumerate(evs)]
+    if flat:
+        cb = np.array([b for b, _, _ in flat], np.int64)
+        cts = np.array([ev.ts for _, _, ev in flat], np.int64)
+        slot = np.empty(cb.size, np.int64)
+        for b in np.unique(cb).tolist():
+            mine = np.flatnonzero(dec.bundle[ev_idx] == b)
+            sel = cb == b
+            slot[sel] = 2 * np.searchsorted(dec.ts[ev_idx[mine]], cts[sel], side="right")
+        keys_b.append(cb)
+        keys_slot.append(slot)
+        kinds.append(np.full(cb.size, 2, np.int64))
+        index.append(np.arange(cb.size, dtype=np.int64))
+    b_all, s_all = np.concatenate(keys_b), np.concatenate(keys_slot)
+    order = np.lexsort((np.arange(b_all.size), s_all, b_all))
+    return _Rows(np.concatenate(kinds)[order], np.concatenate(index)[order], b_all[order])
+
+
+def assemble_batch(
+    bundles: list[Bundle], dec: DecodedEvents, compact: list[list[CompactEvent]],
+    threads: ThreadMap, keep_events: Collection[str] | None, seq0: int, last_ts: int | None,
+    inference: Inference,
+) -> tuple[TraceBatch, int]:
+    """Build the batch; returns it and the number of rows (``seq`` advances by that)."""
+    groups = [g for g in dec.groups if keep_events is None or g.name in keep_events]
+    flat_compact = [ev for evs in compact for ev in evs]
+    keep = np.zeros(dec.ts.size, bool)
+    name_of = np.full(dec.ts.size, -1, np.int64)
+    for gi, g in enumerate(groups):
+        keep[g.rows] = True
+        name_of[g.rows] = gi
+    if keep_events is not None:
+        kept = [ev for ev in flat_compact if ev.name in keep_events]
+        compact = [[ev for ev in evs if ev.name in keep_events] for evs in compact]
+        flat_compact = kept
+    rows = _layout(bundles, dec, compact, keep)
+    n = rows.kind.size
+    seq = seq0 + np.arange(n, dtype=np.int64)
+    cols = _columns(bundles, dec, flat_compact, groups, name_of, rows, threads, last_ts)
+    event_seq = np.full(dec.ts.size, -1, np.int64)
+    is_ev = rows.kind == 1
+    event_seq[rows.index[is_ev]] = seq[is_ev]
+    typed = _typed(groups, dec, bundles, event_seq, threads, inference)
+    lost_rows = np.flatnonzero(rows.kind == 0)
+    if lost_rows.size:
+        typed[LOST_EVENTS] = build_typed_batch(
+            LOST_EVENTS, seq=pa.array(seq[lost_rows]), ts=cols["ts"].take(pa.array(lost_rows)),
+            cpu=cols["cpu"].take(pa.array(lost_rows)), pid=pa.nulls(lost_rows.size, pa.int32()),
+            fields={})
+    cols["seq"] = pa.array(seq)
+    arrays = [
+        _dict(cols[f.name]) if pa.types.is_dictionary(f.type) else cols[f.name].cast(f.type)
+        for f in EVENTS_SCHEMA
+    ]
+    batch = pa.RecordBatch.from_arrays(arrays, schema=EVENTS_SCHEMA)
+    return TraceBatch(batch, typed, sum(len(b.data) for b in bundles)), n
+
+
+def _dict(arr: pa.Array) -> pa.Array:
+    return pc.dictionary_encode(arr.cast(pa.string())).cast(pa.dictionary(pa.int32(), pa.string()))
+
+
+def _columns(
+    bundles: list[Bundle], dec: DecodedEvents, compact: list[CompactEvent],
+    groups: list[EventGroup], name_of: I64, rows: _Rows, threads: ThreadMap,
+    last_ts: int | None,
+) -> dict[str, pa.Array]:
+    n = rows.kind.size
+    kind, index = rows.kind, rows.index
+    ev, mk, cp = kind == 1, kind == 0, kind == 2
+    ts = np.zeros(n, np.int64)
+    pid = np.zeros(n, np.int64)
+    pid_ok = np.zeros(n, bool)
+    ts[ev] = dec.ts[index[ev]]
+    pid[ev], pid_ok[ev] = dec.pid[index[ev]], dec.pid_ok[index[ev]]
+    ts[mk] = [_marker_ts(b, bundles[b], dec, last_ts) for b in index[mk].tolist()]
+    cidx = index[cp].tolist()
+    ts[cp] = [compact[i].ts for i in cidx]
+    pid[cp] = [compact[i].pid or 0 for i in cidx]
+    pid_ok[cp] = [compact[i].pid is not None for i in cidx]
+    cpus = [b.cpu for b in bundles]
+    cpu = pa.array([cpus[b] for b in rows.bundle.tolist()], pa.int32())
+    names = [g.name for g in groups]
+    event = np.empty(n, object)
+    event[ev] = [names[i] for i in name_of[index[ev]].tolist()]
+    event[mk] = LOST_EVENTS
+    event[cp] = [compact[i].name for i in cidx]
+    comm, tgid = _who(pid, pid_ok, threads)
+    return {
+        "ts": pa.array(ts), "pid": pa.array(pid.astype(np.int32), mask=~pid_ok), "cpu": cpu,
+        "tgid": tgid, "comm": comm, "event": pa.array(event, pa.string()),
+        "flags": pa.nulls(n, pa.string()), "instance": pa.nulls(n, pa.string()),
+        "args": _args(groups, dec.ts.size, rows, compact),
+    }
+
+
+def _marker_ts(b: int, bundle: Bundle, dec: DecodedEvents, last_ts: int | None) -> int:
+    """A loss marker takes the time of the bundle's first event (the first record after the
+    loss), else the bundle's read time, else the last time seen."""
+    assert dec.dropped is not None
+    mine = np.flatnonzero((dec.bundle == b) & ~dec.dropped)
+    if mine.size:
+        return int(dec.ts[mine[0]])
+    if bundle.ftrace_timestamp is not None:
+        return bundle.ftrace_timestamp
+    return last_ts if last_ts is not None else 0
+
+
+def _who(pid: I64, ok: np.ndarray, threads: ThreadMap) -> tuple[pa.Array, pa.Array]:
+    uniq, inverse = np.unique(np.where(ok, pid, -1), return_inverse=True)
+    found = [threads.lookup(p) if p != -1 else (None, None) for p in uniq.tolist()]
+    comm_u = pa.array([c for c, _ in found], pa.string())
+    tgid_u = pa.array([t for _, t in found], pa.int32())
+    idx = pa.array(inverse.ravel())
+    comm, tgid = comm_u.take(idx), tgid_u.take(idx)
+    none_s, none_i = pa.scalar(None, pa.string()), pa.scalar(None, pa.int32())
+    return pc.if_else(pa.array(ok), comm, none_s), pc.if_else(pa.array(ok), tgid, none_i)
+
+
+def _args(groups: list[EventGroup], n_events: int, rows: _Rows,
+          compact: list[CompactEvent]) -> pa.Array:
+    parts: list[pa.Array] = []
+    at: list[I64] = []
+    for g in groups:
+        parts.append(g.args if g.args is not None else pa.nulls(g.rows.size, pa.string()))
+        at.append(g.rows)
+    by_event = pa.nulls(n_events, pa.string())
+    if parts:
+        rows_all = np.concatenate(at)
+        pos = np.full(n_events, -1, np.int64)
+        pos[rows_all] = np.arange(rows_all.size)
+        merged = pa.concat_arrays([p.cast(pa.string()) for p in parts])
+        by_event = merged.take(pa.array(np.where(pos >= 0, pos, 0)))
+    out = np.empty(rows.kind.size, object)
+    ev = rows.kind == 1
+    out[ev] = by_event.take(pa.array(rows.index[ev])).to_numpy(zero_copy_only=False)
+    cp = rows.kind == 2
+    out[cp] = [compact[i].args for i in rows.index[cp].tolist()]
+    return pa.array(out, pa.string())
+
+
+def _typed(
+    groups: list[EventGroup], dec: DecodedEvents, bundles: list[Bundle], event_seq: I64,
+    threads: ThreadMap, inference: Inference,
+) -> dict[str, pa.RecordBatch]:
+    by_name: dict[str, list[pa.RecordBatch]] = {}
+    cpus = np.array([-1 if b.cpu is None else b.cpu for b in bundles], np.int64)
+    for g in groups:
+        if g.typed is None:
+            continue
+        cpu = cpus[dec.bundle[g.rows]]
+        pid = pa.array(dec.pid[g.rows].astype(np.int32), mask=~dec.pid_ok[g.rows])
+        fields = dict(g.typed)
+        if g.compiled and g.name in VCPU_TABLES:
+            fields["vcpu_id"] = _infer_vcpu(fields.get("vcpu_id"), dec, g, threads, inference)
+        _learn_vcpus(g, dec, threads)
+        rb = build_typed_batch(
+            g.name, seq=pa.array(event_seq[g.rows]), ts=pa.array(dec.ts[g.rows]),
+            cpu=pa.array(cpu.astype(np.int32), mask=cpu < 0), pid=pid, fields=fields)
+        by_name.setdefault(g.name, []).append(rb)
+    out: dict[str, pa.RecordBatch] = {}
+    for name, rbs in by_name.items():
+        table = pa.Table.from_batches(rbs).combine_chunks()
+        table = table.take(pc.sort_indices(table.column("seq")))
+        out[name] = table.to_batches()[0] if table.num_rows else rbs[0]
+    return out
+
+
+def _learn_vcpus(g: EventGroup, dec: DecodedEvents, threads: ThreadMap) -> None:
+    """Remember pid -> vcpu_id from events that carry both (e.g. generic kvm_page_fault)."""
+    if g.typed is None or g.name not in _VCPU_SOURCES or "vcpu_id" not in g.typed:
+        return
+    vcpu = g.typed["vcpu_id"]
+    if vcpu.null_count == len(vcpu):
+        return
+    ok = dec.pid_ok[g.rows] & vcpu.is_valid().to_numpy(zero_copy_only=False)
+    pids = dec.pid[g.rows][ok]
+    values = vcpu.filter(pa.array(ok)).to_numpy(zero_copy_only=False)
+    for p, v in zip(pids.tolist(), values.tolist(), strict=True):
+        threads.vcpu_by_pid[p] = int(v)
+
+
+def _infer_vcpu(
+    given: pa.Array | None, dec: DecodedEvents, g: EventGroup, threads: ThreadMap,
+    inference: Inference,
+) -> pa.Array:
+    """vcpu_id of compiled kvm_entry/kvm_exit rows, which Perfetto's protos drop on x86."""
+    n = g.rows.size
+    have = np.zeros(n, bool) if given is None else given.is_valid().to_numpy(zero_copy_only=False)
+    values = np.zeros(n, np.int64)
+    if given is not None:
+        values[have] = given.filter(pa.array(have)).to_numpy(zero_copy_only=False)
+    need = ~have & dec.pid_ok[g.rows]
+    pids = dec.pid[g.rows]
+    for p in np.unique(pids[need]).tolist():
+        vcpu, how = threads.vcpu_of(p)
+        sel = need & (pids == p)
+        inference.add(how, int(sel.sum()))
+        if vcpu is not None:
+            values[sel] = vcpu
+            have |= sel
+    inference.add("", int((~have & ~dec.pid_ok[g.rows]).sum()))
+    return pa.array(values.astype(np.uint32), mask=~have)
