@@ -37,12 +37,24 @@ from parsers.perfetto_protos import field_number
 from parsers.perfetto_stats import FtraceStatsLog
 from parsers.perfetto_threads import ThreadMap
 from parsers.perfetto_wire import LEN, WireError, iter_fields, read_varint
+from parsers.schema import LOST_EVENTS
 from parsers.trace import Trace, TraceBatch, TraceMetadata, TraceStream
 
-__all__ = ["read_perfetto", "iter_perfetto", "is_perfetto", "BATCH_EVENTS"]
+__all__ = ["read_perfetto", "iter_perfetto", "is_perfetto", "PerfettoStream", "BATCH_EVENTS"]
 
 #: Events decoded together (memory while streaming is proportional to this).
 BATCH_EVENTS = 1 << 17
+
+
+class PerfettoStream(TraceStream):
+    """A :class:`~parsers.trace.TraceStream` that also exposes what the packets said about
+    threads (:attr:`threads`) and ring-buffer losses (:attr:`stats`)."""
+
+    def __init__(self, batches: Iterator[TraceBatch], metadata: TraceMetadata,
+                 threads: ThreadMap, stats: FtraceStatsLog) -> None:
+        super().__init__(batches, metadata)
+        self.threads = threads
+        self.stats = stats
 
 
 @dataclass
@@ -93,13 +105,13 @@ def read_perfetto(
     stream = iter_perfetto(source, events=events, salvage=salvage, strict=strict,
                            batch_events=batch_events)
     trace = Trace.from_stream(stream)
-    return _backfill_threads(trace, stream)
+    return _lost_counts(_backfill_threads(trace, stream.threads), stream.stats)
 
 
 def iter_perfetto(
     source: Source, *, events: Collection[str] | None = None, salvage: bool = False,
     strict: bool = False, batch_events: int = BATCH_EVENTS,
-) -> TraceStream:
+) -> PerfettoStream:
     """Stream a Perfetto trace as :class:`~parsers.trace.TraceBatch` es of about
     ``batch_events`` events; arguments as for :func:`read_perfetto`.
 
@@ -111,9 +123,7 @@ def iter_perfetto(
     meta = TraceMetadata(source=name, format="perfetto")
     state = _State(name, meta, frozenset(events) if events is not None else None, salvage,
                    strict, batch_events)
-    stream = TraceStream(_batches(source, state), meta)
-    stream.threads = state.threads  # type: ignore[attr-defined]
-    return stream
+    return PerfettoStream(_batches(source, state), meta, state.threads, state.stats)
 
 
 def _batches(source: Source, state: _State) -> Iterator[TraceBatch]:
@@ -279,9 +289,28 @@ def _finish(state: _State) -> None:
         meta.add_variant("dense-generic-events")
 
 
-def _backfill_threads(trace: Trace, stream: TraceStream) -> Trace:
+def _lost_counts(trace: Trace, stats: FtraceStatsLog) -> Trace:
+    """Give a CPU's only loss marker the CPU's lost count from ``FtraceStats``."""
+    lost = trace.table(LOST_EVENTS)
+    per_cpu = stats.lost_per_cpu()
+    if not lost.num_rows or not per_cpu:
+        return trace
+    cpus = lost.column("cpu").to_pylist()
+    counts = lost.column("count").to_pylist()
+    for i, cpu in enumerate(cpus):
+        if counts[i] is None and cpus.count(cpu) == 1 and cpu in per_cpu:
+            counts[i] = per_cpu[cpu]
+    if counts == lost.column("count").to_pylist():
+        return trace
+    tables = {n: trace.table(n) for n in trace.names}
+    tables[LOST_EVENTS] = lost.set_column(
+        lost.schema.get_field_index("count"), "count", pa.array(counts, pa.uint64()))
+    trace.metadata.add_variant("lost count from ftrace_stats")
+    return Trace(trace.events, tables, trace.metadata)
+
+
+def _backfill_threads(trace: Trace, threads: ThreadMap) -> Trace:
     """Fill ``comm``/``tgid`` of rows whose pid was described only later in the trace."""
-    threads: ThreadMap = stream.threads  # type: ignore[attr-defined]
     ev = trace.events
     if not ev.num_rows or not threads.known:
         return trace
