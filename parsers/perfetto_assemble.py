@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from parsers.perfetto_bundles import Bundle, CompactEvent
+from parsers.perfetto_bundles import BundleRun, CompactEvent
 from parsers.perfetto_events import DecodedEvents, EventGroup
 from parsers.perfetto_threads import ThreadMap
 from parsers.perfetto_wire import I64
@@ -51,9 +51,9 @@ class _Rows:
     bundle: I64
 
 
-def _layout(bundles: list[Bundle], dec: DecodedEvents, compact: list[list[CompactEvent]],
+def _layout(run: BundleRun, dec: DecodedEvents, compact: list[list[CompactEvent]],
             keep: np.ndarray) -> _Rows:
-    nb = len(bundles)
+    nb = len(run)
     ev_idx = np.flatnonzero(keep)
     first = np.searchsorted(dec.bundle, np.arange(nb))
     within = ev_idx - first[dec.bundle[ev_idx]]
@@ -61,7 +61,7 @@ def _layout(bundles: list[Bundle], dec: DecodedEvents, compact: list[list[Compac
     keys_slot = [2 * within + 1]
     kinds = [np.ones(ev_idx.size, np.int64)]
     index = [ev_idx]
-    lost = np.array([b.lost_events for b in bundles], bool)
+    lost = np.array(run.lost, bool)
     lb = np.flatnonzero(lost)
     keys_b.append(lb)
     keys_slot.append(np.full(lb.size, -1, np.int64))
@@ -86,7 +86,7 @@ def _layout(bundles: list[Bundle], dec: DecodedEvents, compact: list[list[Compac
 
 
 def assemble_batch(
-    bundles: list[Bundle], dec: DecodedEvents, compact: list[list[CompactEvent]],
+    run: BundleRun, dec: DecodedEvents, compact: list[list[CompactEvent]],
     threads: ThreadMap, keep_events: Collection[str] | None, seq0: int, last_ts: int | None,
     inference: Inference,
 ) -> tuple[TraceBatch, int]:
@@ -102,14 +102,14 @@ def assemble_batch(
         kept = [ev for ev in flat_compact if ev.name in keep_events]
         compact = [[ev for ev in evs if ev.name in keep_events] for evs in compact]
         flat_compact = kept
-    rows = _layout(bundles, dec, compact, keep)
+    rows = _layout(run, dec, compact, keep)
     n = rows.kind.size
     seq = seq0 + np.arange(n, dtype=np.int64)
-    cols = _columns(bundles, dec, flat_compact, groups, name_of, rows, threads, last_ts)
+    cols = _columns(run, dec, flat_compact, groups, name_of, rows, threads, last_ts)
     event_seq = np.full(dec.ts.size, -1, np.int64)
     is_ev = rows.kind == 1
     event_seq[rows.index[is_ev]] = seq[is_ev]
-    typed = _typed(groups, dec, bundles, event_seq, threads, inference)
+    typed = _typed(groups, dec, run, event_seq, threads, inference)
     lost_rows = np.flatnonzero(rows.kind == 0)
     if lost_rows.size:
         typed[LOST_EVENTS] = build_typed_batch(
@@ -122,7 +122,7 @@ def assemble_batch(
         for f in EVENTS_SCHEMA
     ]
     batch = pa.RecordBatch.from_arrays(arrays, schema=EVENTS_SCHEMA)
-    return TraceBatch(batch, typed, sum(len(b.data) for b in bundles)), n
+    return TraceBatch(batch, typed, run.bytes_used()), n
 
 
 def _dict(arr: pa.Array) -> pa.Array:
@@ -130,7 +130,7 @@ def _dict(arr: pa.Array) -> pa.Array:
 
 
 def _columns(
-    bundles: list[Bundle], dec: DecodedEvents, compact: list[CompactEvent],
+    run: BundleRun, dec: DecodedEvents, compact: list[CompactEvent],
     groups: list[EventGroup], name_of: I64, rows: _Rows, threads: ThreadMap,
     last_ts: int | None,
 ) -> dict[str, pa.Array]:
@@ -142,12 +142,12 @@ def _columns(
     pid_ok = np.zeros(n, bool)
     ts[ev] = dec.ts[index[ev]]
     pid[ev], pid_ok[ev] = dec.pid[index[ev]], dec.pid_ok[index[ev]]
-    ts[mk] = [_marker_ts(b, bundles[b], dec, last_ts) for b in index[mk].tolist()]
+    ts[mk] = [_marker_ts(b, run, dec, last_ts) for b in index[mk].tolist()]
     cidx = index[cp].tolist()
     ts[cp] = [compact[i].ts for i in cidx]
     pid[cp] = [compact[i].pid or 0 for i in cidx]
     pid_ok[cp] = [compact[i].pid is not None for i in cidx]
-    cpus = [b.cpu for b in bundles]
+    cpus = run.cpu
     cpu = pa.array([cpus[b] for b in rows.bundle.tolist()], pa.int32())
     names = [g.name for g in groups]
     event = np.empty(n, object)
@@ -163,15 +163,16 @@ def _columns(
     }
 
 
-def _marker_ts(b: int, bundle: Bundle, dec: DecodedEvents, last_ts: int | None) -> int:
+def _marker_ts(b: int, run: BundleRun, dec: DecodedEvents, last_ts: int | None) -> int:
     """A loss marker takes the time of the bundle's first event (the first record after the
     loss), else the bundle's read time, else the last time seen."""
     assert dec.dropped is not None
     mine = np.flatnonzero((dec.bundle == b) & ~dec.dropped)
     if mine.size:
         return int(dec.ts[mine[0]])
-    if bundle.ftrace_timestamp is not None:
-        return bundle.ftrace_timestamp
+    read_at = run.ftrace_ts[b]
+    if read_at is not None:
+        return read_at
     return last_ts if last_ts is not None else 0
 
 
@@ -209,11 +210,11 @@ def _args(groups: list[EventGroup], n_events: int, rows: _Rows,
 
 
 def _typed(
-    groups: list[EventGroup], dec: DecodedEvents, bundles: list[Bundle], event_seq: I64,
+    groups: list[EventGroup], dec: DecodedEvents, run: BundleRun, event_seq: I64,
     threads: ThreadMap, inference: Inference,
 ) -> dict[str, pa.RecordBatch]:
     by_name: dict[str, list[pa.RecordBatch]] = {}
-    cpus = np.array([-1 if b.cpu is None else b.cpu for b in bundles], np.int64)
+    cpus = np.array([-1 if c is None else c for c in run.cpu], np.int64)
     for g in groups:
         if g.typed is None:
             continue

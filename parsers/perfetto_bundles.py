@@ -11,13 +11,14 @@ are kept in a :class:`GenericDescriptors` cache for the bundles that follow.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cache
 
 from google.protobuf.message import DecodeError
 
 from parsers.perfetto_protos import ProtoField, field_number, generic_event_fields
 from parsers.perfetto_wire import LEN, VARINT, WireError, iter_fields, read_varint
 
-__all__ = ["Bundle", "GenericDescriptor", "GenericDescriptors", "walk_bundle",
+__all__ = ["BundleRun", "GenericDescriptor", "GenericDescriptors", "walk_bundle",
            "CompactEvent", "compact_sched_events"]
 
 
@@ -37,6 +38,7 @@ class GenericDescriptors:
 
     by_id: dict[int, GenericDescriptor] = field(default_factory=dict)
     conflicts: list[str] = field(default_factory=list)
+    raw_seen: set[bytes] = field(default_factory=set)
 
     def add(self, desc: GenericDescriptor) -> None:
         """Remember ``desc``; a different event under a known id replaces it (noted)."""
@@ -47,29 +49,53 @@ class GenericDescriptors:
                 f"to {desc.group}/{desc.name}")
         self.by_id[desc.field_id] = desc
 
+    def add_raw(self, data: bytes, start: int, end: int) -> None:
+        """Decode and remember the descriptor at ``data[start:end]`` unless seen verbatim."""
+        raw = bytes(data[start:end])
+        if raw in self.raw_seen:
+            return
+        self.add(_descriptor(raw, 0, len(raw)))
+        self.raw_seen.add(raw)
+
 
 @dataclass
-class Bundle:
-    """A walked bundle: ``data`` holds the bundle bytes; spans index into it.
+class BundleRun:
+    """Bundles walked from one buffer, waiting to be decoded together.
 
-    ``origin`` is the file offset of ``data`` (for bundles inflated from
-    ``compressed_packets``: of the compressed payload, with ``inner`` the offset of ``data``
-    inside the inflated bytes).
+    Positions index ``buf``. ``base`` is the file offset of ``buf[0]``; for a buffer inflated
+    from ``compressed_packets`` (``inflated``) it is the compressed payload's file offset.
     """
 
-    data: bytes
-    origin: int
-    inner: int | None = None
-    cpu: int | None = None
-    lost_events: bool = False
-    ftrace_timestamp: int | None = None
-    event_starts: list[int] = field(default_factory=list)
-    event_ends: list[int] = field(default_factory=list)
-    compact: tuple[int, int] | None = None
+    buf: bytes
+    base: int
+    inflated: bool = False
+    cpu: list[int | None] = field(default_factory=list)
+    lost: list[bool] = field(default_factory=list)
+    ftrace_ts: list[int | None] = field(default_factory=list)
+    compact: list[tuple[int, int] | None] = field(default_factory=list)
+    start: list[int] = field(default_factory=list)
+    end: list[int] = field(default_factory=list)
+    first_event: list[int] = field(default_factory=list)
+    ev_start: list[int] = field(default_factory=list)
+    ev_end: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.cpu)
+
+    def bytes_used(self) -> int:
+        """Bytes of bundles in the run."""
+        return sum(self.end) - sum(self.start)
+
+    def truncate(self, n: int) -> None:
+        """Keep only the first ``n`` bundles."""
+        cut = self.first_event[n] if n < len(self.first_event) else len(self.ev_start)
+        for name in ("cpu", "lost", "ftrace_ts", "compact", "start", "end", "first_event"):
+            del getattr(self, name)[n:]
+        del self.ev_start[cut:], self.ev_end[cut:]
 
 
 @dataclass(frozen=True)
-class _BundleFields:
+class _Tags:
     cpu: int
     event: int
     lost: int
@@ -77,28 +103,35 @@ class _BundleFields:
     ftrace_ts: int
     descriptors: int
 
-    @classmethod
-    def load(cls) -> _BundleFields:
+    @staticmethod
+    @cache
+    def load() -> _Tags:
         b = "FtraceEventBundle"
-        return cls(field_number(b, "cpu"), field_number(b, "event"),
+        return _Tags(field_number(b, "cpu"), field_number(b, "event"),
                    field_number(b, "lost_events"), field_number(b, "compact_sched"),
                    field_number(b, "ftrace_timestamp"),
                    field_number(b, "generic_event_descriptors"))
 
 
-def walk_bundle(
-    data: bytes, origin: int, inner: int | None, cache: GenericDescriptors
-) -> Bundle:
-    """Walk the top level of one bundle; descriptors go into ``cache`` before anything else.
+def walk_bundle(run: BundleRun, start: int, end: int, cache: GenericDescriptors) -> None:
+    """Append the bundle ``run.buf[start:end]`` to ``run``: record its event spans, flags and
+    compact sched; its descriptors go into ``cache`` (before any event is decoded).
 
     Raises:
-        WireError: the bundle breaks the wire format (offset relative to ``data``).
+        WireError: the bundle breaks the wire format (offset into ``run.buf``).
     """
-    nums = _BundleFields.load()
-    out = Bundle(data, origin, inner)
-    starts, ends = out.event_starts, out.event_ends
-    event_tag = (nums.event << 3) | LEN
-    pos, end = 0, len(data)
+    tags = _Tags.load()
+    data = run.buf
+    run.cpu.append(None)
+    run.lost.append(False)
+    run.ftrace_ts.append(None)
+    run.compact.append(None)
+    run.start.append(start)
+    run.end.append(end)
+    run.first_event.append(len(run.ev_start))
+    starts, ends = run.ev_start, run.ev_end
+    event_tag = (tags.event << 3) | LEN
+    pos = start
     while pos < end:
         if data[pos] == event_tag and pos + 1 < end and data[pos + 1] < 0x80:
             s = pos + 2
@@ -108,29 +141,28 @@ def walk_bundle(
             starts.append(s)
             ends.append(pos)
             continue
-        pos = _other_field(data, pos, end, out, nums, cache)
-    return out
+        pos = _other_field(data, pos, end, run, tags, cache)
 
 
 def _other_field(
-    data: bytes, pos: int, end: int, out: Bundle, nums: _BundleFields, cache: GenericDescriptors
+    data: bytes, pos: int, end: int, run: BundleRun, tags: _Tags, cache: GenericDescriptors
 ) -> int:
     """Decode one bundle field at ``pos`` the slow way; returns the next position."""
     number, wire, value, at = next(iter_fields(data, pos, end))
     nxt = (at + value) if wire == LEN else _after(data, pos, end)
-    if number == nums.event and wire == LEN:
-        out.event_starts.append(at)
-        out.event_ends.append(at + value)
-    elif number == nums.cpu and wire == VARINT:
-        out.cpu = value
-    elif number == nums.lost and wire == VARINT:
-        out.lost_events = out.lost_events or bool(value)
-    elif number == nums.ftrace_ts and wire == VARINT:
-        out.ftrace_timestamp = value - (1 << 64) if value >= 1 << 63 else value
-    elif number == nums.compact and wire == LEN:
-        out.compact = (at, at + value)
-    elif number == nums.descriptors and wire == LEN:
-        cache.add(_descriptor(data, at, at + value))
+    if number == tags.event and wire == LEN:
+        run.ev_start.append(at)
+        run.ev_end.append(at + value)
+    elif number == tags.cpu and wire == VARINT:
+        run.cpu[-1] = value
+    elif number == tags.lost and wire == VARINT:
+        run.lost[-1] = run.lost[-1] or bool(value)
+    elif number == tags.ftrace_ts and wire == VARINT:
+        run.ftrace_ts[-1] = value - (1 << 64) if value >= 1 << 63 else value
+    elif number == tags.compact and wire == LEN:
+        run.compact[-1] = (at, at + value)
+    elif number == tags.descriptors and wire == LEN:
+        cache.add_raw(data, at, at + value)
     return nxt
 
 
@@ -194,16 +226,19 @@ def _repeated(data: bytes, start: int, end: int) -> dict[int, list[int] | list[s
     return out
 
 
-def compact_sched_events(bundle: Bundle, prev_pid: int | None) -> tuple[list[CompactEvent], int | None]:
+def compact_sched_events(
+    run: BundleRun, i: int, prev_pid: int | None
+) -> tuple[list[CompactEvent], int | None]:
     """Decode the bundle's compact sched arrays into events (timestamps are delta-coded).
 
     ``prev_pid`` is the task running on this CPU before the bundle (the previous switch's
     ``next_pid``); returns the events and the task running after them.
     """
-    if bundle.compact is None:
+    span = run.compact[i]
+    if span is None:
         return [], prev_pid
     c = "FtraceEventBundle.CompactSched"
-    arr = _repeated(bundle.data, *bundle.compact)
+    arr = _repeated(run.buf, *span)
 
     def col(name: str) -> list[int]:
         return arr.get(field_number(c, name), [])  # type: ignore[return-value]

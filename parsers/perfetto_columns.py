@@ -167,5 +167,8 @@ def render_args(cols: Sequence[FieldColumn], n: int) -> tuple[pa.Array, int]:
         text, b = _text_of(col)
         bad += b
         pieces.append(pc.binary_join_element_wise(pa.scalar(f"{col.name}="), text, ""))
-    joined = pc.binary_join_element_wise(*pieces, " ", null_handling="skip")
-    return joined.cast(pa.string()), bad
+    acc = pieces[0]
+    for piece in pieces[1:]:
+        both = pc.binary_join_element_wise(acc, piece, " ")
+        acc = pc.coalesce(both, acc, piece)
+    return pc.fill_null(acc, "").cast(pa.string()), bad

@@ -22,7 +22,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from parsers.perfetto_bundles import Bundle, GenericDescriptors
+from parsers.perfetto_bundles import BundleRun, GenericDescriptors
 from parsers.perfetto_columns import FieldColumn, column_of, render_args, typed_array
 from parsers.perfetto_protos import GENERIC_FIRST_ID, catalog, field_number
 from parsers.perfetto_wire import FIXED32, FIXED64, I64, LEN, U8, VARINT, scan
@@ -64,26 +64,17 @@ class DecodedEvents:
             self.skipped[reason] = self.skipped.get(reason, 0) + count
 
 
-def _concat(bundles: list[Bundle]) -> tuple[U8, I64, I64, I64, I64]:
-    """All bundle bytes in one buffer; event spans, owning bundle and bundle bases."""
-    buf = np.frombuffer(b"".join(b.data for b in bundles), np.uint8)
-    sizes = np.array([len(b.data) for b in bundles], np.int64)
-    bases = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-    counts = np.array([len(b.event_starts) for b in bundles], np.int64)
-    owner = np.repeat(np.arange(len(bundles), dtype=np.int64), counts)
-    starts = np.fromiter((s for b in bundles for s in b.event_starts), np.int64, int(counts.sum()))
-    ends = np.fromiter((s for b in bundles for s in b.event_ends), np.int64, int(counts.sum()))
-    return buf, starts + bases[owner], ends + bases[owner], owner, bases
-
-
-def decode_bundles(bundles: list[Bundle], cache: GenericDescriptors) -> tuple[DecodedEvents, I64]:
-    """Decode every event of ``bundles``; returns the events and each bundle's byte base.
+def decode_bundles(run: BundleRun, cache: GenericDescriptors) -> DecodedEvents:
+    """Decode every event of the bundles in ``run``.
 
     Raises:
-        WireError: offsets are positions in the concatenation of the bundles' bytes (use the
-            returned bases to find the bundle).
+        WireError: offsets are positions in ``run.buf``.
     """
-    buf, starts, ends, owner, bases = _concat(bundles)
+    buf = np.frombuffer(run.buf, np.uint8)
+    starts = np.array(run.ev_start, np.int64)
+    ends = np.array(run.ev_end, np.int64)
+    counts = np.diff(np.array(run.first_event + [len(run.ev_start)], np.int64))
+    owner = np.repeat(np.arange(len(run), dtype=np.int64), counts)
     n = starts.size
     fields = scan(buf, starts, ends)
     ev = "FtraceEvent"
@@ -110,7 +101,7 @@ def decode_bundles(bundles: list[Bundle], cache: GenericDescriptors) -> tuple[De
     for kind in np.unique(kinds[~out.dropped]).tolist():
         rows = np.flatnonzero((kinds == kind) & ~out.dropped)
         _decode_kind(int(kind), rows, buf, pstart[rows], pstart[rows] + plen[rows], cache, out)
-    return out, bases
+    return out
 
 
 def _first_per_owner(owner: I64) -> I64:

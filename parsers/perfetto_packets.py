@@ -10,6 +10,7 @@ way by :func:`inner_packets`.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import zlib
@@ -21,8 +22,8 @@ from typing import BinaryIO, Final
 from parsers.perfetto_protos import field_number
 from parsers.perfetto_wire import LEN, WireError, read_varint
 
-__all__ = ["Packet", "iter_packets", "inner_packets", "MAX_PACKET_BYTES", "MAX_INFLATED_BYTES",
-           "Source"]
+__all__ = ["Block", "iter_blocks", "inner_packets", "TruncatedPacket", "MAX_PACKET_BYTES",
+           "MAX_INFLATED_BYTES", "Source"]
 
 #: Largest single packet we accept (traced's own limit on a packet is far smaller).
 MAX_PACKET_BYTES: Final = 256 << 20
@@ -34,67 +35,80 @@ Source = str | Path | bytes | bytearray | memoryview
 
 
 @dataclass(frozen=True)
-class Packet:
-    """One packet's bytes and where it came from.
+class Block:
+    """Complete packets in one buffer: ``spans`` are the packets' payload ``(start, end)``.
 
-    ``offset`` is the file offset of the packet's payload; packets inflated from
-    ``compressed_packets`` have ``inner`` set to their offset inside the inflated data
-    (and ``offset`` is then the file offset of the compressed payload).
+    ``base`` is the file offset of ``buf[0]``; for packets inflated from
+    ``compressed_packets`` (``inflated``) it is the file offset of the compressed payload.
     """
 
-    data: bytes
-    offset: int
-    inner: int | None = None
+    buf: bytes
+    base: int
+    spans: list[tuple[int, int]]
+    inflated: bool = False
 
 
 def _open(source: Source) -> tuple[BinaryIO, int]:
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
         return io.BytesIO(data), len(data)
-    fh = open(source, "rb")  # noqa: SIM115 - closed by iter_packets
+    fh = open(source, "rb")  # noqa: SIM115 - closed by iter_blocks
     return fh, os.fstat(fh.fileno()).st_size
 
 
-def iter_packets(source: Source) -> Iterator[Packet]:
-    """Yield every top-level packet of ``source`` (a path or the trace bytes).
+def iter_blocks(source: Source, block_bytes: int = _BLOCK) -> Iterator[Block]:
+    """Yield the top-level packets of ``source`` (a path or the trace bytes) in blocks.
 
     Raises:
         WireError: a tag or length is broken (offset is the file offset).
         TruncatedPacket: a packet announces more bytes than the file holds.
     """
     fh, size = _open(source)
+    packet_tag = (field_number("Trace", "packet") << 3) | LEN
     with fh:
-        buf, pos, base = b"", 0, 0  # base: file offset of buf[0]
-        packet_tag = (field_number("Trace", "packet") << 3) | LEN
-        while True:
-            if len(buf) - pos < 20 and base + len(buf) < size:
-                buf, base, pos = buf[pos:] + fh.read(_BLOCK), base + pos, 0
-            if pos >= len(buf):
-                return
-            tag, p = _header_varint(buf, pos, base, size)
-            if tag != packet_tag:
-                raise WireError(base + pos, "a TracePacket (field 1, length-delimited) at the "
-                                            f"top level of the trace, got tag {tag:#x}")
-            length, p = _header_varint(buf, p, base, size)
-            remaining = size - (base + p)
-            if length > remaining or length > MAX_PACKET_BYTES:
-                raise TruncatedPacket(base + pos, length, remaining)
-            if len(buf) < p + length:
-                need = p + length - len(buf)
-                buf, base, p = buf[pos:] + fh.read(max(_BLOCK, need)), base + pos, p - pos
-                if len(buf) < p + length:
-                    raise TruncatedPacket(base, length, len(buf) - p)
-            yield Packet(buf[p:p + length], base + p)
-            pos = p + length
+        buf, base = b"", 0  # base: file offset of buf[0]
+        while base + len(buf) < size or buf:
+            if base + len(buf) < size and len(buf) < block_bytes:
+                buf += fh.read(block_bytes)
+            spans, pos = _split(buf, base, size, packet_tag)
+            if not spans:
+                need = block_bytes
+                with contextlib.suppress(WireError):
+                    length, p = read_varint(buf, 1, len(buf))
+                    need = max(need, p + length - len(buf))
+                more = fh.read(need)
+                if not more:
+                    raise TruncatedPacket(base, None, len(buf))
+                buf += more
+                continue
+            yield Block(buf, base, spans)
+            buf, base = buf[pos:], base + pos
 
 
-def _header_varint(buf: bytes, pos: int, base: int, size: int) -> tuple[int, int]:
-    try:
-        return read_varint(buf, pos, len(buf))
-    except WireError as exc:
-        if base + len(buf) >= size:
-            raise TruncatedPacket(base + pos, None, size - base - pos) from exc
-        raise WireError(base + exc.offset, exc.expected) from exc
+def _split(buf: bytes, base: int, size: int, packet_tag: int) -> tuple[list[tuple[int, int]], int]:
+    """The complete packets at the start of ``buf``; returns them and where the rest starts."""
+    spans: list[tuple[int, int]] = []
+    pos, n = 0, len(buf)
+    while pos < n:
+        if buf[pos] != packet_tag:
+            raise WireError(base + pos, "a TracePacket (field 1, length-delimited) at the top "
+                                        f"level of the trace, got tag {buf[pos]:#x}")
+        if pos + 1 < n and buf[pos + 1] < 0x80:
+            length, p = buf[pos + 1], pos + 2
+        else:
+            try:
+                length, p = read_varint(buf, pos + 1, n)
+            except WireError:
+                if base + n >= size:
+                    raise TruncatedPacket(base + pos, None, size - base - pos) from None
+                break
+        if p + length > n:
+            if base + p + length > size or length > MAX_PACKET_BYTES:
+                raise TruncatedPacket(base + pos, length, size - (base + p))
+            break
+        spans.append((p, p + length))
+        pos = p + length
+    return spans, pos
 
 
 class TruncatedPacket(Exception):
@@ -109,8 +123,8 @@ class TruncatedPacket(Exception):
         super().__init__(f"byte {offset}: expected {what}, but only {remaining} bytes remain")
 
 
-def inner_packets(payload: bytes, offset: int) -> Iterator[Packet]:
-    """Inflate a ``compressed_packets`` payload and yield the packets inside it.
+def inner_packets(payload: bytes, offset: int) -> Block:
+    """Inflate a ``compressed_packets`` payload into a block of the packets inside it.
 
     Raises:
         WireError: the payload is not zlib data, inflates past :data:`MAX_INFLATED_BYTES`,
@@ -127,16 +141,13 @@ def inner_packets(payload: bytes, offset: int) -> Iterator[Packet]:
     if not inflater.eof:
         raise WireError(offset, "a complete zlib stream in compressed_packets (it is cut short)")
     packet_tag = (field_number("Trace", "packet") << 3) | LEN
-    pos = 0
-    while pos < len(data):
-        at = pos
-        tag, pos = read_varint(data, pos, len(data))
-        if tag != packet_tag:
-            raise WireError(offset, f"a TracePacket tag at byte {at} of the inflated "
-                                    f"compressed_packets, got {tag:#x}")
-        length, pos = read_varint(data, pos, len(data))
-        if length > len(data) - pos:
-            raise WireError(offset, f"a TracePacket of {length} bytes at byte {at} of the "
-                                    f"inflated compressed_packets ({len(data) - pos} remain)")
-        yield Packet(data[pos:pos + length], offset, pos)
-        pos += length
+    try:
+        spans, end = _split(data, 0, len(data), packet_tag)
+    except (WireError, TruncatedPacket) as exc:
+        at = exc.offset
+        raise WireError(offset, f"whole TracePackets in the inflated compressed_packets "
+                                f"(broken at its byte {at})") from exc
+    if end != len(data):
+        raise WireError(offset, f"whole TracePackets in the inflated compressed_packets "
+                                f"(cut at its byte {end})")
+    return Block(data, offset, spans, inflated=True)

@@ -15,6 +15,7 @@ keeps no field of them, so their ``vcpu_id`` is recovered from the thread name
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 
@@ -25,14 +26,14 @@ import pyarrow.compute as pc
 from parsers.errors import TraceParseError, TraceTruncatedError
 from parsers.perfetto_assemble import Inference, assemble_batch
 from parsers.perfetto_bundles import (
-    Bundle,
+    BundleRun,
     CompactEvent,
     GenericDescriptors,
     compact_sched_events,
     walk_bundle,
 )
 from parsers.perfetto_events import decode_bundles
-from parsers.perfetto_packets import Packet, Source, TruncatedPacket, inner_packets, iter_packets
+from parsers.perfetto_packets import Block, Source, TruncatedPacket, inner_packets, iter_blocks
 from parsers.perfetto_protos import field_number
 from parsers.perfetto_stats import FtraceStatsLog
 from parsers.perfetto_threads import ThreadMap
@@ -69,8 +70,6 @@ class _State:
     threads: ThreadMap = field(default_factory=ThreadMap)
     stats: FtraceStatsLog = field(default_factory=FtraceStatsLog)
     inference: Inference = field(default_factory=Inference)
-    pending: list[Bundle] = field(default_factory=list)
-    pending_events: int = 0
     seq: int = 0
     last_ts: int | None = None
     running: dict[int | None, int | None] = field(default_factory=dict)
@@ -128,17 +127,14 @@ def iter_perfetto(
 
 def _batches(source: Source, state: _State) -> Iterator[TraceBatch]:
     try:
-        for packet in iter_packets(source):
-            yield from _packet(packet, state, depth=0)
+        for block in iter_blocks(source):
+            yield from _block(block, state, depth=0)
     except (WireError, TruncatedPacket) as exc:
         error = _error(state, exc)
         if not state.salvage:
             raise error from exc
-        yield from _flush(state)
         state.meta.warnings.append(f"salvaged the packets before the damage: {error}")
         state.meta.add_variant("salvaged")
-    else:
-        yield from _flush(state)
     _finish(state)
 
 
@@ -149,118 +145,108 @@ def _error(state: _State, exc: Exception) -> TraceParseError:
     return TraceParseError(state.path, f"expected {exc.expected}", offset=exc.offset)
 
 
-def _packet(packet: Packet, state: _State, depth: int) -> Iterator[TraceBatch]:
-    """Dispatch one TracePacket's fields."""
-    tp = "TracePacket"
-    state.packets += 1
-    data = packet.data
+def _located(exc: WireError, block: Block) -> WireError:
+    """``exc`` (offset into ``block.buf``) with a file offset (inflated offset noted)."""
+    if not block.inflated:
+        return WireError(block.base + exc.offset, exc.expected)
+    return WireError(block.base, f"{exc.expected} (at byte {exc.offset} of the inflated "
+                                 "compressed_packets)")
+
+
+def _block(block: Block, state: _State, depth: int) -> Iterator[TraceBatch]:
+    """Walk a block's packets: bundles are collected, other packets applied in order."""
+    buf = block.buf
+    ftrace_tag = (field_number("TracePacket", "ftrace_events") << 3) | LEN
+    run = BundleRun(buf, block.base, block.inflated)
     try:
-        fields = list(iter_fields(data, 0, len(data)))
+        for s, e in block.spans:
+            state.packets += 1
+            if buf[s] == ftrace_tag:
+                length, q = read_varint(buf, s + 1, e)
+                if q + length == e:
+                    walk_bundle(run, q, e, state.descriptors)
+                    if len(run.ev_start) >= state.batch_events:
+                        yield from _flush(run, block, state)
+                        run = BundleRun(buf, block.base, block.inflated)
+                    continue
+            if len(run):
+                yield from _flush(run, block, state)
+                run = BundleRun(buf, block.base, block.inflated)
+            yield from _packet(block, s, e, state, depth)
     except WireError as exc:
-        raise _relocate(exc, packet, 0) from exc
-    for number, wire, value, at in fields:
+        if state.salvage and len(run):
+            yield from _flush(run, block, state)
+        raise _located(exc, block) if exc.offset >= 0 else exc from exc
+    yield from _flush(run, block, state)
+
+
+def _packet(block: Block, start: int, end: int, state: _State, depth: int
+            ) -> Iterator[TraceBatch]:
+    """A packet that is not a lone bundle: dispatch each of its fields."""
+    tp = "TracePacket"
+    data = block.buf
+    for number, wire, value, at in list(iter_fields(data, start, end)):
         if wire != LEN:
             continue
         if number == field_number(tp, "ftrace_events"):
-            yield from _bundle(packet, at, value, state)
+            run = BundleRun(data, block.base, block.inflated)
+            walk_bundle(run, at, at + value, state.descriptors)
+            yield from _flush(run, block, state)
         elif number == field_number(tp, "compressed_packets"):
             if depth:
-                raise _relocate(WireError(at, "no compressed_packets nested in compressed "
-                                              "packets"), packet, 0)
+                raise WireError(at, "no compressed_packets nested in compressed packets")
             state.meta.add_variant("compressed_packets")
-            for inner in inner_packets(bytes(data[at:at + value]), _file_offset(packet, at)):
-                yield from _packet(inner, state, depth + 1)
-        elif number in (field_number(tp, "process_tree"), field_number(tp, "track_descriptor"),
-                        field_number(tp, "ftrace_stats")):
-            yield from _flush(state)
-            _side_packet(number, data, at, value, packet, state)
-
-
-def _file_offset(packet: Packet, rel: int) -> int:
-    return packet.offset + rel if packet.inner is None else packet.offset
-
-
-def _relocate(exc: WireError, packet: Packet, base: int) -> WireError:
-    """``exc`` with its offset turned into a file offset (and the inflated offset noted)."""
-    if packet.inner is None:
-        return WireError(packet.offset + base + exc.offset, exc.expected)
-    inner = packet.inner + base + exc.offset
-    return WireError(packet.offset, f"{exc.expected} (at byte {inner} of the inflated "
-                                    "compressed_packets)")
-
-
-def _side_packet(number: int, data: bytes, at: int, size: int, packet: Packet,
-                 state: _State) -> None:
-    tp = "TracePacket"
-    try:
-        if number == field_number(tp, "process_tree"):
-            state.threads.apply_process_tree(data, at, at + size)
+            inner = inner_packets(bytes(data[at:at + value]), block.base + at)
+            try:
+                yield from _block(inner, state, depth + 1)
+            except WireError as exc:
+                raise WireError(-1, exc.expected) from exc
+        elif number == field_number(tp, "process_tree"):
+            state.threads.apply_process_tree(data, at, at + value)
             state.meta.add_variant("process-tree")
         elif number == field_number(tp, "track_descriptor"):
-            state.threads.apply_track_descriptor(data, at, at + size)
+            state.threads.apply_track_descriptor(data, at, at + value)
             state.meta.add_variant("track-descriptor")
-        else:
-            state.stats.apply(data, at, at + size)
+        elif number == field_number(tp, "ftrace_stats"):
+            state.stats.apply(data, at, at + value)
             state.meta.add_variant("ftrace-stats")
-    except WireError as exc:
-        raise _relocate(exc, packet, 0) from exc
 
 
-def _bundle(packet: Packet, at: int, size: int, state: _State) -> Iterator[TraceBatch]:
-    data = bytes(packet.data[at:at + size])
-    try:
-        bundle = walk_bundle(data, _file_offset(packet, at),
-                             None if packet.inner is None else packet.inner + at,
-                             state.descriptors)
-    except WireError as exc:
-        raise _relocate(exc, packet, at) from exc
-    state.pending.append(bundle)
-    state.pending_events += len(bundle.event_starts)
-    if state.pending_events >= state.batch_events:
-        yield from _flush(state)
-
-
-def _flush(state: _State) -> Iterator[TraceBatch]:
-    if not state.pending:
+def _flush(run: BundleRun, block: Block, state: _State) -> Iterator[TraceBatch]:
+    """Decode the collected bundles (on damage with ``salvage``: those before it)."""
+    if not len(run):
         return
-    bundles, state.pending, state.pending_events = state.pending, [], 0
     try:
-        batch = _decode(bundles, state)
+        batch = _decode(run, state)
     except WireError as exc:
-        bad = _bundle_at(bundles, exc.offset)
-        good = bundles[:bad]
-        if state.salvage and good:
-            yield _decode(good, state)
-        b = bundles[bad]
-        base = sum(len(x.data) for x in bundles[:bad])
-        packet = Packet(b.data, b.origin, b.inner)
-        raise _relocate(WireError(exc.offset - base, exc.expected), packet, 0) from exc
+        if state.salvage:
+            bad = bisect.bisect_right(run.start, exc.offset) - 1
+            run.truncate(max(bad, 0))
+            if len(run):
+                good = _decode(run, state)
+                if good is not None:
+                    yield good
+        raise
     if batch is not None:
         yield batch
 
 
-def _bundle_at(bundles: list[Bundle], offset: int) -> int:
-    sizes = np.cumsum([len(b.data) for b in bundles])
-    return int(min(np.searchsorted(sizes, offset, side="right"), len(bundles) - 1))
-
-
-def _decode(bundles: list[Bundle], state: _State) -> TraceBatch | None:
-    dec, _ = decode_bundles(bundles, state.descriptors)
+def _decode(run: BundleRun, state: _State) -> TraceBatch | None:
+    dec = decode_bundles(run, state.descriptors)
+    where = run.base + run.start[0] if not run.inflated else run.base
     for reason, count in dec.skipped.items():
         if state.strict:
-            raise TraceParseError(state.path, f"{reason} ({count} times)",
-                                  offset=bundles[0].origin)
-        state.meta.skip(reason, bundles[0].origin, f"{count} in the bundles from this offset",
-                        count)
+            raise TraceParseError(state.path, f"{reason} ({count} times)", offset=where)
+        state.meta.skip(reason, where, f"{count} in the bundles from this offset", count)
     compact: list[list[CompactEvent]] = []
-    for b in bundles:
-        evs, state.running[b.cpu] = compact_sched_events(b, state.running.get(b.cpu))
+    for i, cpu in enumerate(run.cpu):
+        evs, state.running[cpu] = compact_sched_events(run, i, state.running.get(cpu))
         if evs:
             state.meta.add_variant("compact-sched")
         compact.append(evs)
-    if any(b.lost_events for b in bundles):
+    if any(run.lost):
         state.meta.add_variant("lost-events-flag")
-    batch, n = assemble_batch(bundles, dec, compact, state.threads, state.events, state.seq,
+    batch, n = assemble_batch(run, dec, compact, state.threads, state.events, state.seq,
                               state.last_ts, state.inference)
     state.seq += n
     if n:
@@ -335,8 +321,8 @@ def _backfill_threads(trace: Trace, threads: ThreadMap) -> Trace:
 def is_perfetto(head: bytes) -> bool:
     """Whether ``head`` (the first bytes of a file) starts a Perfetto protobuf trace.
 
-    True when it starts with ``TracePacket`` s whose top-level fields are all valid tags
-    with field numbers the bundled ``TracePacket`` proto declares.
+    True when it starts with ``TracePacket`` s whose top-level field tags (as far as ``head``
+    reaches) are valid and name fields the bundled ``TracePacket`` proto declares.
 
     Examples:
         >>> is_perfetto(b"# tracer: nop\\n"), is_perfetto(b"\\x0a\\x02\\x08\\x01")
@@ -346,27 +332,38 @@ def is_perfetto(head: bytes) -> bool:
 
     known = {f.number for f in catalog().messages["TracePacket"].values()}
     packet_tag = (field_number("Trace", "packet") << 3) | LEN
-    pos, checked = 0, 0
-    while pos < len(head) and checked < 4:
+    pos, tags = 0, 0
+    while pos < len(head) and tags < 16:
         try:
             tag, p = read_varint(head, pos, len(head))
             length, p = read_varint(head, p, len(head))
         except WireError:
-            return checked > 0
+            return tags > 0
         if tag != packet_tag:
             return False
-        cut = p + length > len(head)
-        fields = 0
-        try:
-            for number, _, _, _ in iter_fields(head, p, min(p + length, len(head))):
-                if number not in known:
-                    return False
-                fields += 1
-        except WireError:
-            if not cut:
+        end = p + length
+        while p < min(end, len(head)):
+            try:
+                ftag, q = read_varint(head, p, len(head))
+            except WireError:
+                return tags > 0
+            if (ftag >> 3) not in known or (ftag & 7) not in (0, 1, 2, 5):
                 return False
-        if cut:
-            return fields > 0 or checked > 0
-        checked += 1
-        pos = p + length
-    return checked > 0
+            tags += 1
+            try:
+                p = _skip(head, q, ftag & 7)
+            except WireError:
+                return True
+        if p > end:
+            return False
+        pos = end
+    return tags > 0
+
+
+def _skip(head: bytes, pos: int, wire: int) -> int:
+    if wire == 0:
+        return read_varint(head, pos, len(head))[1]
+    if wire == 2:
+        length, p = read_varint(head, pos, len(head))
+        return p + length
+    return pos + (8 if wire == 1 else 4)
