@@ -45,6 +45,12 @@ def parse_pairs(args: str) -> dict[str, str] | None:
     return out
 
 
+def _payload_text(text: str) -> str:
+    """Free text to store; ``payload=<text>`` (as read back from Perfetto) keeps ``<text>``."""
+    prefix = f"{PAYLOAD_FIELD}="
+    return text[len(prefix):] if text.startswith(prefix) else text
+
+
 def _kind_of(values: set[str]) -> str:
     if values and all(_INT.fullmatch(v) for v in values):
         nums = [int(v) for v in values]
@@ -154,7 +160,7 @@ class EventValues:
             return {}
         kinds = self.kinds.get(name, {})
         if name in self.free_text:
-            return {PAYLOAD_FIELD: ("string", text)}
+            return {PAYLOAD_FIELD: ("string", _payload_text(text))}
         pairs = parse_pairs(text) or {}
         return {k: (kinds.get(k, "string"), v if kinds.get(k, "string") == "string" else int(v))
                 for k, v in pairs.items()}

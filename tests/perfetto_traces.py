@@ -79,13 +79,13 @@ def synthetic_trace() -> Trace:
     for name, rows in _TYPED.items():
         seqs = [s for s, _ in rows]
         keys = {k for _, f in rows for k in f}
-        fields = {k: pa.array([f.get(k) for _, f in rows]) for k in keys}
+        fields = {k: pa.array([f.get(k) for _, f in rows], _field_type(name, k)) for k in keys}
         rb = build_typed_batch(
             name, seq=pa.array(seqs, pa.int64()),
             ts=pa.array([by_seq[s][1] for s in seqs], pa.int64()),
             cpu=pa.array([by_seq[s][2] for s in seqs], pa.int32()),
             pid=pa.array([by_seq[s][3] for s in seqs], pa.int32()),
-            fields={k: v.cast(_field_type(name, k)) for k, v in fields.items()})
+            fields=fields)
         tables[name] = pa.Table.from_batches([rb])
     return Trace(events, tables, TraceMetadata(source="synthetic", format="test"))
 
