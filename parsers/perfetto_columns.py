@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from parsers.perfetto_wire import U8, U64, Fields, as_signed, zigzag
 
-__all__ = ["FieldColumn", "gather_strings", "column_of", "typed_array", "render_args"]
+__all__ = ["FieldColumn", "gather_strings", "column_of", "typed_array", "render_args", "to_text"]
 
 _TEXT_KINDS = frozenset({"string", "bytes"})
 
@@ -54,7 +54,7 @@ def gather_strings(buf: U8, start: npt.NDArray[np.int64], length: U64) -> pa.Arr
         pa.large_binary(), n, [None, pa.py_buffer(offsets.tobytes()), pa.py_buffer(data)])
 
 
-def _to_text(binary: pa.Array) -> tuple[pa.Array, int]:
+def to_text(binary: pa.Array) -> tuple[pa.Array, int]:
     """Binary spans as UTF-8 strings; invalid UTF-8 is replaced (count returned)."""
     try:
         return binary.cast(pa.large_string()).cast(pa.string()), 0
@@ -144,7 +144,7 @@ def _text_of(col: FieldColumn) -> tuple[pa.Array, int]:
         if col.kind == "bytes":
             return pa.array([None if b is None else b.hex() for b in col.strings.to_pylist()],
                             pa.string()), 0
-        return _to_text(col.strings)
+        return to_text(col.strings)
     assert col.values is not None
     if col.kind in ("int", "sint", "sfixed32", "sfixed64"):
         nums: npt.NDArray[np.generic] = col.signed()

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from parsers.perfetto_bundles import BundleRun, GenericDescriptors
-from parsers.perfetto_columns import FieldColumn, column_of, render_args, typed_array
+from parsers.perfetto_columns import FieldColumn, column_of, render_args, to_text, typed_array
 from parsers.perfetto_protos import GENERIC_FIRST_ID, catalog, field_number
 from parsers.perfetto_wire import FIXED32, FIXED64, I64, LEN, U8, VARINT, scan
 from parsers.schema import EVENT_FIELDS, LOST_EVENTS, typed_schema
@@ -204,7 +204,7 @@ def _decode_legacy(rows: I64, buf: U8, start: I64, end: I64, out: DecodedEvents)
 
 def _texts(col: FieldColumn, n: int) -> pa.Array:
     assert col.strings is not None
-    text = col.strings.cast(pa.large_string(), safe=False).cast(pa.string())
+    text, _ = to_text(col.strings)
     return pc.if_else(pa.array(col.present), text, pa.scalar(None, pa.string()))
 
 

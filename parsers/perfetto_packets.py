@@ -70,7 +70,12 @@ def iter_blocks(source: Source, block_bytes: int = _BLOCK) -> Iterator[Block]:
         while base + len(buf) < size or buf:
             if base + len(buf) < size and len(buf) < block_bytes:
                 buf += fh.read(block_bytes)
-            spans, pos = _split(buf, base, size, packet_tag)
+            try:
+                spans, pos = _split(buf, base, size, packet_tag)
+            except _Broken as broken:
+                if broken.spans:
+                    yield Block(buf, base, broken.spans)
+                raise broken.error from None
             if not spans:
                 need = block_bytes
                 with contextlib.suppress(WireError):
@@ -86,8 +91,26 @@ def iter_blocks(source: Source, block_bytes: int = _BLOCK) -> Iterator[Block]:
 
 
 def _split(buf: bytes, base: int, size: int, packet_tag: int) -> tuple[list[tuple[int, int]], int]:
-    """The complete packets at the start of ``buf``; returns them and where the rest starts."""
+    """The complete packets at the start of ``buf``; returns them and where the rest starts.
+
+    Raises:
+        _Broken: the packets before the damage, and the error to raise after them.
+    """
     spans: list[tuple[int, int]] = []
+    try:
+        return _split_into(buf, base, size, packet_tag, spans)
+    except (WireError, TruncatedPacket) as exc:
+        raise _Broken(spans, exc) from exc
+
+
+class _Broken(Exception):
+    def __init__(self, spans: list[tuple[int, int]], error: WireError | TruncatedPacket) -> None:
+        self.spans, self.error = spans, error
+        super().__init__(str(error))
+
+
+def _split_into(buf: bytes, base: int, size: int, packet_tag: int,
+                spans: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], int]:
     pos, n = 0, len(buf)
     while pos < n:
         if buf[pos] != packet_tag:
@@ -143,8 +166,8 @@ def inner_packets(payload: bytes, offset: int) -> Block:
     packet_tag = (field_number("Trace", "packet") << 3) | LEN
     try:
         spans, end = _split(data, 0, len(data), packet_tag)
-    except (WireError, TruncatedPacket) as exc:
-        at = exc.offset
+    except _Broken as exc:
+        at = exc.error.offset
         raise WireError(offset, f"whole TracePackets in the inflated compressed_packets "
                                 f"(broken at its byte {at})") from exc
     if end != len(data):

@@ -148,9 +148,14 @@ def generic_event_fields(event_descriptor: bytes) -> tuple[str, tuple[ProtoField
     desc = descriptor_pb2.DescriptorProto.FromString(event_descriptor)
     fields = tuple(
         ProtoField(
-            f.number, f.name, _KINDS.get(f.type, "unknown"),
+            f.number, _text(f.name), _KINDS.get(f.type, "unknown"),
             f.label == descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED,
         )
         for f in desc.field
     )
-    return desc.name, fields
+    return _text(desc.name), fields
+
+
+def _text(value: str | bytes) -> str:
+    """python-protobuf hands back ``bytes`` for string fields that are not valid UTF-8."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
