@@ -53,35 +53,40 @@ class _Rows:
 
 def _layout(run: BundleRun, dec: DecodedEvents, compact: list[list[CompactEvent]],
             keep: np.ndarray) -> _Rows:
+    """Row order: read cycle by read cycle; within a cycle the bundles' events merged by time
+    (ties: bundle order, then order in the bundle), a loss marker just before its bundle's
+    first event, compact-sched events by time among their bundle's events."""
     nb = len(run)
+    cycle = np.array(run.cycle, np.int64)
     ev_idx = np.flatnonzero(keep)
     first = np.searchsorted(dec.bundle, np.arange(nb))
-    within = ev_idx - first[dec.bundle[ev_idx]]
-    keys_b = [dec.bundle[ev_idx]]
-    keys_slot = [2 * within + 1]
+    ev_b = dec.bundle[ev_idx]
     kinds = [np.ones(ev_idx.size, np.int64)]
     index = [ev_idx]
-    lost = np.array(run.lost, bool)
-    lb = np.flatnonzero(lost)
-    keys_b.append(lb)
-    keys_slot.append(np.full(lb.size, -1, np.int64))
+    k_b, k_ts, k_sub = [ev_b], [dec.ts[ev_idx]], [2 * (ev_idx - first[ev_b]) + 1]
+    lb = np.flatnonzero(np.array(run.lost, bool))
     kinds.append(np.zeros(lb.size, np.int64))
     index.append(lb)
-    flat = [(b, i, ev) for b, evs in enumerate(compact) for i, ev in enumerate(evs)]
+    k_b.append(lb)
+    k_ts.append(np.array([_marker_ts(int(b), run, dec, None) for b in lb], np.int64))
+    k_sub.append(np.full(lb.size, -1, np.int64))
+    flat = [(b, ev) for b, evs in enumerate(compact) for ev in evs]
     if flat:
-        cb = np.array([b for b, _, _ in flat], np.int64)
-        cts = np.array([ev.ts for _, _, ev in flat], np.int64)
-        slot = np.empty(cb.size, np.int64)
+        cb = np.array([b for b, _ in flat], np.int64)
+        cts = np.array([ev.ts for _, ev in flat], np.int64)
+        sub = np.empty(cb.size, np.int64)
         for b in np.unique(cb).tolist():
-            mine = np.flatnonzero(dec.bundle[ev_idx] == b)
+            mine = ev_idx[ev_b == b]
             sel = cb == b
-            slot[sel] = 2 * np.searchsorted(dec.ts[ev_idx[mine]], cts[sel], side="right")
-        keys_b.append(cb)
-        keys_slot.append(slot)
+            sub[sel] = 2 * np.searchsorted(dec.ts[mine], cts[sel], side="right")
         kinds.append(np.full(cb.size, 2, np.int64))
         index.append(np.arange(cb.size, dtype=np.int64))
-    b_all, s_all = np.concatenate(keys_b), np.concatenate(keys_slot)
-    order = np.lexsort((np.arange(b_all.size), s_all, b_all))
+        k_b.append(cb)
+        k_ts.append(cts)
+        k_sub.append(sub)
+    b_all = np.concatenate(k_b)
+    order = np.lexsort((np.arange(b_all.size), np.concatenate(k_sub), b_all,
+                        np.concatenate(k_ts), cycle[b_all]))
     return _Rows(np.concatenate(kinds)[order], np.concatenate(index)[order], b_all[order])
 
 
@@ -122,7 +127,7 @@ def assemble_batch(
         for f in EVENTS_SCHEMA
     ]
     batch = pa.RecordBatch.from_arrays(arrays, schema=EVENTS_SCHEMA)
-    return TraceBatch(batch, typed, run.bytes_used()), n
+    return TraceBatch(batch, typed, len(run.buf)), n
 
 
 def _dict(arr: pa.Array) -> pa.Array:

@@ -10,6 +10,7 @@ are kept in a :class:`GenericDescriptors` cache for the bundles that follow.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from functools import cache
 
@@ -60,21 +61,24 @@ class GenericDescriptors:
 
 @dataclass
 class BundleRun:
-    """Bundles walked from one buffer, waiting to be decoded together.
+    """Bundles waiting to be decoded together, their bytes copied into :attr:`buf`.
 
-    Positions index ``buf``. ``base`` is the file offset of ``buf[0]``; for a buffer inflated
-    from ``compressed_packets`` (``inflated``) it is the compressed payload's file offset.
+    Positions index ``buf``. Per bundle: ``origin`` is the file offset of the bundle (for a
+    bundle inflated from ``compressed_packets``: of the compressed payload, with ``inner`` its
+    offset in the inflated bytes), and ``cycle`` numbers the read cycle it belongs to: a
+    new cycle starts with a bundle whose CPU already has a bundle in the current cycle, or
+    that has its ``lost_events`` flag set (traced_probes writes one bundle per CPU per read).
     """
 
-    buf: bytes
-    base: int
-    inflated: bool = False
+    buf: bytearray = field(default_factory=bytearray)
     cpu: list[int | None] = field(default_factory=list)
     lost: list[bool] = field(default_factory=list)
     ftrace_ts: list[int | None] = field(default_factory=list)
     compact: list[tuple[int, int] | None] = field(default_factory=list)
     start: list[int] = field(default_factory=list)
-    end: list[int] = field(default_factory=list)
+    origin: list[int] = field(default_factory=list)
+    inner: list[int | None] = field(default_factory=list)
+    cycle: list[int] = field(default_factory=list)
     first_event: list[int] = field(default_factory=list)
     ev_start: list[int] = field(default_factory=list)
     ev_end: list[int] = field(default_factory=list)
@@ -82,16 +86,40 @@ class BundleRun:
     def __len__(self) -> int:
         return len(self.cpu)
 
-    def bytes_used(self) -> int:
-        """Bytes of bundles in the run."""
-        return sum(self.end) - sum(self.start)
-
     def truncate(self, n: int) -> None:
         """Keep only the first ``n`` bundles."""
         cut = self.first_event[n] if n < len(self.first_event) else len(self.ev_start)
-        for name in ("cpu", "lost", "ftrace_ts", "compact", "start", "end", "first_event"):
+        for name in ("cpu", "lost", "ftrace_ts", "compact", "start", "origin", "inner", "cycle",
+                     "first_event"):
             del getattr(self, name)[n:]
         del self.ev_start[cut:], self.ev_end[cut:]
+
+    def where(self, pos: int) -> tuple[int, int, int | None]:
+        """The bundle holding ``buf[pos]``: its index, file offset and inflated offset."""
+        i = max(bisect.bisect_right(self.start, pos) - 1, 0)
+        rel = pos - self.start[i]
+        inner = self.inner[i]
+        if inner is None:
+            return i, self.origin[i] + rel, None
+        return i, self.origin[i], inner + rel
+
+    def split_last(self) -> BundleRun:
+        """Move the last bundle into a new run (it starts the next read cycle)."""
+        i = len(self) - 1
+        s, e = self.start[i], len(self.buf)
+        first = self.first_event[i]
+        out = BundleRun(bytearray(self.buf[s:e]))
+        shift = -s
+        out.cpu, out.lost, out.ftrace_ts = [self.cpu[i]], [self.lost[i]], [self.ftrace_ts[i]]
+        span = self.compact[i]
+        out.compact = [None if span is None else (span[0] + shift, span[1] + shift)]
+        out.start, out.origin, out.inner, out.cycle = [0], [self.origin[i]], [self.inner[i]], [0]
+        out.first_event = [0]
+        out.ev_start = [x + shift for x in self.ev_start[first:]]
+        out.ev_end = [x + shift for x in self.ev_end[first:]]
+        self.truncate(i)
+        del self.buf[s:]
+        return out
 
 
 @dataclass(frozen=True)
@@ -113,46 +141,66 @@ class _Tags:
                    field_number(b, "generic_event_descriptors"))
 
 
-def walk_bundle(run: BundleRun, start: int, end: int, cache: GenericDescriptors) -> None:
-    """Append the bundle ``run.buf[start:end]`` to ``run``: record its event spans, flags and
+def walk_bundle(run: BundleRun, src: bytes, start: int, end: int, origin: int,
+                inner: int | None, cache: GenericDescriptors) -> bool:
+    """Copy the bundle ``src[start:end]`` into ``run`` and record its event spans, flags and
     compact sched; its descriptors go into ``cache`` (before any event is decoded).
 
+    Returns whether the bundle starts a new read cycle (see :class:`BundleRun`).
+
     Raises:
-        WireError: the bundle breaks the wire format (offset into ``run.buf``).
+        WireError: the bundle breaks the wire format (offset into ``src``).
     """
     tags = _Tags.load()
-    data = run.buf
+    shift = len(run.buf) - start
     run.cpu.append(None)
     run.lost.append(False)
     run.ftrace_ts.append(None)
     run.compact.append(None)
-    run.start.append(start)
-    run.end.append(end)
+    run.start.append(start + shift)
+    run.origin.append(origin)
+    run.inner.append(inner)
     run.first_event.append(len(run.ev_start))
     starts, ends = run.ev_start, run.ev_end
     event_tag = (tags.event << 3) | LEN
     pos = start
     while pos < end:
-        if data[pos] == event_tag and pos + 1 < end and data[pos + 1] < 0x80:
+        if src[pos] == event_tag and pos + 1 < end and src[pos + 1] < 0x80:
             s = pos + 2
-            pos = s + data[pos + 1]
+            pos = s + src[pos + 1]
             if pos > end:
                 raise WireError(s - 2, f"{pos - s} bytes of an FtraceEvent inside its bundle")
-            starts.append(s)
-            ends.append(pos)
+            starts.append(s + shift)
+            ends.append(pos + shift)
             continue
-        pos = _other_field(data, pos, end, run, tags, cache)
+        pos = _other_field(src, pos, end, run, tags, cache, shift)
+    run.buf += src[start:end]
+    return _new_cycle(run)
+
+
+def _new_cycle(run: BundleRun) -> bool:
+    i = len(run) - 1
+    cycle = run.cycle[-1] if run.cycle else 0
+    fresh = i == 0 or run.lost[i]
+    if not fresh:
+        first = len(run.cycle) - 1
+        while first > 0 and run.cycle[first - 1] == cycle:
+            first -= 1
+        fresh = run.cpu[i] in run.cpu[first:i]
+    run.cycle.append(cycle + 1 if fresh and i else cycle)
+    return fresh
 
 
 def _other_field(
-    data: bytes, pos: int, end: int, run: BundleRun, tags: _Tags, cache: GenericDescriptors
+    data: bytes, pos: int, end: int, run: BundleRun, tags: _Tags, cache: GenericDescriptors,
+    shift: int,
 ) -> int:
     """Decode one bundle field at ``pos`` the slow way; returns the next position."""
     number, wire, value, at = next(iter_fields(data, pos, end))
     nxt = (at + value) if wire == LEN else _after(data, pos, end)
     if number == tags.event and wire == LEN:
-        run.ev_start.append(at)
-        run.ev_end.append(at + value)
+        run.ev_start.append(at + shift)
+        run.ev_end.append(at + value + shift)
     elif number == tags.cpu and wire == VARINT:
         run.cpu[-1] = value
     elif number == tags.lost and wire == VARINT:
@@ -160,7 +208,7 @@ def _other_field(
     elif number == tags.ftrace_ts and wire == VARINT:
         run.ftrace_ts[-1] = value - (1 << 64) if value >= 1 << 63 else value
     elif number == tags.compact and wire == LEN:
-        run.compact[-1] = (at, at + value)
+        run.compact[-1] = (at + shift, at + value + shift)
     elif number == tags.descriptors and wire == LEN:
         cache.add_raw(data, at, at + value)
     return nxt
@@ -238,7 +286,7 @@ def compact_sched_events(
     if span is None:
         return [], prev_pid
     c = "FtraceEventBundle.CompactSched"
-    arr = _repeated(run.buf, *span)
+    arr = _repeated(bytes(run.buf[span[0]:span[1]]), 0, span[1] - span[0])
 
     def col(name: str) -> list[int]:
         return arr.get(field_number(c, name), [])  # type: ignore[return-value]

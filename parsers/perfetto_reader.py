@@ -15,7 +15,6 @@ keeps no field of them, so their ``vcpu_id`` is recovered from the thread name
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 
@@ -73,6 +72,7 @@ class _State:
     seq: int = 0
     last_ts: int | None = None
     running: dict[int | None, int | None] = field(default_factory=dict)
+    run: BundleRun = field(default_factory=BundleRun)
     packets: int = 0
 
 
@@ -129,10 +129,12 @@ def _batches(source: Source, state: _State) -> Iterator[TraceBatch]:
     try:
         for block in iter_blocks(source):
             yield from _block(block, state, depth=0)
+        yield from _flush(state)
     except (WireError, TruncatedPacket) as exc:
         error = _error(state, exc)
         if not state.salvage:
             raise error from exc
+        yield from _flush(state)
         state.meta.warnings.append(f"salvaged the packets before the damage: {error}")
         state.meta.add_variant("salvaged")
     _finish(state)
@@ -145,39 +147,50 @@ def _error(state: _State, exc: Exception) -> TraceParseError:
     return TraceParseError(state.path, f"expected {exc.expected}", offset=exc.offset)
 
 
+class _Located(WireError):
+    """A :class:`WireError` whose offset is already a file offset."""
+
+
 def _located(exc: WireError, block: Block) -> WireError:
     """``exc`` (offset into ``block.buf``) with a file offset (inflated offset noted)."""
+    if isinstance(exc, _Located):
+        return exc
     if not block.inflated:
-        return WireError(block.base + exc.offset, exc.expected)
-    return WireError(block.base, f"{exc.expected} (at byte {exc.offset} of the inflated "
-                                 "compressed_packets)")
+        return _Located(block.base + exc.offset, exc.expected)
+    return _Located(block.base, f"{exc.expected} (at byte {exc.offset} of the inflated "
+                                "compressed_packets)")
 
 
 def _block(block: Block, state: _State, depth: int) -> Iterator[TraceBatch]:
     """Walk a block's packets: bundles are collected, other packets applied in order."""
     buf = block.buf
     ftrace_tag = (field_number("TracePacket", "ftrace_events") << 3) | LEN
-    run = BundleRun(buf, block.base, block.inflated)
     try:
         for s, e in block.spans:
             state.packets += 1
             if buf[s] == ftrace_tag:
                 length, q = read_varint(buf, s + 1, e)
                 if q + length == e:
-                    walk_bundle(run, q, e, state.descriptors)
-                    if len(run.ev_start) >= state.batch_events:
-                        yield from _flush(run, block, state)
-                        run = BundleRun(buf, block.base, block.inflated)
+                    yield from _add_bundle(state, block, q, e)
                     continue
-            if len(run):
-                yield from _flush(run, block, state)
-                run = BundleRun(buf, block.base, block.inflated)
+            yield from _flush(state)
             yield from _packet(block, s, e, state, depth)
     except WireError as exc:
-        if state.salvage and len(run):
-            yield from _flush(run, block, state)
-        raise _located(exc, block) if exc.offset >= 0 else exc from exc
-    yield from _flush(run, block, state)
+        raise _located(exc, block) from exc
+
+
+def _add_bundle(state: _State, block: Block, start: int, end: int) -> Iterator[TraceBatch]:
+    run = state.run
+    origin, inner = (block.base, start) if block.inflated else (block.base + start, None)
+    try:
+        fresh = walk_bundle(run, block.buf, start, end, origin, inner, state.descriptors)
+    except WireError:
+        run.truncate(len(run) - 1)
+        raise
+    last_events = len(run.ev_start) - run.first_event[-1]
+    if fresh and len(run) > 1 and len(run.ev_start) - last_events >= state.batch_events:
+        state.run = run.split_last()
+        yield from _decoded(run, state)
 
 
 def _packet(block: Block, start: int, end: int, state: _State, depth: int
@@ -189,18 +202,17 @@ def _packet(block: Block, start: int, end: int, state: _State, depth: int
         if wire != LEN:
             continue
         if number == field_number(tp, "ftrace_events"):
-            run = BundleRun(data, block.base, block.inflated)
-            walk_bundle(run, at, at + value, state.descriptors)
-            yield from _flush(run, block, state)
+            yield from _add_bundle(state, block, at, at + value)
+            yield from _flush(state)
         elif number == field_number(tp, "compressed_packets"):
             if depth:
                 raise WireError(at, "no compressed_packets nested in compressed packets")
             state.meta.add_variant("compressed_packets")
-            inner = inner_packets(bytes(data[at:at + value]), block.base + at)
             try:
-                yield from _block(inner, state, depth + 1)
+                inner = inner_packets(bytes(data[at:at + value]), block.base + at)
             except WireError as exc:
-                raise WireError(-1, exc.expected) from exc
+                raise _Located(exc.offset, exc.expected) from exc
+            yield from _block(inner, state, depth + 1)
         elif number == field_number(tp, "process_tree"):
             state.threads.apply_process_tree(data, at, at + value)
             state.meta.add_variant("process-tree")
@@ -212,28 +224,35 @@ def _packet(block: Block, start: int, end: int, state: _State, depth: int
             state.meta.add_variant("ftrace-stats")
 
 
-def _flush(run: BundleRun, block: Block, state: _State) -> Iterator[TraceBatch]:
-    """Decode the collected bundles (on damage with ``salvage``: those before it)."""
+def _flush(state: _State) -> Iterator[TraceBatch]:
+    """Decode the collected bundles."""
+    run, state.run = state.run, BundleRun()
+    yield from _decoded(run, state)
+
+
+def _decoded(run: BundleRun, state: _State) -> Iterator[TraceBatch]:
+    """Decode ``run`` (on damage with ``salvage``: the bundles before it, then raise)."""
     if not len(run):
         return
     try:
         batch = _decode(run, state)
     except WireError as exc:
+        bad, offset, inner = run.where(exc.offset)
         if state.salvage:
-            bad = bisect.bisect_right(run.start, exc.offset) - 1
-            run.truncate(max(bad, 0))
+            run.truncate(bad)
             if len(run):
                 good = _decode(run, state)
                 if good is not None:
                     yield good
-        raise
+        where = "" if inner is None else f" (at byte {inner} of the inflated compressed_packets)"
+        raise _Located(offset, exc.expected + where) from exc
     if batch is not None:
         yield batch
 
 
 def _decode(run: BundleRun, state: _State) -> TraceBatch | None:
     dec = decode_bundles(run, state.descriptors)
-    where = run.base + run.start[0] if not run.inflated else run.base
+    where = run.origin[0]
     for reason, count in dec.skipped.items():
         if state.strict:
             raise TraceParseError(state.path, f"{reason} ({count} times)", offset=where)

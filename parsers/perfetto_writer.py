@@ -99,10 +99,20 @@ class _PacketSink:
 
 @dataclass
 class _Writer:
+    """Lays events out in read cycles, as traced_probes does: per cycle one bundle per CPU.
+
+    The reader merges a cycle's bundles by timestamp (ties: bundle order), and sees a new
+    cycle where a CPU repeats or a bundle has its ``lost_events`` flag. The writer closes a
+    cycle whenever the source order would not come out of that merge, so the file keeps the
+    source's order exactly; most cycles still hold long per-CPU runs.
+    """
+
     sink: _PacketSink
     encoder: EventEncoder
     bundle_events: int
-    bundle: _Bundle | None = None
+    cycle: list[_Bundle] = field(default_factory=list)
+    open: dict[int | None, _Bundle] = field(default_factory=dict)
+    key: tuple[int, int] | None = None
     known: dict[int, tuple[str | None, int | None]] = field(default_factory=dict)
     lost_next: set[int | None] = field(default_factory=set)
     lost_counts: dict[int, int] = field(default_factory=dict)
@@ -111,9 +121,12 @@ class _Writer:
     events: int = 0
 
     def flush_bundle(self) -> None:
-        b, self.bundle = self.bundle, None
-        if b is None:
-            return
+        """End the current cycle: write its bundles."""
+        for b in self.cycle:
+            self._write(b)
+        self.cycle, self.open, self.key = [], {}, None
+
+    def _write(self, b: _Bundle) -> None:
         fb = "FtraceEventBundle"
         body = b"" if b.cpu is None else varint_field(field_number(fb, "cpu"), b.cpu)
         ev_no = field_number(fb, "event")
@@ -127,15 +140,41 @@ class _Writer:
         self.sink.write(len_field(field_number("TracePacket", "ftrace_events"), body))
         self.bundles += 1
 
-    def event(self, cpu: int | None, data: bytes, layout: GenericLayout | None) -> None:
-        b = self.bundle
-        if b is None or b.cpu != cpu or len(b.events) >= self.bundle_events:
+    def _new_bundle(self, cpu: int | None, lost: bool, ftrace_ts: int | None = None) -> _Bundle:
+        """Open a bundle for ``cpu``, first closing the cycle if the reader would."""
+        cpus = [b.cpu for b in self.cycle]
+        if self.cycle and (cpu in cpus or lost):
             self.flush_bundle()
-            b = self.bundle = _Bundle(cpu, lost=cpu in self.lost_next)
+        b = _Bundle(cpu, lost=lost, ftrace_ts=ftrace_ts)
+        self.cycle.append(b)
+        self.open[cpu] = b
+        return b
+
+    def _restart(self, cpu: int | None) -> None:
+        """Close the cycle; make sure the reader sees the next bundle start a new one."""
+        ended = [b.cpu for b in self.cycle]
+        self.flush_bundle()
+        if ended and cpu not in ended and cpu not in self.lost_next:
+            self.cycle = [_Bundle(ended[0])]  # an empty bundle: the CPU repeats
+
+    def event(self, cpu: int | None, ts: int, data: bytes, layout: GenericLayout | None) -> None:
+        b = self.open.get(cpu)
+        rank = self.cycle.index(b) if b is not None else len(self.cycle)
+        if b is not None and len(b.events) >= self.bundle_events:
+            self.flush_bundle()
+            b, rank = None, 0
+        if self.key is not None and (ts, rank) < self.key:
+            self._restart(cpu)
+            b, rank = None, len(self.cycle)
+        if b is None:
+            lost = cpu in self.lost_next
             self.lost_next.discard(cpu)
+            b = self._new_bundle(cpu, lost)
+            rank = self.cycle.index(b)
         b.events.append(data)
         if layout is not None:
             b.layouts.setdefault(layout.field_id, layout)
+        self.key = (ts, rank)
         self.events += 1
 
     def who(self, pid: int, comm: str | None, tgid: int | None) -> None:
@@ -171,8 +210,9 @@ class _Writer:
         if next_cpu == cpu and next_ts == ts and cpu not in self.lost_next:
             self.lost_next.add(cpu)
             return
-        self.bundle = _Bundle(cpu, lost=True, ftrace_ts=ts)
-        self.flush_bundle()
+        self._new_bundle(cpu, True, ts)
+        self.open.pop(cpu)  # an empty flagged bundle: it takes no events
+        self.key = (ts, 0)
 
     def stats(self) -> None:
         """``FtraceStats`` at start and end of trace with the known lost counts."""
@@ -264,7 +304,7 @@ def _write_rows(trace: Trace, writer: _Writer) -> None:
                 writer.who(pid, cols["comm"][i], cols["tgid"][i])
             vals, compiled = per_row[i]
             data, layout = writer.encoder.encode(name, ts, pid, vals, compiled)
-            writer.event(cpu, data, layout)
+            writer.event(cpu, ts, data, layout)
     for m_cpu, m_ts, m_count in pending_marker:
         writer.lost(m_cpu, m_ts, m_count, None, None)
     for reason, n in values.dropped.items():

@@ -95,7 +95,7 @@ def test_streaming_batches_concatenate_to_the_whole() -> None:
     data = builder_trace("dense")
     whole = read_perfetto(data)
     batches = list(iter_perfetto(data, batch_events=1))
-    assert len(batches) > 2
+    assert len(batches) > 1
     seqs = [s for b in batches for s in b.events.column("seq").to_pylist()]
     assert seqs == whole.events.column("seq").to_pylist()
 
