@@ -5,7 +5,8 @@ of a Linux 6.18 KVM recording, raw ``name=value`` fields) parsed by a small rege
 the project's text reader), repeated with timestamps shifted so they keep increasing. Typed
 kvmmmu/kvm events go to their typed tables; the others keep their payload as ``args``.
 (``-R`` prints some fields in hex without ``0x``; values with a-f digits are read as hex, so
-a few typed values are approximate; sizes and shapes are real.)
+a few typed values are approximate; sizes and shapes are real. Events of the same microsecond
+are spread over distinct nanoseconds, as a ns trace clock would have them.)
 
 Reading runs in a child process so its peak RSS is its own:
 ``python benchmarks/parse_perfetto.py [--events N] [--encoding dense|legacy]``.
@@ -59,6 +60,11 @@ def build_trace(target: int) -> Trace:
     n = reps * len(base)
     ts0 = np.array([r[3] for r in base], np.int64)
     ts = (ts0[None, :] + (np.arange(reps, dtype=np.int64) * span)[:, None]).ravel()
+    # The text has microsecond resolution; a recorder's clock counts ns. Spread events of
+    # the same microsecond over distinct ns so timestamps strictly increase, as Perfetto's do.
+    same = np.concatenate([[False], ts[1:] == ts[:-1]])
+    run_start = np.maximum.accumulate(np.where(~same, np.arange(n), 0))
+    ts = ts + (np.arange(n) - run_start)
     seq = np.arange(n, dtype=np.int64)
     names = [r[4] for r in base] * reps
     typed_rows: dict[str, list[int]] = {}

@@ -11,15 +11,17 @@ are kept in a :class:`GenericDescriptors` cache for the bundles that follow.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 
+import numpy as np
 from google.protobuf.message import DecodeError
 
 from parsers.perfetto_protos import ProtoField, field_number, generic_event_fields
 from parsers.perfetto_wire import LEN, VARINT, WireError, iter_fields, read_varint
 
-__all__ = ["BundleRun", "GenericDescriptor", "GenericDescriptors", "walk_bundle",
+__all__ = ["BundleRun", "GenericDescriptor", "GenericDescriptors", "walk_bundles",
            "CompactEvent", "compact_sched_events"]
 
 
@@ -103,20 +105,19 @@ class BundleRun:
             return i, self.origin[i] + rel, None
         return i, self.origin[i], inner + rel
 
-    def split_last(self) -> BundleRun:
-        """Move the last bundle into a new run (it starts the next read cycle)."""
-        i = len(self) - 1
-        s, e = self.start[i], len(self.buf)
+    def split_at(self, i: int) -> BundleRun:
+        """Move bundles ``i`` and later into a new run (bundle ``i`` starts a read cycle)."""
+        s = self.start[i]
         first = self.first_event[i]
-        out = BundleRun(bytearray(self.buf[s:e]))
-        shift = -s
-        out.cpu, out.lost, out.ftrace_ts = [self.cpu[i]], [self.lost[i]], [self.ftrace_ts[i]]
-        span = self.compact[i]
-        out.compact = [None if span is None else (span[0] + shift, span[1] + shift)]
-        out.start, out.origin, out.inner, out.cycle = [0], [self.origin[i]], [self.inner[i]], [0]
-        out.first_event = [0]
-        out.ev_start = [x + shift for x in self.ev_start[first:]]
-        out.ev_end = [x + shift for x in self.ev_end[first:]]
+        out = BundleRun(bytearray(self.buf[s:]))
+        out.cpu, out.lost, out.ftrace_ts = self.cpu[i:], self.lost[i:], self.ftrace_ts[i:]
+        out.compact = [None if c is None else (c[0] - s, c[1] - s) for c in self.compact[i:]]
+        out.start = [x - s for x in self.start[i:]]
+        out.origin, out.inner = self.origin[i:], self.inner[i:]
+        out.cycle = [c - self.cycle[i] for c in self.cycle[i:]]
+        out.first_event = [x - first for x in self.first_event[i:]]
+        out.ev_start = [x - s for x in self.ev_start[first:]]
+        out.ev_end = [x - s for x in self.ev_end[first:]]
         self.truncate(i)
         del self.buf[s:]
         return out
@@ -141,41 +142,116 @@ class _Tags:
                    field_number(b, "generic_event_descriptors"))
 
 
-def walk_bundle(run: BundleRun, src: bytes, start: int, end: int, origin: int,
-                inner: int | None, cache: GenericDescriptors) -> bool:
-    """Copy the bundle ``src[start:end]`` into ``run`` and record its event spans, flags and
-    compact sched; its descriptors go into ``cache`` (before any event is decoded).
-
-    Returns whether the bundle starts a new read cycle (see :class:`BundleRun`).
+def walk_bundles(run: BundleRun, src: bytes, spans: list[tuple[int, int]],
+                 where: Callable[[int], tuple[int, int | None]],
+                 cache: GenericDescriptors) -> None:
+    """Copy the bundles ``src[start:end]`` into ``run`` and record their event spans, flags
+    and compact sched; their descriptors go into ``cache`` before any event is decoded.
+    ``where(start)`` gives a bundle's file offset and inflated offset. Each bundle's read
+    cycle is recorded in ``run.cycle`` (see :class:`BundleRun`).
 
     Raises:
-        WireError: the bundle breaks the wire format (offset into ``src``).
+        WireError: a bundle breaks the wire format (offset into ``src``).
     """
     tags = _Tags.load()
-    shift = len(run.buf) - start
-    run.cpu.append(None)
-    run.lost.append(False)
-    run.ftrace_ts.append(None)
-    run.compact.append(None)
-    run.start.append(start + shift)
+    event_tag = (tags.event << 3) | LEN
+    for a, b in spans:
+        found: list[int] = []
+        others: list[int] = []
+        pos = _event_tags(src, a, b, event_tag, found, others)
+        if pos != b:
+            raise WireError(found[-1], f"{pos - found[-1] - 2} bytes of an FtraceEvent inside "
+                                       "its bundle")
+        fields = [next(iter_fields(src, p, b)) for p in others]
+        for number, wire, value, at in fields:
+            if number == tags.descriptors and wire == LEN:
+                cache.add_raw(src, at, at + value)
+        shift = len(run.buf) - a
+        run.buf += src[a:b]
+        _append(run, tags, fields, found, shift, a + shift, where(a), src)
+        _new_cycle(run)
+
+
+def _event_tags(src: bytes, pos: int, end: int, event_tag: int, found: list[int],
+                others: list[int]) -> int:
+    """Positions of the bundle's events with a 1-byte length (``found``) and of its other
+    fields (``others``); returns where the walk stopped (``end`` unless damaged)."""
+    try:
+        while pos < end:
+            if src[pos] == event_tag:
+                length = src[pos + 1]
+                if length < 0x80:
+                    found.append(pos)
+                    pos += 2 + length
+                    continue
+                high = src[pos + 2]
+                if high < 0x80:
+                    found.append(pos)
+                    pos += 3 + ((length & 0x7F) | (high << 7))
+                    continue
+            others.append(pos)
+            number, wire, value, at = next(iter_fields(src, pos, end))
+            pos = at + value if wire == LEN else _after(src, pos, end)
+    except IndexError:
+        raise WireError(pos, "an FtraceEvent length inside the trace") from None
+    return pos
+
+
+def _short_span(src: bytes, p: int) -> tuple[int, int]:
+    """Payload span of an event whose length takes one or two bytes."""
+    low = src[p + 1]
+    if low < 0x80:
+        return p + 2, p + 2 + low
+    return p + 3, p + 3 + ((low & 0x7F) | (src[p + 2] << 7))
+
+
+def _after(data: bytes, pos: int, end: int) -> int:
+    """Position after the (non length-delimited) field at ``pos``."""
+    tag, p = read_varint(data, pos, end)
+    if tag & 7 == VARINT:
+        return read_varint(data, p, end)[1]
+    return p + (8 if tag & 7 == 1 else 4)
+
+
+def _append(run: BundleRun, tags: _Tags, fields: list[tuple[int, int, int, int]],
+            found: list[int], shift: int, start: int, where: tuple[int, int | None],
+            src: bytes) -> None:
+    origin, inner = where
+    cpu = lost = read_ts = compact = None
+    long_events: list[tuple[int, int]] = []
+    for number, wire, value, at in fields:
+        if number == tags.event and wire == LEN:
+            long_events.append((at, at + value))
+        elif number == tags.cpu and wire == VARINT:
+            cpu = value
+        elif number == tags.lost and wire == VARINT:
+            lost = bool(value) or bool(lost)
+        elif number == tags.ftrace_ts and wire == VARINT:
+            read_ts = value - (1 << 64) if value >= 1 << 63 else value
+        elif number == tags.compact and wire == LEN:
+            compact = (at + shift, at + value + shift)
+    run.cpu.append(cpu)
+    run.lost.append(bool(lost))
+    run.ftrace_ts.append(read_ts)
+    run.compact.append(compact)
+    run.start.append(start)
     run.origin.append(origin)
     run.inner.append(inner)
     run.first_event.append(len(run.ev_start))
-    starts, ends = run.ev_start, run.ev_end
-    event_tag = (tags.event << 3) | LEN
-    pos = start
-    while pos < end:
-        if src[pos] == event_tag and pos + 1 < end and src[pos + 1] < 0x80:
-            s = pos + 2
-            pos = s + src[pos + 1]
-            if pos > end:
-                raise WireError(s - 2, f"{pos - s} bytes of an FtraceEvent inside its bundle")
-            starts.append(s + shift)
-            ends.append(pos + shift)
-            continue
-        pos = _other_field(src, pos, end, run, tags, cache, shift)
-    run.buf += src[start:end]
-    return _new_cycle(run)
+    if long_events:  # rare: keep file order of short and long events
+        spans = sorted([_short_span(src, p) for p in found] + long_events)
+        run.ev_start.extend(s + shift for s, _ in spans)
+        run.ev_end.extend(e + shift for _, e in spans)
+        return
+    pos = np.array(found, np.int64)
+    raw = np.frombuffer(src, np.uint8)
+    low = raw[pos + 1].astype(np.int64) if pos.size else pos
+    two = low >= 0x80
+    high = raw[np.minimum(pos + 2, raw.size - 1)].astype(np.int64) if pos.size else pos
+    starts = pos + 2 + two
+    lengths = np.where(two, (low & 0x7F) | (high << 7), low)
+    run.ev_start.extend((starts + shift).tolist())
+    run.ev_end.extend((starts + lengths + shift).tolist())
 
 
 def _new_cycle(run: BundleRun) -> bool:
@@ -189,38 +265,6 @@ def _new_cycle(run: BundleRun) -> bool:
         fresh = run.cpu[i] in run.cpu[first:i]
     run.cycle.append(cycle + 1 if fresh and i else cycle)
     return fresh
-
-
-def _other_field(
-    data: bytes, pos: int, end: int, run: BundleRun, tags: _Tags, cache: GenericDescriptors,
-    shift: int,
-) -> int:
-    """Decode one bundle field at ``pos`` the slow way; returns the next position."""
-    number, wire, value, at = next(iter_fields(data, pos, end))
-    nxt = (at + value) if wire == LEN else _after(data, pos, end)
-    if number == tags.event and wire == LEN:
-        run.ev_start.append(at + shift)
-        run.ev_end.append(at + value + shift)
-    elif number == tags.cpu and wire == VARINT:
-        run.cpu[-1] = value
-    elif number == tags.lost and wire == VARINT:
-        run.lost[-1] = run.lost[-1] or bool(value)
-    elif number == tags.ftrace_ts and wire == VARINT:
-        run.ftrace_ts[-1] = value - (1 << 64) if value >= 1 << 63 else value
-    elif number == tags.compact and wire == LEN:
-        run.compact[-1] = (at + shift, at + value + shift)
-    elif number == tags.descriptors and wire == LEN:
-        cache.add_raw(data, at, at + value)
-    return nxt
-
-
-def _after(data: bytes, pos: int, end: int) -> int:
-    """Position after the (non length-delimited) field at ``pos``."""
-    tag, p = read_varint(data, pos, end)
-    wire = tag & 7
-    if wire == VARINT:
-        return read_varint(data, p, end)[1]
-    return p + (8 if wire == 1 else 4)
 
 
 def _descriptor(data: bytes, start: int, end: int) -> GenericDescriptor:

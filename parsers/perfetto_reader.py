@@ -29,7 +29,7 @@ from parsers.perfetto_bundles import (
     CompactEvent,
     GenericDescriptors,
     compact_sched_events,
-    walk_bundle,
+    walk_bundles,
 )
 from parsers.perfetto_events import decode_bundles
 from parsers.perfetto_packets import Block, Source, TruncatedPacket, inner_packets, iter_blocks
@@ -165,32 +165,45 @@ def _block(block: Block, state: _State, depth: int) -> Iterator[TraceBatch]:
     """Walk a block's packets: bundles are collected, other packets applied in order."""
     buf = block.buf
     ftrace_tag = (field_number("TracePacket", "ftrace_events") << 3) | LEN
+    pending: list[tuple[int, int]] = []
     try:
         for s, e in block.spans:
             state.packets += 1
             if buf[s] == ftrace_tag:
                 length, q = read_varint(buf, s + 1, e)
                 if q + length == e:
-                    yield from _add_bundle(state, block, q, e)
+                    pending.append((q, e))
                     continue
+            yield from _add_bundles(state, block, pending)
+            pending = []
             yield from _flush(state)
             yield from _packet(block, s, e, state, depth)
+        yield from _add_bundles(state, block, pending)
     except WireError as exc:
         raise _located(exc, block) from exc
 
 
-def _add_bundle(state: _State, block: Block, start: int, end: int) -> Iterator[TraceBatch]:
+def _add_bundles(state: _State, block: Block, spans: list[tuple[int, int]]
+                 ) -> Iterator[TraceBatch]:
+    """Append bundles to the pending run; decode whole read cycles once it is big enough."""
+    if not spans:
+        return
     run = state.run
-    origin, inner = (block.base, start) if block.inflated else (block.base + start, None)
-    try:
-        fresh = walk_bundle(run, block.buf, start, end, origin, inner, state.descriptors)
-    except WireError:
-        run.truncate(len(run) - 1)
-        raise
-    last_events = len(run.ev_start) - run.first_event[-1]
-    if fresh and len(run) > 1 and len(run.ev_start) - last_events >= state.batch_events:
-        state.run = run.split_last()
+
+    def where(start: int) -> tuple[int, int | None]:
+        return (block.base, start) if block.inflated else (block.base + start, None)
+
+    walk_bundles(run, block.buf, spans, where, state.descriptors)
+    if len(run.ev_start) < state.batch_events:
+        return
+    cut = len(run) - 1
+    while cut > 0 and run.cycle[cut] == run.cycle[cut - 1]:
+        cut -= 1
+    if cut > 0:
+        state.run = run.split_at(cut)
         yield from _decoded(run, state)
+        if len(state.run.ev_start) >= state.batch_events:
+            yield from _flush(state)
 
 
 def _packet(block: Block, start: int, end: int, state: _State, depth: int
@@ -202,7 +215,7 @@ def _packet(block: Block, start: int, end: int, state: _State, depth: int
         if wire != LEN:
             continue
         if number == field_number(tp, "ftrace_events"):
-            yield from _add_bundle(state, block, at, at + value)
+            yield from _add_bundles(state, block, [(at, at + value)])
             yield from _flush(state)
         elif number == field_number(tp, "compressed_packets"):
             if depth:

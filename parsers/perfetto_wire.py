@@ -115,22 +115,35 @@ class Fields:
 
 
 def _varints(buf: U8, pos: I64, end: I64) -> tuple[U64, I64]:
-    """Decode one varint at each ``pos`` (vectorised); returns values and next positions."""
-    if not pos.size:
+    """Decode one varint at each ``pos`` (vectorised); returns values and next positions.
+
+    Works byte by byte over the varints still running, so 1-byte varints cost one step.
+    """
+    n = pos.size
+    if not n:
         return np.zeros(0, np.uint64), pos
-    idx = pos[:, None] + np.arange(_MAX_VARINT, dtype=np.int64)
-    raw = buf[np.minimum(idx, buf.size - 1)]
-    cont = raw >= 0x80
-    stops = ~cont
-    length = np.argmax(stops, axis=1) + 1
-    bad = ~stops.any(axis=1) | (pos + length > end)
-    if bad.any():
-        at = int(pos[np.flatnonzero(bad)].min())
-        raise WireError(at, "a varint of at most 10 bytes inside the enclosing message")
-    keep = np.arange(_MAX_VARINT) < length[:, None]
-    parts = (raw & 0x7F).astype(np.uint64) << _SHIFTS
-    values = np.bitwise_or.reduce(np.where(keep, parts, np.uint64(0)), axis=1)
-    return values.astype(np.uint64), pos + length
+    if (pos >= end).any():
+        at = int(pos[pos >= end].min())
+        raise WireError(at, "a varint, found the end of the enclosing message")
+    b = buf[pos]
+    values = (b & 0x7F).astype(np.uint64)
+    nxt = pos + 1
+    idx = np.flatnonzero(b >= 0x80)
+    shift = 7
+    while idx.size:
+        if shift >= 7 * _MAX_VARINT:
+            raise WireError(int(pos[idx].min()), "a varint of at most 10 bytes")
+        p = nxt[idx]
+        over = p >= end[idx]
+        if over.any():
+            raise WireError(int(pos[idx][over].min()),
+                            "a varint that ends inside the enclosing message")
+        b = buf[p]
+        values[idx] |= (b & 0x7F).astype(np.uint64) << np.uint64(shift)
+        nxt[idx] = p + 1
+        idx = idx[b >= 0x80]
+        shift += 7
+    return values, nxt
 
 
 def _fixed(buf: U8, pos: I64, size: int) -> U64:
