@@ -106,6 +106,11 @@ def _typed(name: str, idx: list[int], base: list, reps: int, period: int,
 
 
 def _peak_rss_mib() -> float:
+    """Peak RSS of this process image (VmHWM; ru_maxrss would include the parent's peak,
+    which Linux carries across fork + exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

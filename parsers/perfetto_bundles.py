@@ -299,23 +299,23 @@ class CompactEvent:
     args: str
 
 
-def _repeated(data: bytes, start: int, end: int) -> dict[int, list[int] | list[str]]:
-    """Every repeated field of a CompactSched message: packed or not, ints or strings."""
-    out: dict[int, list[int] | list[str]] = {}
+def _repeated(data: bytes, start: int, end: int) -> tuple[dict[int, list[int]], list[str]]:
+    """The repeated fields of a CompactSched message (packed or not) and its intern table."""
+    ints: dict[int, list[int]] = {}
+    strings: list[str] = []
     intern = field_number("FtraceEventBundle.CompactSched", "intern_table")
     for number, wire, value, at in iter_fields(data, start, end):
         if number == intern and wire == LEN:
-            out.setdefault(number, []).append(  # type: ignore[arg-type]
-                bytes(data[at:at + value]).decode("utf-8", "replace"))
+            strings.append(bytes(data[at:at + value]).decode("utf-8", "replace"))
         elif wire == LEN:
             p, stop = at, at + value
-            ints = out.setdefault(number, [])
+            column = ints.setdefault(number, [])
             while p < stop:
                 v, p = read_varint(data, p, stop)
-                ints.append(v)  # type: ignore[arg-type]
+                column.append(v)
         elif wire == VARINT:
-            out.setdefault(number, []).append(value)  # type: ignore[arg-type]
-    return out
+            ints.setdefault(number, []).append(value)
+    return ints, strings
 
 
 def compact_sched_events(
@@ -330,12 +330,10 @@ def compact_sched_events(
     if span is None:
         return [], prev_pid
     c = "FtraceEventBundle.CompactSched"
-    arr = _repeated(bytes(run.buf[span[0]:span[1]]), 0, span[1] - span[0])
+    arr, intern = _repeated(bytes(run.buf[span[0]:span[1]]), 0, span[1] - span[0])
 
     def col(name: str) -> list[int]:
-        return arr.get(field_number(c, name), [])  # type: ignore[return-value]
-
-    intern: list[str] = arr.get(field_number(c, "intern_table"), [])  # type: ignore[assignment]
+        return arr.get(field_number(c, name), [])
     out: list[CompactEvent] = []
     ts = 0
     for i, delta in enumerate(col("switch_timestamp")):

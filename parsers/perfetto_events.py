@@ -73,7 +73,7 @@ def decode_bundles(run: BundleRun, cache: GenericDescriptors) -> DecodedEvents:
     buf = np.frombuffer(run.buf, np.uint8)
     starts = np.array(run.ev_start, np.int64)
     ends = np.array(run.ev_end, np.int64)
-    counts = np.diff(np.array(run.first_event + [len(run.ev_start)], np.int64))
+    counts = np.diff(np.array([*run.first_event, len(run.ev_start)], np.int64)).astype(np.int64)
     owner = np.repeat(np.arange(len(run), dtype=np.int64), counts)
     n = starts.size
     fields = scan(buf, starts, ends)

@@ -296,7 +296,7 @@ def _finish(state: _State) -> None:
     if counts:
         meta.add_variant("kvm_entry/kvm_exit arm64-shaped protos (no vcpu_id)")
         done = {k: v for k, v in counts.items() if k}
-        for how, n in sorted(done.items()):
+        for how in sorted(done):
             meta.add_variant(f"vcpu_id-inferred-from-{how}")
         meta.warnings.append(
             "Perfetto's compiled kvm_entry/kvm_exit protos are arm64-shaped and keep no x86 "

@@ -182,7 +182,8 @@ class EventValues:
             spec = list(EVENT_FIELDS[name]) + [(b, pa.uint8()) for b in self._bits[name]]
             cols = [(f, _arrow_kind(t), part.column(f).to_pylist()) for f, t in spec]
             for i, seq in enumerate(part.column("seq").to_pylist()):
-                row = {f: None if vals[i] is None else (k, int(vals[i])) for f, k, vals in cols}
+                row: dict[str, Value | None] = {
+                    f: None if vals[i] is None else (k, int(vals[i])) for f, k, vals in cols}
                 if row.get("role") is not None:
                     row.update(dict.fromkeys(self._bits[name]))
                 out[seq] = row

@@ -149,7 +149,9 @@ def _varints(buf: U8, pos: I64, end: I64) -> tuple[U64, I64]:
 def _fixed(buf: U8, pos: I64, size: int) -> U64:
     idx = pos[:, None] + np.arange(size, dtype=np.int64)
     raw = buf[idx].astype(np.uint64)
-    return np.bitwise_or.reduce(raw << (np.arange(size, dtype=np.uint64) * np.uint64(8)), axis=1)
+    shifted = raw << (np.arange(size, dtype=np.uint64) * np.uint64(8))
+    out: U64 = np.bitwise_or.reduce(shifted, axis=1)
+    return out
 
 
 def scan(buf: U8, starts: I64, ends: I64) -> Fields:

@@ -170,7 +170,7 @@ def _generic(ev: Any, encoding: str, name: str, fields: list[tuple[str, int]],
         return
     payload_cls, wrapper_cls = _dense_classes(name, fields, field_id)
     wrapper = wrapper_cls()
-    getattr(wrapper, "payload").CopyFrom(payload_cls(**values))
+    wrapper.payload.CopyFrom(payload_cls(**values))
     ev.MergeFromString(wrapper.SerializeToString())
 
 
