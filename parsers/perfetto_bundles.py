@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass, field
 from functools import cache
 
 import numpy as np
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 
 from parsers.perfetto_protos import ProtoField, field_number, generic_event_fields
@@ -84,6 +86,9 @@ class BundleRun:
     first_event: list[int] = field(default_factory=list)
     ev_start: list[int] = field(default_factory=list)
     ev_end: list[int] = field(default_factory=list)
+    #: Bundles stored as their events' payloads only: the original bytes and span, to map a
+    #: position back to the file (``None``: the bundle's bytes were copied whole).
+    packed: list[tuple[bytes, int, int] | None] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.cpu)
@@ -92,7 +97,7 @@ class BundleRun:
         """Keep only the first ``n`` bundles."""
         cut = self.first_event[n] if n < len(self.first_event) else len(self.ev_start)
         for name in ("cpu", "lost", "ftrace_ts", "compact", "start", "origin", "inner", "cycle",
-                     "first_event"):
+                     "first_event", "packed"):
             del getattr(self, name)[n:]
         del self.ev_start[cut:], self.ev_end[cut:]
 
@@ -100,6 +105,9 @@ class BundleRun:
         """The bundle holding ``buf[pos]``: its index, file offset and inflated offset."""
         i = max(bisect.bisect_right(self.start, pos) - 1, 0)
         rel = pos - self.start[i]
+        packed = self.packed[i]
+        if packed is not None:
+            rel = _unpacked(packed, self, i, pos)
         inner = self.inner[i]
         if inner is None:
             return i, self.origin[i] + rel, None
@@ -114,6 +122,7 @@ class BundleRun:
         out.compact = [None if c is None else (c[0] - s, c[1] - s) for c in self.compact[i:]]
         out.start = [x - s for x in self.start[i:]]
         out.origin, out.inner = self.origin[i:], self.inner[i:]
+        out.packed = self.packed[i:]
         out.cycle = [c - self.cycle[i] for c in self.cycle[i:]]
         out.first_event = [x - first for x in self.first_event[i:]]
         out.ev_start = [x - s for x in self.ev_start[first:]]
@@ -156,6 +165,9 @@ def walk_bundles(run: BundleRun, src: bytes, spans: list[tuple[int, int]],
     tags = _Tags.load()
     event_tag = (tags.event << 3) | LEN
     for a, b in spans:
+        if _packed_bundle(run, src, a, b, where(a), cache):
+            _new_cycle(run)
+            continue
         found: list[int] = []
         others: list[int] = []
         pos = _event_tags(src, a, b, event_tag, found, others)
@@ -168,8 +180,95 @@ def walk_bundles(run: BundleRun, src: bytes, spans: list[tuple[int, int]],
                 cache.add_raw(src, at, at + value)
         shift = len(run.buf) - a
         run.buf += src[a:b]
+        run.packed.append(None)
         _append(run, tags, fields, found, shift, a + shift, where(a), src)
         _new_cycle(run)
+
+
+@cache
+def _bundle_class() -> Any:
+    """A message class for ``FtraceEventBundle`` that keeps each event as raw bytes, so
+    python-protobuf's C parser (upb) splits a bundle into its events."""
+    b = "FtraceEventBundle"
+    fdp = descriptor_pb2.FieldDescriptorProto
+    proto = descriptor_pb2.FileDescriptorProto(name="kvm_mmu_replay_raw_bundle.proto",
+                                               package="kvm_mmu_replay_raw")
+    msg = proto.message_type.add(name="RawBundle")
+    for name, typ, label in (
+        ("cpu", fdp.TYPE_UINT64, fdp.LABEL_OPTIONAL), ("event", fdp.TYPE_BYTES, fdp.LABEL_REPEATED),
+        ("lost_events", fdp.TYPE_UINT64, fdp.LABEL_OPTIONAL),
+        ("compact_sched", fdp.TYPE_BYTES, fdp.LABEL_OPTIONAL),
+        ("ftrace_timestamp", fdp.TYPE_INT64, fdp.LABEL_OPTIONAL),
+        ("generic_event_descriptors", fdp.TYPE_BYTES, fdp.LABEL_REPEATED),
+    ):
+        field_proto = msg.field.add(name=name, number=field_number(b, name), type=typ, label=label)
+        if label == fdp.LABEL_OPTIONAL:
+            field_proto.proto3_optional = True
+            msg.oneof_decl.add(name=f"_{name}")
+            field_proto.oneof_index = len(msg.oneof_decl) - 1
+    proto.syntax = "proto3"
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("kvm_mmu_replay_raw.RawBundle"))
+
+
+def _packed_bundle(run: BundleRun, src: bytes, a: int, b: int, where: tuple[int, int | None],
+                   cache: GenericDescriptors) -> bool:
+    """Split the bundle with upb; store its events' payloads back to back in ``run.buf``.
+
+    Returns False (nothing changed) when upb rejects the bytes: the caller then walks the
+    bundle by hand, which names the offset of the damage.
+    """
+    try:
+        msg = _bundle_class().FromString(src[a:b])
+    except DecodeError:
+        return False
+    for raw in msg.generic_event_descriptors:
+        cache.add_raw(raw, 0, len(raw))
+    events = list(msg.event)
+    lengths = np.fromiter(map(len, events), np.int64, len(events))
+    base = len(run.buf)
+    run.start.append(base)
+    run.buf += b"".join(events)
+    ends = base + np.cumsum(lengths)
+    run.first_event.append(len(run.ev_start))
+    run.ev_start.extend((ends - lengths).tolist())
+    run.ev_end.extend(ends.tolist())
+    compact = None
+    if msg.HasField("compact_sched"):
+        at = len(run.buf)
+        run.buf += msg.compact_sched
+        compact = (at, len(run.buf))
+    run.cpu.append(msg.cpu if msg.HasField("cpu") else None)
+    run.lost.append(bool(msg.lost_events))
+    run.ftrace_ts.append(msg.ftrace_timestamp if msg.HasField("ftrace_timestamp") else None)
+    run.compact.append(compact)
+    run.origin.append(where[0])
+    run.inner.append(where[1])
+    run.packed.append((src, a, b))
+    return True
+
+
+def _unpacked(packed: tuple[bytes, int, int], run: BundleRun, i: int, pos: int) -> int:
+    """Offset inside the original bundle of ``run.buf[pos]`` (a packed bundle's payloads)."""
+    src, a, b = packed
+    first = run.first_event[i]
+    last = run.first_event[i + 1] if i + 1 < len(run) else len(run.ev_start)
+    k = max(bisect.bisect_right(run.ev_start, pos, first, last) - 1, first)
+    found: list[int] = []
+    _event_tags(src, a, b, (_Tags.load().event << 3) | LEN, found, [])
+    spans = sorted([_short_span(src, p) for p in found] + [
+        (at, at + value) for number, wire, value, at in
+        (next(iter_fields(src, p, b)) for p in _others(src, a, b))
+        if number == _Tags.load().event and wire == LEN])
+    start = spans[k - first][0] if k - first < len(spans) else a
+    return start + (pos - run.ev_start[k]) - a
+
+
+def _others(src: bytes, a: int, b: int) -> list[int]:
+    others: list[int] = []
+    _event_tags(src, a, b, (_Tags.load().event << 3) | LEN, [], others)
+    return others
 
 
 def _event_tags(src: bytes, pos: int, end: int, event_tag: int, found: list[int],

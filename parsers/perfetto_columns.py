@@ -86,14 +86,20 @@ def column_of(
     owner = fields.owner[rows]
     present[owner] = True
     if kind in _TEXT_KINDS:
-        spans = gather_strings(buf, fields.start[rows], fields.value[rows])
-        full: list[bytes | None] | None = None
-        if np.unique(owner).size != owner.size or owner.size != n:
-            full = [None] * n
-            for o, s in zip(owner.tolist(), spans.to_pylist(), strict=True):
-                full[o] = s
-            spans = pa.array(full, pa.large_binary())
-        return FieldColumn(name, kind, present, strings=spans), int(wrong.size)
+        last = np.zeros(n, np.int64) - 1
+        last[owner] = np.arange(owner.size)  # the last occurrence wins
+        have = last >= 0
+        picked = rows[last[have]]
+        spans = gather_strings(buf, fields.start[picked], fields.value[picked])
+        if have.all():
+            return FieldColumn(name, kind, present, strings=spans), int(wrong.size)
+        if not have.any():
+            return FieldColumn(name, kind, present, strings=pa.nulls(n, pa.large_binary())), int(
+                wrong.size)
+        idx = np.cumsum(have) - 1
+        full = spans.take(pa.array(np.where(have, idx, 0)))
+        full = pc.if_else(pa.array(have), full, pa.scalar(None, pa.large_binary()))
+        return FieldColumn(name, kind, present, strings=full), int(wrong.size)
     values = np.zeros(n, np.uint64)
     values[owner] = fields.value[rows]
     return FieldColumn(name, kind, present, values=values), int(wrong.size)

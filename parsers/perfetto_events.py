@@ -105,9 +105,11 @@ def decode_bundles(run: BundleRun, cache: GenericDescriptors) -> DecodedEvents:
 
 
 def _first_per_owner(owner: I64) -> I64:
+    """Row of each owner's first field (rows come step by step, see :class:`Fields`)."""
     if not owner.size:
         return owner
-    return np.flatnonzero(np.concatenate([[True], owner[1:] != owner[:-1]]))
+    _, first = np.unique(owner, return_index=True)
+    return first
 
 
 def _decode_kind(

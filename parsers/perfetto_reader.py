@@ -134,7 +134,10 @@ def _batches(source: Source, state: _State) -> Iterator[TraceBatch]:
         error = _error(state, exc)
         if not state.salvage:
             raise error from exc
-        yield from _flush(state)
+        try:
+            yield from _flush(state)
+        except WireError:  # the damaged bundle itself; those before it were yielded
+            pass
         state.meta.warnings.append(f"salvaged the packets before the damage: {error}")
         state.meta.add_variant("salvaged")
     _finish(state)

@@ -96,7 +96,8 @@ def iter_fields(buf: bytes, pos: int, end: int) -> Iterator[tuple[int, int, int,
 
 @dataclass
 class Fields:
-    """Fields of many messages, flattened; rows of one message are contiguous, in order.
+    """Fields of many messages, flattened: step by step (the first field of every message,
+    then the second, ...), so a message's fields appear in order but not contiguously.
 
     ``value`` is the varint or fixed value, or for length-delimited fields the length, whose
     payload starts at ``start``.
@@ -179,14 +180,12 @@ def scan(buf: U8, starts: I64, ends: I64) -> Fields:
     if not parts:
         z = np.zeros(0, np.int64)
         return Fields(z, z, z, np.zeros(0, np.uint64), z)
-    owner = np.concatenate([a for a, *_ in parts])
-    order = np.argsort(owner, kind="stable")
-    cols = [np.concatenate([part[k] for part in parts])[order] for k in range(1, 5)]
-    return Fields(owner[order], cols[0], cols[1], cols[2], cols[3])
+    cols = [np.concatenate([part[k] for part in parts]) for k in range(5)]
+    return Fields(cols[0], cols[1], cols[2], cols[3], cols[4])
 
 
 def _check_tags(at: I64, number: I64, wire: I64) -> None:
-    bad = (number == 0) | ~np.isin(wire, (VARINT, FIXED64, LEN, FIXED32))
+    bad = (number == 0) | (wire == 3) | (wire == 4) | (wire > 5)
     if bad.any():
         i = int(np.flatnonzero(bad)[np.argmin(at[bad])])
         raise WireError(int(at[i]), "a field tag with a field number above 0 and wire type "
