@@ -131,7 +131,10 @@ def assemble_batch(
 
 
 def _dict(arr: pa.Array) -> pa.Array:
-    return pc.dictionary_encode(arr.cast(pa.string())).cast(pa.dictionary(pa.int32(), pa.string()))
+    target = pa.dictionary(pa.int32(), pa.string())
+    if pa.types.is_dictionary(arr.type):
+        return arr.cast(target)
+    return pc.dictionary_encode(arr.cast(pa.string())).cast(target)
 
 
 def _columns(
@@ -152,20 +155,31 @@ def _columns(
     ts[cp] = [compact[i].ts for i in cidx]
     pid[cp] = [compact[i].pid or 0 for i in cidx]
     pid_ok[cp] = [compact[i].pid is not None for i in cidx]
-    cpus = run.cpu
-    cpu = pa.array([cpus[b] for b in rows.bundle.tolist()], pa.int32())
-    names = [g.name for g in groups]
-    event = np.empty(n, object)
-    event[ev] = [names[i] for i in name_of[index[ev]].tolist()]
-    event[mk] = LOST_EVENTS
-    event[cp] = [compact[i].name for i in cidx]
+    cpus = np.array([-1 if c is None else c for c in run.cpu], np.int64)[rows.bundle]
     comm, tgid = _who(pid, pid_ok, threads)
     return {
-        "ts": pa.array(ts), "pid": pa.array(pid.astype(np.int32), mask=~pid_ok), "cpu": cpu,
-        "tgid": tgid, "comm": comm, "event": pa.array(event, pa.string()),
+        "ts": pa.array(ts), "pid": pa.array(pid.astype(np.int32), mask=~pid_ok),
+        "cpu": pa.array(cpus.astype(np.int32), mask=cpus < 0), "tgid": tgid, "comm": comm,
+        "event": _event_names(groups, name_of, rows, compact),
         "flags": pa.nulls(n, pa.string()), "instance": pa.nulls(n, pa.string()),
         "args": _args(groups, dec.ts.size, rows, compact),
     }
+
+
+def _event_names(groups: list[EventGroup], name_of: I64, rows: _Rows,
+                 compact: list[CompactEvent]) -> pa.Array:
+    """The ``event`` column, dictionary-encoded without going through Python strings."""
+    names: dict[str, int] = {}
+    group_code = np.array([names.setdefault(g.name, len(names)) for g in groups] or [0],
+                          np.int32)
+    lost_code = names.setdefault(LOST_EVENTS, len(names))
+    compact_code = np.array([names.setdefault(c.name, len(names)) for c in compact] or [0],
+                            np.int32)
+    codes = np.full(rows.kind.size, lost_code, np.int32)
+    ev, cp = rows.kind == 1, rows.kind == 2
+    codes[ev] = group_code[name_of[rows.index[ev]]]
+    codes[cp] = compact_code[rows.index[cp]]
+    return pa.DictionaryArray.from_arrays(pa.array(codes), pa.array(list(names), pa.string()))
 
 
 def _marker_ts(b: int, run: BundleRun, dec: DecodedEvents, last_ts: int | None) -> int:
@@ -182,36 +196,34 @@ def _marker_ts(b: int, run: BundleRun, dec: DecodedEvents, last_ts: int | None) 
 
 
 def _who(pid: I64, ok: np.ndarray, threads: ThreadMap) -> tuple[pa.Array, pa.Array]:
+    """``comm`` (dictionary-encoded) and ``tgid`` of each row's pid, from the thread map."""
     uniq, inverse = np.unique(np.where(ok, pid, -1), return_inverse=True)
     found = [threads.lookup(p) if p != -1 else (None, None) for p in uniq.tolist()]
-    comm_u = pa.array([c for c, _ in found], pa.string())
+    comm_u = pc.dictionary_encode(pa.array([c for c, _ in found], pa.string()))
     tgid_u = pa.array([t for _, t in found], pa.int32())
     idx = pa.array(inverse.ravel())
-    comm, tgid = comm_u.take(idx), tgid_u.take(idx)
-    none_s, none_i = pa.scalar(None, pa.string()), pa.scalar(None, pa.int32())
-    return pc.if_else(pa.array(ok), comm, none_s), pc.if_else(pa.array(ok), tgid, none_i)
+    codes = comm_u.indices.take(idx)
+    comm = pa.DictionaryArray.from_arrays(codes, comm_u.dictionary)
+    return comm, tgid_u.take(idx)
 
 
 def _args(groups: list[EventGroup], n_events: int, rows: _Rows,
           compact: list[CompactEvent]) -> pa.Array:
-    parts: list[pa.Array] = []
-    at: list[I64] = []
-    for g in groups:
-        parts.append(g.args if g.args is not None else pa.nulls(g.rows.size, pa.string()))
-        at.append(g.rows)
-    by_event = pa.nulls(n_events, pa.string())
-    if parts:
-        rows_all = np.concatenate(at)
-        pos = np.full(n_events, -1, np.int64)
+    """The ``args`` column: one take over the groups' texts, compact texts and a null."""
+    parts = [g.args.cast(pa.string()) if g.args is not None else pa.nulls(g.rows.size, pa.string())
+             for g in groups]
+    pos = np.zeros(n_events, np.int64)
+    if groups:
+        rows_all = np.concatenate([g.rows for g in groups])
         pos[rows_all] = np.arange(rows_all.size)
-        merged = pa.concat_arrays([p.cast(pa.string()) for p in parts])
-        by_event = merged.take(pa.array(np.where(pos >= 0, pos, 0)))
-    out = np.empty(rows.kind.size, object)
-    ev = rows.kind == 1
-    out[ev] = by_event.take(pa.array(rows.index[ev])).to_numpy(zero_copy_only=False)
-    cp = rows.kind == 2
-    out[cp] = [compact[i].args for i in rows.index[cp].tolist()]
-    return pa.array(out, pa.string())
+    texts = pa.concat_arrays([*parts, pa.array([c.args for c in compact], pa.string()),
+                              pa.nulls(1, pa.string())])
+    n_group = sum(len(p) for p in parts)
+    take = np.full(rows.kind.size, n_group + len(compact), np.int64)
+    ev, cp = rows.kind == 1, rows.kind == 2
+    take[ev] = pos[rows.index[ev]]
+    take[cp] = n_group + rows.index[cp]
+    return texts.take(pa.array(take))
 
 
 def _typed(

@@ -89,7 +89,8 @@ def test_compiled_kvm_events_keep_only_what_perfetto_keeps(tmp_path: Path) -> No
 def test_perfetto_round_trip_is_a_fixed_point(tmp_path: Path) -> None:
     once = _trip(synthetic_trace(), tmp_path, "dense", False)
     twice = _trip(once, tmp_path, "legacy", True)
-    assert twice.events.equals(once.events)
+    cols = tuple(once.events.column_names)
+    assert events_view(twice, cols).equals(events_view(once, cols))
     for name in once.names:
         assert twice.table(name).equals(once.table(name)), name
 
