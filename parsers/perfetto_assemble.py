@@ -172,7 +172,7 @@ def _event_names(groups: list[EventGroup], name_of: I64, rows: _Rows,
     names: dict[str, int] = {}
     group_code = np.array([names.setdefault(g.name, len(names)) for g in groups] or [0],
                           np.int32)
-    lost_code = names.setdefault(LOST_EVENTS, len(names))
+    lost_code = names.setdefault(LOST_EVENTS, len(names)) if (rows.kind == 0).any() else 0
     compact_code = np.array([names.setdefault(c.name, len(names)) for c in compact] or [0],
                             np.int32)
     codes = np.full(rows.kind.size, lost_code, np.int32)

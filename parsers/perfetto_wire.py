@@ -197,8 +197,12 @@ def _field_values(
     buf: U8, p: I64, e: I64, wire: I64, number: I64, value: U64, start: I64, at: I64
 ) -> I64:
     """Fill ``value``/``start`` for each field by wire type; returns the next positions."""
+    is_varint = wire == VARINT
+    if is_varint.all():  # the common step inside generic payloads
+        value[:], p = _varints(buf, p, e)
+        return p
     p = p.copy()
-    m = np.flatnonzero(wire == VARINT)
+    m = np.flatnonzero(is_varint)
     if m.size:
         value[m], p[m] = _varints(buf, p[m], e[m])
     m = np.flatnonzero(wire == LEN)
