@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable
-from typing import Any
 from dataclasses import dataclass, field
 from functools import cache
+from typing import Any
 
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
