@@ -19,13 +19,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
+import numpy as np
+import numpy.typing as npt
 from google.protobuf import descriptor_pb2
 
+from parsers.perfetto_bytecols import ByteColumn, concat, constant, rows_as_bytes, varints
 from parsers.perfetto_protos import GENERIC_FIRST_ID, CompiledEvent, catalog, field_number
 from parsers.perfetto_wire import LEN, VARINT
 
 __all__ = ["varint", "key", "len_field", "varint_field", "EventEncoder", "GenericLayout",
-           "Encoding", "Value"]
+           "Encoding", "Value", "encode_group", "GroupField"]
 
 Encoding = Literal["dense", "legacy"]
 #: A field value: ``("uint", n)``, ``("int", n)`` or ``("string", text)``.
@@ -167,3 +170,58 @@ def _legacy_body(name: str, values: dict[str, Value | None]) -> bytes:
             body += _scalar(slot[v[0]], v)
             out += len_field(field_number(g, "field"), body)
     return out
+
+
+#: One field of a group of events: name, kind ("uint"/"int"), raw 64-bit values, presence.
+GroupField = tuple[str, str, "npt.NDArray[np.uint64]", "npt.NDArray[np.bool_]"]
+
+
+def encode_group(encoder: EventEncoder, name: str, ts: npt.NDArray[np.int64],
+                 pid: npt.NDArray[np.int64], pid_ok: npt.NDArray[np.bool_],
+                 fields: list[GroupField], use_compiled: bool
+                 ) -> tuple[list[bytes], GenericLayout | None]:
+    """Encode many events of one kind at once (integer fields only): the FtraceEvent bytes of
+    each, and the dense layout used. Same bytes as :meth:`EventEncoder.encode` per event."""
+    n = ts.size
+    every = np.ones(n, bool)
+    ev = "FtraceEvent"
+    head = [constant(key(field_number(ev, "timestamp"), VARINT), every),
+            varints(ts.view(np.uint64), every),
+            constant(key(field_number(ev, "pid"), VARINT), pid_ok),
+            varints(pid.astype(np.uint64), pid_ok)]
+    by_name = {f[0]: f for f in fields}
+    compiled = encoder.compiled(name) if use_compiled else None
+    layout: GenericLayout | None = None
+    pieces: list[ByteColumn] = []
+    if compiled is not None:
+        number = compiled.number
+        for pf in compiled.fields:
+            got = by_name.get(pf.name)
+            if got is not None and pf.kind in ("uint", "int", "bool"):
+                pieces += [constant(key(pf.number, VARINT), got[3]), varints(got[2], got[3])]
+    elif encoder.encoding == "legacy":
+        number = catalog().generic_legacy_id
+        pieces.append(constant(len_field(field_number("GenericFtraceEvent", "event_name"),
+                                         name.encode()), every))
+        pieces += [p for f in fields for p in _legacy_field(f)]
+    else:
+        layout = encoder.layouts[name]
+        number = layout.field_id
+        for i, (fname, _) in enumerate(layout.fields, start=1):
+            got = by_name.get(fname)
+            if got is not None:
+                pieces += [constant(key(i, VARINT), got[3]), varints(got[2], got[3])]
+    body = concat(pieces) if pieces else ByteColumn(np.zeros(0, np.uint8), np.zeros(n, np.int64))
+    event = concat([*head, constant(key(number, LEN), every),
+                    varints(body.lengths.astype(np.uint64), every), body])
+    return rows_as_bytes(event), layout
+
+
+def _legacy_field(f: GroupField) -> list[ByteColumn]:
+    fname, kind, values, present = f
+    g, fl = "GenericFtraceEvent", "GenericFtraceEvent.Field"
+    slot = field_number(fl, "int_value" if kind == "int" else "uint_value")
+    inner = concat([constant(len_field(field_number(fl, "name"), fname.encode()), present),
+                    constant(key(slot, VARINT), present), varints(values, present)])
+    return [constant(key(field_number(g, "field"), LEN), present),
+            varints(inner.lengths.astype(np.uint64), present), inner]

@@ -13,10 +13,20 @@ import re
 from dataclasses import dataclass, field
 from typing import Final
 
+import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from parsers.perfetto_encode import EventEncoder, Value
+from parsers.perfetto_encode import (
+    EventEncoder,
+    GenericLayout,
+    GroupField,
+    Value,
+    encode_group,
+    varint_field,
+)
+from parsers.perfetto_protos import field_number
 from parsers.schema import BUFFER_STARTED, EVENT_FIELDS, LOST_EVENTS, PAGE_EVENTS, ROLE_BITS
 from parsers.trace import Trace
 
@@ -29,7 +39,8 @@ _INT = re.compile(r"0|-?[1-9][0-9]*")
 _U64_MAX: Final = 2**64 - 1
 _MARKERS: Final = (LOST_EVENTS, BUFFER_STARTED)
 
-Row = tuple[dict[str, Value | None], bool]
+#: An encoded ``FtraceEvent`` and the dense layout it uses (for the bundle's descriptors).
+Encoded = tuple[bytes, GenericLayout | None]
 
 
 def parse_pairs(args: str) -> dict[str, str] | None:
@@ -90,6 +101,9 @@ class EventValues:
     dropped: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self._untyped_cache: dict[tuple[str, str | None], tuple[bytes, GenericLayout | None]] = {}
+        self._ts_no = field_number("FtraceEvent", "timestamp")
+        self._pid_no = field_number("FtraceEvent", "pid")
         self._plan_untyped()
         self._bits: dict[str, tuple[str, ...]] = {}
         for name in self.trace.names:
@@ -141,19 +155,77 @@ class EventValues:
         hit = pc.index(table.column("seq"), seq).as_py()
         return None if hit < 0 else table.column("count")[hit].as_py()
 
-    def chunk(self, seqs: list[int], names: list[str], args: list[str | None]) -> list[Row]:
-        """``(values, use compiled proto)`` for each row of a chunk."""
-        typed = self._typed_rows(seqs, names)
-        out: list[Row] = []
-        for seq, name, text in zip(seqs, names, args, strict=True):
-            row = typed.get(seq)
-            if row is not None:
-                out.append((row, True))
+    def encode_chunk(self, chunk: pa.Table) -> list[Encoded | None]:
+        """The ``FtraceEvent`` bytes (and dense layout) of each row of a chunk of ``events``
+        in seq order; ``None`` for loss and buffer markers."""
+        seqs = chunk.column("seq").to_numpy()
+        ts = chunk.column("ts").to_numpy()
+        pid_col = chunk.column("pid")
+        pid_ok = pid_col.is_valid().to_numpy(zero_copy_only=False)
+        pid = pid_col.fill_null(0).to_numpy().astype(np.int64)
+        names = chunk.column("event").cast(pa.string()).to_pylist()
+        out: list[Encoded | None] = [None] * len(names)
+        done = self._encode_typed(seqs, ts, pid, pid_ok, names, out)
+        args = chunk.column("args").to_pylist()
+        for i, name in enumerate(names):
+            if done[i] or name in _MARKERS:
                 continue
             if name in EVENT_FIELDS and name not in self.kinds:
                 self.encoder.declare(name, ())
-            out.append((self._untyped(name, text), self._compiled_ok(name)))
+            key = (name, args[i])
+            hit = self._untyped_cache.get(key)
+            if hit is None:
+                values = self._untyped(name, args[i])
+                body, layout = self.encoder.encode(name, 0, None, values, self._compiled_ok(name))
+                hit = self._untyped_cache[key] = (body[2:], layout)
+            head = varint_field(self._ts_no, int(ts[i]))
+            if pid_ok[i]:
+                head += varint_field(self._pid_no, int(pid[i]))
+            out[i] = (head + hit[0], hit[1])
         return out
+
+    def _encode_typed(self, seqs: npt.NDArray[np.int64], ts: npt.NDArray[np.int64],
+                      pid: npt.NDArray[np.int64], pid_ok: npt.NDArray[np.bool_],
+                      names: list[str], out: list[Encoded | None]) -> npt.NDArray[np.bool_]:
+        """Encode the rows that have a typed-table row, group by group (NumPy)."""
+        done = np.zeros(len(names), bool)
+        if not len(names):
+            return done
+        for name in set(names) & set(self._typed_seq):
+            if name == LOST_EVENTS:
+                continue
+            s = self._typed_seq[name]
+            a, b = int(s.searchsorted(seqs[0])), int(s.searchsorted(seqs[-1], side="right"))
+            part = self._typed[name].slice(a, b - a)
+            rows = np.searchsorted(seqs, part.column("seq").to_numpy())
+            ok = (rows < seqs.size) & (seqs[np.minimum(rows, seqs.size - 1)] ==
+                                       part.column("seq").to_numpy())
+            rows, part = rows[ok], part.filter(pa.array(ok))
+            if not rows.size:
+                continue
+            encoded, layout = encode_group(
+                self.encoder, name, ts[rows], pid[rows], pid_ok[rows],
+                self._group_fields(name, part), True)
+            for r, data in zip(rows.tolist(), encoded, strict=True):
+                out[r] = (data, layout)
+            done[rows] = True
+        return done
+
+    def _group_fields(self, name: str, part: pa.Table) -> list[GroupField]:
+        fields: list[GroupField] = []
+        role_known = (part.column("role").is_valid().to_numpy(zero_copy_only=False)
+                      if self._bits.get(name) else None)
+        spec = list(EVENT_FIELDS[name]) + [(b, pa.uint8()) for b in self._bits.get(name, ())]
+        for fname, typ in spec:
+            col = part.column(fname).combine_chunks()
+            present = col.is_valid().to_numpy(zero_copy_only=False)
+            if role_known is not None and fname not in dict(EVENT_FIELDS[name]):
+                present = present & ~role_known
+            raw = col.cast(pa.int64() if pa.types.is_signed_integer(typ) else pa.uint64())
+            values = raw.fill_null(0).to_numpy().astype(
+                np.int64 if pa.types.is_signed_integer(typ) else np.uint64).view(np.uint64)
+            fields.append((fname, _arrow_kind(typ), values, present))
+        return fields
 
     def _untyped(self, name: str, text: str | None) -> dict[str, Value | None]:
         if text is None:
@@ -164,27 +236,3 @@ class EventValues:
         pairs = parse_pairs(text) or {}
         return {k: (kinds.get(k, "string"), v if kinds.get(k, "string") == "string" else int(v))
                 for k, v in pairs.items()}
-
-    def _typed_rows(self, seqs: list[int], names: list[str]) -> dict[int, dict[str, Value | None]]:
-        """Typed-table values of the chunk's rows, keyed by seq."""
-        if not seqs:
-            return {}
-        lo, hi = min(seqs), max(seqs)
-        out: dict[int, dict[str, Value | None]] = {}
-        for name in set(names) & set(self._typed_seq):
-            if name in (LOST_EVENTS,):
-                continue
-            s = self._typed_seq[name]
-            a, b = int(s.searchsorted(lo)), int(s.searchsorted(hi, side="right"))
-            if a == b:
-                continue
-            part = self._typed[name].slice(a, b - a)
-            spec = list(EVENT_FIELDS[name]) + [(b, pa.uint8()) for b in self._bits[name]]
-            cols = [(f, _arrow_kind(t), part.column(f).to_pylist()) for f, t in spec]
-            for i, seq in enumerate(part.column("seq").to_pylist()):
-                row: dict[str, Value | None] = {
-                    f: None if vals[i] is None else (k, int(vals[i])) for f, k, vals in cols}
-                if row.get("role") is not None:
-                    row.update(dict.fromkeys(self._bits[name]))
-                out[seq] = row
-        return out

@@ -284,29 +284,28 @@ def _write_rows(trace: Trace, writer: _Writer) -> None:
     values = EventValues(trace, writer.encoder)
     pending_marker: list[tuple[int | None, int, int | None]] = []
     for chunk in _chunks(trace):
-        cols = {n: chunk.column(n).to_pylist() for n in
-                ("seq", "ts", "cpu", "pid", "tgid", "comm", "event")}
-        args = chunk.column("args").to_pylist()
-        per_row = values.chunk(cols["seq"], cols["event"], args)
-        for i, name in enumerate(cols["event"]):
+        encoded = values.encode_chunk(chunk)
+        cols = {n: chunk.column(n).to_pylist() for n in ("seq", "ts", "cpu", "pid", "tgid")}
+        cols["comm"] = chunk.column("comm").cast(pa.string()).to_pylist()
+        names = chunk.column("event").cast(pa.string()).to_pylist()
+        known = writer.known
+        for i, name in enumerate(names):
             cpu, ts = cols["cpu"][i], cols["ts"][i]
-            if name in (LOST_EVENTS, BUFFER_STARTED):
+            item = encoded[i]
+            if item is None:
                 if name == BUFFER_STARTED:
                     writer.dropped[BUFFER_STARTED] = writer.dropped.get(BUFFER_STARTED, 0) + 1
-                else:
+                elif name == LOST_EVENTS:
                     pending_marker.append((cpu, ts, values.lost_count(cols["seq"][i])))
                 continue
             for m_cpu, m_ts, m_count in pending_marker:
                 writer.lost(m_cpu, m_ts, m_count, cpu, ts)
             pending_marker.clear()
             pid = cols["pid"][i]
-            if pid is not None:
+            if pid is not None and known.get(pid) != (cols["comm"][i], cols["tgid"][i]):
                 writer.who(pid, cols["comm"][i], cols["tgid"][i])
-            vals, compiled = per_row[i]
-            data, layout = writer.encoder.encode(name, ts, pid, vals, compiled)
-            writer.event(cpu, ts, data, layout)
+            writer.event(cpu, ts, item[0], item[1])
     for m_cpu, m_ts, m_count in pending_marker:
         writer.lost(m_cpu, m_ts, m_count, None, None)
     for reason, n in values.dropped.items():
         writer.dropped[reason] = writer.dropped.get(reason, 0) + n
-
