@@ -28,7 +28,16 @@ from typing import BinaryIO, Final
 import numpy as np
 import pyarrow as pa
 
-from parsers.perfetto_encode import Encoding, EventEncoder, GenericLayout, len_field, varint_field
+from parsers.perfetto_encode import (
+    Encoding,
+    EventEncoder,
+    GenericLayout,
+    key,
+    len_field,
+    varint,
+    varint_field,
+)
+from parsers.perfetto_wire import LEN
 from parsers.perfetto_protos import field_number
 from parsers.perfetto_values import EventValues
 from parsers.schema import BUFFER_STARTED, LOST_EVENTS
@@ -58,9 +67,10 @@ class PerfettoWriteReport:
     dropped: dict[str, int]
 
 
-@dataclass
+@dataclass(eq=False)
 class _Bundle:
     cpu: int | None
+    rank: int = 0
     events: list[bytes] = field(default_factory=list)
     layouts: dict[int, GenericLayout] = field(default_factory=dict)
     lost: bool = False
@@ -129,8 +139,8 @@ class _Writer:
     def _write(self, b: _Bundle) -> None:
         fb = "FtraceEventBundle"
         body = b"" if b.cpu is None else varint_field(field_number(fb, "cpu"), b.cpu)
-        ev_no = field_number(fb, "event")
-        body += b"".join(len_field(ev_no, e) for e in b.events)
+        tag = key(field_number(fb, "event"), LEN)
+        body += b"".join([tag + varint(len(e)) + e for e in b.events])
         if b.lost:
             body += varint_field(field_number(fb, "lost_events"), 1)
         if b.ftrace_ts is not None:
@@ -145,7 +155,7 @@ class _Writer:
         cpus = [b.cpu for b in self.cycle]
         if self.cycle and (cpu in cpus or lost):
             self.flush_bundle()
-        b = _Bundle(cpu, lost=lost, ftrace_ts=ftrace_ts)
+        b = _Bundle(cpu, len(self.cycle), lost=lost, ftrace_ts=ftrace_ts)
         self.cycle.append(b)
         self.open[cpu] = b
         return b
@@ -159,7 +169,7 @@ class _Writer:
 
     def event(self, cpu: int | None, ts: int, data: bytes, layout: GenericLayout | None) -> None:
         b = self.open.get(cpu)
-        rank = self.cycle.index(b) if b is not None else len(self.cycle)
+        rank = b.rank if b is not None else len(self.cycle)
         if b is not None and len(b.events) >= self.bundle_events:
             self.flush_bundle()
             b, rank = None, 0
@@ -170,7 +180,7 @@ class _Writer:
             lost = cpu in self.lost_next
             self.lost_next.discard(cpu)
             b = self._new_bundle(cpu, lost)
-            rank = self.cycle.index(b)
+            rank = b.rank
         b.events.append(data)
         if layout is not None:
             b.layouts.setdefault(layout.field_id, layout)
