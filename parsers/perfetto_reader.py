@@ -196,17 +196,14 @@ def _add_bundles(state: _State, block: Block, spans: list[tuple[int, int]]
     def where(start: int) -> tuple[int, int | None]:
         return (block.base, start) if block.inflated else (block.base + start, None)
 
-    walk_bundles(run, block.buf, spans, where, state.descriptors)
-    if len(run.ev_start) < state.batch_events:
-        return
-    cut = len(run) - 1
-    while cut > 0 and run.cycle[cut] == run.cycle[cut - 1]:
-        cut -= 1
-    if cut > 0:
-        state.run = run.split_at(cut)
-        yield from _decoded(run, state)
-        if len(state.run.ev_start) >= state.batch_events:
-            yield from _flush(state)
+    for span in spans:
+        walk_bundles(run, block.buf, [span], where, state.descriptors)
+        n = len(run)
+        if n > 1 and run.cycle[-1] != run.cycle[-2] and run.first_event[-1] >= state.batch_events:
+            # the bundle starts a new read cycle and the cycles before it fill a batch
+            state.run = run.split_at(n - 1)
+            yield from _decoded(run, state)
+            run = state.run
 
 
 def _packet(block: Block, start: int, end: int, state: _State, depth: int
