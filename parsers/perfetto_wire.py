@@ -235,3 +235,33 @@ def zigzag(values: U64) -> npt.NDArray[np.int64]:
     """Decode ``sint32``/``sint64`` varint values."""
     v = values.view(np.int64)
     return (values >> np.uint64(1)).view(np.int64) ^ -(v & 1)
+
+
+def leading_varints(buf: U8, starts: I64, ends: I64, tags: list[int]
+                    ) -> tuple[list[U64], npt.NDArray[np.bool_], I64]:
+    """Fast path for messages that begin with the varint fields ``tags`` (1-byte tags), in
+    that order: their values, which messages matched, and where each match stopped.
+
+    Messages that do not match (a field missing, reordered, of another wire type, or a
+    varint running past the end) are only flagged; the caller decodes them with :func:`scan`.
+    """
+    n = starts.size
+    ok = starts < ends
+    pos = starts.copy()
+    values: list[U64] = []
+    for tag in tags:
+        live = np.flatnonzero(ok)
+        hit = buf[np.minimum(pos[live], buf.size - 1)] == tag
+        ok[live[~hit]] = False
+        live = live[hit]
+        p = pos[live] + 1
+        room = p < ends[live]
+        ok[live[~room]] = False
+        live = live[room]
+        col = np.zeros(n, np.uint64)
+        try:
+            col[live], pos[live] = _varints(buf, p[room], ends[live])
+        except WireError:
+            return [np.zeros(n, np.uint64) for _ in tags], np.zeros(n, bool), starts
+        values.append(col)
+    return values, ok, pos
