@@ -40,7 +40,7 @@ from parsers.perfetto_wire import (
     U64,
     VARINT,
     WireError,
-    _varints,
+    decode_varints,
     leading_varints,
     scan,
 )
@@ -162,7 +162,7 @@ def _fast_headers(buf: U8, starts: I64, ends: I64, h: _Headers) -> I64:
 
 
 def _varints_checked(buf: U8, pos: I64, end: I64) -> tuple[U64, I64]:
-    return _varints(buf, pos, end) if pos.size else (np.zeros(0, np.uint64), pos)
+    return decode_varints(buf, pos, end) if pos.size else (np.zeros(0, np.uint64), pos)
 
 
 def _slow_headers(buf: U8, starts: I64, ends: I64, rows: I64, h: _Headers) -> None:

@@ -19,7 +19,8 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["WireError", "Fields", "read_varint", "iter_fields", "scan", "as_signed"]
+__all__ = ["WireError", "Fields", "read_varint", "iter_fields", "scan", "as_signed", "zigzag",
+           "decode_varints", "leading_varints"]
 
 U8 = npt.NDArray[np.uint8]
 I64 = npt.NDArray[np.int64]
@@ -145,6 +146,11 @@ def _varints(buf: U8, pos: I64, end: I64) -> tuple[U64, I64]:
         idx = idx[b >= 0x80]
         shift += 7
     return values, nxt
+
+
+def decode_varints(buf: U8, pos: I64, end: I64) -> tuple[U64, I64]:
+    """Public name of the vectorised varint decoder (see :func:`_varints`)."""
+    return _varints(buf, pos, end)
 
 
 def _fixed(buf: U8, pos: I64, size: int) -> U64:

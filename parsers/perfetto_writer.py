@@ -37,9 +37,9 @@ from parsers.perfetto_encode import (
     varint,
     varint_field,
 )
-from parsers.perfetto_wire import LEN
 from parsers.perfetto_protos import field_number
 from parsers.perfetto_values import EventValues
+from parsers.perfetto_wire import LEN
 from parsers.schema import BUFFER_STARTED, LOST_EVENTS
 from parsers.trace import Trace
 
