@@ -1,8 +1,9 @@
 """One ``FtraceEventBundle``: where its events are, its flags, descriptors and compact sched.
 
-:func:`walk_bundle` reads a bundle's top-level fields in one pass and records the byte span
-of every ``FtraceEvent`` without decoding it (that is done for a whole batch of bundles by
-:mod:`parsers.perfetto_events`). The dense generic-event descriptors a bundle carries are
+:func:`walk_bundles` splits each bundle into its ``FtraceEvent`` payloads (python-protobuf's
+C parser does the splitting through a raw-bytes view of the bundle; a hand walker takes over
+to name the offset when a bundle is damaged) without decoding them (that is done for a whole
+batch of bundles by :mod:`parsers.perfetto_events`). The dense generic-event descriptors a bundle carries are
 written *after* its events (``Bundler::WriteGenericEventDescriptors`` in traced_probes), so a
 bundle is always walked completely before any of its events is decoded; the descriptors
 are kept in a :class:`GenericDescriptors` cache for the bundles that follow.
