@@ -107,7 +107,8 @@ def _field(m: re.Match[str]) -> Field | None:
         decl = decl.split(None, 1)[1] if " " in decl else decl
     arr = _ARRAY_RE.match(decl)
     if arr:
-        typ, name, array = arr["type"].strip(), arr["name"], True
+        # ``u32 buf[]`` of size 0 is not an array to libtraceevent: it prints as a number
+        typ, name, array = arr["type"].strip(), arr["name"], bool(arr["count"].strip())
     else:
         parts = decl.rsplit(None, 1)
         if len(parts) != 2:
@@ -228,7 +229,11 @@ def _spec(m: re.Match[str]) -> RawSpec:
 def _raw_specs(ev: EventFormat) -> dict[str, RawSpec]:
     """Per field, the spec ``print_field`` would find walking the format cyclically."""
     fmt, args = _split_args(ev.print_fmt)
-    segs = _segments(fmt, args)
+    if ev.system == "ftrace":
+        if ev.name in ("bprint", "bputs", "print"):
+            return {}
+        args = [f"REC->{f.name}" for f in ev.fields]  # old ftrace formats list no args
+    segs = [s for s in _segments(fmt, args) if s[1] is None or not s[1].spec.endswith("s")]
     out: dict[str, RawSpec] = {}
     start = 0
     for f in ev.fields:

@@ -49,7 +49,7 @@ def read_tracedat(
         MissingExtraError: zstd compression without the ``zstd`` extra installed.
 
     Examples:
-        >>> trace = read_tracedat("sample_traces/tc_kvm.head.v6.dat")
+        >>> trace = read_tracedat("sample_traces/tc_kvm.head.dat")
         >>> trace.info()["format"], trace.table("kvm_mmu_get_page").num_rows > 0
         ('trace.dat', True)
     """
