@@ -84,8 +84,11 @@ class TraceDatInfo:
     warnings: list[str] = field(default_factory=list)
 
 
-def read_info(data: Any, path: str) -> TraceDatInfo:
+def read_info(data: Any, path: str, *, salvage: bool = False) -> TraceDatInfo:
     """Parse the header, metadata and options of the trace.dat bytes ``data``.
+
+    With ``salvage``, a damaged later options section (v7) ends the option chain with a
+    warning instead of an error.
 
     Raises:
         TraceFormatError: not a trace.dat file, or a file version we do not read.
@@ -110,7 +113,7 @@ def read_info(data: Any, path: str) -> TraceDatInfo:
     if info.version == 6:
         _read_v6(cur, info)
     else:
-        _read_v7(cur, info)
+        _read_v7(cur, info, salvage)
     return info
 
 
@@ -162,7 +165,7 @@ def _v6_flyrecord(cur: Cursor, info: TraceDatInfo, name: str, cpus: int) -> Buff
 # --- version 7: sections located by options ------------------------------------------------
 
 
-def _read_v7(cur: Cursor, info: TraceDatInfo) -> None:
+def _read_v7(cur: Cursor, info: TraceDatInfo, salvage: bool) -> None:
     algo = cur.cstr("the compression name", limit=64)
     cur.cstr("the compression version", limit=64)
     info.compression = None if algo == "none" else algo
@@ -174,9 +177,15 @@ def _read_v7(cur: Cursor, info: TraceDatInfo) -> None:
     raw_buffers: list[tuple[int, str, str | None, int, tuple[CpuData, ...]]] = []
     while offset and offset not in seen:
         seen.add(offset)
-        body, _ = _section(cur, info, offset, expect_id=0)
-        offset = _read_options(body, info, [], sectioned=True, sections=sections,
-                               v7_buffers=raw_buffers)
+        try:
+            body, _ = _section(cur, info, offset, expect_id=0)
+            offset = _read_options(body, info, [], sectioned=True, sections=sections,
+                                   v7_buffers=raw_buffers)
+        except TraceParseError as exc:
+            if not salvage or len(seen) == 1:
+                raise
+            info.warnings.append(f"salvaged: options section lost: {exc}")
+            break
     for sec_id, reader in ((_HEADER_INFO, _read_headers), (_FTRACE_EVENTS, _read_ftrace),
                            (_EVENT_FORMATS, _read_events)):
         if sec_id in sections:

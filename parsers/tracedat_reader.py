@@ -66,7 +66,7 @@ def iter_tracedat(
     """
     path = str(source)
     data = _open(path)
-    info = read_info(data, path)
+    info = read_info(data, path, salvage=salvage)
     if info.latency:
         raise TraceFormatError(path, "latency-tracer trace.dat data (not flyrecord) is not read")
     dec = Decoder(path, info, parse_header_page(info.header_page, info.long_size),
