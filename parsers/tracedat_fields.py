@@ -23,6 +23,12 @@ def gather(buf: npt.NDArray[np.uint8], offsets: I64, width: int) -> npt.NDArray[
     """The first ``width`` payload bytes of each record, as an ``(n, width)`` array."""
     if width <= 0:
         return np.zeros((len(offsets), 0), np.uint8)
+    words = -(-width // 4)
+    if len(buf) % 4 == 0 and not (offsets & 3).any() and (
+            not len(offsets) or int(offsets.max()) + 4 * words <= len(buf)):
+        # records are 4-byte aligned: gather whole words (a quarter of the index work)
+        w = buf.view(np.uint32)[(offsets >> 2)[:, None] + np.arange(words, dtype=np.int64)]
+        return w.view(np.uint8)[:, :width]
     return buf[offsets[:, None] + np.arange(width, dtype=np.int64)]
 
 

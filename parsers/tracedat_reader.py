@@ -58,7 +58,7 @@ def read_tracedat(
 
 def iter_tracedat(
     source: str | Path, *, events: Collection[str] | None = None, salvage: bool = False,
-    window_pages: int = 256,
+    window_pages: int = 2048,
 ) -> TraceStream:
     """Stream a trace.dat file as :class:`~parsers.trace.TraceBatch` es in merged order.
 
@@ -199,7 +199,8 @@ def _events_batch(
     marker = pid < 0
     flag = cat["flag"][keep]
     tg = dec.info.tgids
-    tgid = pa.array([tg.get(int(p)) for p in pid] if tg else [None] * len(pid), pa.int32())
+    tgid = (pa.array([tg.get(int(p)) for p in pid.tolist()], pa.int32()) if tg
+            else pa.nulls(len(pid), pa.int32()))
     inst_k = inst[keep]
     cols = [
         pa.array(cat["ts"][keep], pa.int64()),
@@ -213,7 +214,7 @@ def _events_batch(
         _dict_by(flag, marker, lambda f: irq_flags(f >> 8, f & 0xFF)),
         _dict_by(inst_k, np.array([not instances[i] for i in inst_k.tolist()], bool),
                  lambda i: instances[i]),
-        pa.array(cat["args"][keep].tolist(), pa.string()),
+        pa.array(cat["args"][keep], pa.string(), from_pandas=True),
     ]
     return pa.RecordBatch.from_arrays(cols, schema=EVENTS_SCHEMA)
 
