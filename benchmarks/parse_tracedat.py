@@ -1,3 +1,4 @@
+# ruff: noqa: T201  (a benchmark script prints its figures)
 """Benchmark the trace.dat reader on >= 2 million real kvm events; compare with trace-cmd.
 
 The input is built from real data: a v6 file whose per-CPU data repeats the ring-buffer pages

@@ -28,8 +28,10 @@ def gather(buf: npt.NDArray[np.uint8], offsets: I64, width: int) -> npt.NDArray[
             not len(offsets) or int(offsets.max()) + 4 * words <= len(buf)):
         # records are 4-byte aligned: gather whole words (a quarter of the index work)
         w = buf.view(np.uint32)[(offsets >> 2)[:, None] + np.arange(words, dtype=np.int64)]
-        return w.view(np.uint8)[:, :width]
-    return buf[offsets[:, None] + np.arange(width, dtype=np.int64)]
+        out: npt.NDArray[np.uint8] = w.view(np.uint8)[:, :width]
+        return out
+    picked: npt.NDArray[np.uint8] = buf[offsets[:, None] + np.arange(width, dtype=np.int64)]
+    return picked
 
 
 def int_column(rec: npt.NDArray[np.uint8], f: Field, big: bool) -> npt.NDArray[np.generic] | None:
@@ -51,8 +53,8 @@ def render_args(
     if not ev.fields:
         return [""] * n
     if any(f.dynamic or f.relative for f in ev.fields):
-        return [_render(ev, bytes(buf[o:o + ln]), big) for o, ln in zip(offsets.tolist(),
-                                                                           lengths.tolist())]
+        pairs = zip(offsets.tolist(), lengths.tolist(), strict=True)
+        return [_render(ev, bytes(buf[o:o + ln]), big) for o, ln in pairs]
     width = ev.fixed_size
     start = min(f.offset for f in ev.fields)
     rec = gather(buf, offsets, width)
@@ -122,7 +124,7 @@ def _raw(val: int, f: Field) -> str:
         if f.size == 4:
             return f"0x{val & 0xFFFFFFFF:x}" if f.long else str(_signed(val, 32))
         if f.size == 2:
-            return "%2d" % _signed(val, 16)
+            return f"{_signed(val, 16):2d}"
         if f.size == 1:
             return str(_signed(val, 8))
         return str(_signed(val, 64))

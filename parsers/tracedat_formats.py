@@ -138,7 +138,9 @@ def _split_args(text: str) -> tuple[str, list[str]]:
             continue
         out.append(text[i])
         i += 1
-    args, depth, cur, quote = [], 0, [], False
+    args: list[str] = []
+    cur: list[str] = []
+    depth, quote = 0, False
     for ch in text[i + 1:]:
         if ch == '"':
             quote = not quote

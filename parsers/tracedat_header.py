@@ -138,7 +138,8 @@ def _read_v6(cur: Cursor, info: TraceDatInfo) -> None:
         return
     if kind != b"flyrecord\0":
         raise TraceParseError(
-            info.path, f"expected 'flyrecord' or 'latency', found {kind!r}", offset=cur.where() - 10)
+            info.path, f"expected 'flyrecord' or 'latency', found {kind!r}",
+            offset=cur.where() - 10)
     info.buffers.append(_v6_flyrecord(cur, info, "", info.cpus))
     for offset, name in v6_buffers:
         cur.seek(offset, f"the BUFFER option of instance {name!r}")

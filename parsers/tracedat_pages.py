@@ -85,8 +85,6 @@ def walk_pages(
     data0 = base + layout.data_offset
     out = _step_all(words, data0, size, base_ts, big_endian, layout.data_offset)
     offset, length, ts, page, bad_page, bad_pos = out
-    order = np.lexsort((offset, page))
-    offset, length, ts, page = offset[order], length[order], ts[order], page[order]
     if bad_page.size:
         first = int(np.lexsort((bad_pos, bad_page))[0])
         bp, bpos = int(bad_page[first]), int(bad_pos[first])
@@ -136,7 +134,8 @@ def _step_all(
     cur = np.zeros(active.size, dtype=np.int64)
     ts = base_ts[active].copy()
     last_word = len(words) - 1
-    outs: list[tuple[I64, I64, U64, I64]] = []
+    outs: list[tuple[I64, I64, U64, I64, I64]] = []
+    count = np.zeros(len(size), dtype=np.int64)
     bad_pages: list[I64] = []
     bad_pos: list[I64] = []
     while active.size:
@@ -164,21 +163,29 @@ def _step_all(
         good = is_data & ~bad
         if good.any():
             pg = active[good]
-            outs.append((data0[pg] + cur[good] + hdr[good], dlen[good], ts[good], pg))
+            outs.append((data0[pg] + cur[good] + hdr[good], dlen[good], ts[good], pg, count[pg]))
+            count[pg] += 1
         cur = cur + step
         keep = ~bad & (cur < page_size_left) & (step > 0)
         active, cur, ts = active[keep], cur[keep], ts[keep]
-    return _concat(outs, bad_pages, bad_pos)
+    return _concat(outs, bad_pages, bad_pos, count)
 
 
 def _concat(
-    outs: list[tuple[I64, I64, U64, I64]], bad_pages: list[I64], bad_pos: list[I64]
+    outs: list[tuple[I64, I64, U64, I64, I64]], bad_pages: list[I64], bad_pos: list[I64],
+    count: I64,
 ) -> tuple[I64, I64, U64, I64, I64, I64]:
+    """Scatter the per-step records into per-CPU order (page, then position in page)."""
     if outs:
-        offset = np.concatenate([o[0] for o in outs])
-        length = np.concatenate([o[1] for o in outs])
-        ts = np.concatenate([o[2] for o in outs])
-        page = np.concatenate([o[3] for o in outs])
+        first = np.cumsum(count) - count
+        where = np.concatenate([first[o[3]] + o[4] for o in outs])
+        n = int(count.sum())
+        offset = np.empty(n, np.int64)
+        length = np.empty(n, np.int64)
+        ts = np.empty(n, np.uint64)
+        page = np.empty(n, np.int64)
+        for dst, k in ((offset, 0), (length, 1), (ts, 2), (page, 3)):
+            dst[where] = np.concatenate([o[k] for o in outs])
     else:
         offset = length = page = np.zeros(0, np.int64)
         ts = np.zeros(0, np.uint64)

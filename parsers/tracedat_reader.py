@@ -212,7 +212,7 @@ def _events_batch(
         pa.DictionaryArray.from_arrays(pa.array(cat["code"][keep], pa.int32()),
                                        pa.array(dec.names, pa.string())),
         _dict_by(flag, marker, lambda f: irq_flags(f >> 8, f & 0xFF)),
-        _dict_by(inst_k, np.array([not instances[i] for i in inst_k.tolist()], bool),
+        _dict_by(inst_k, np.array([not n for n in instances], bool)[inst_k],
                  lambda i: instances[i]),
         pa.array(cat["args"][keep], pa.string(), from_pandas=True),
     ]
@@ -221,9 +221,10 @@ def _events_batch(
 
 def _dict_by(values: Any, null: Any, name: Any) -> pa.Array:
     """A dictionary column naming each distinct value once (``null`` rows are null)."""
-    uniq, idx = np.unique(values, return_inverse=True)
-    words = pa.array([name(int(v)) for v in uniq.tolist()], pa.string())
-    indices = pa.array(idx.reshape(-1).astype(np.int32), pa.int32(), mask=np.asarray(null))
+    enc = pa.array(values).dictionary_encode()
+    words = pa.array([name(int(v)) for v in enc.dictionary.to_pylist()], pa.string())
+    indices = pa.array(enc.indices.to_numpy(zero_copy_only=False).astype(np.int32), pa.int32(),
+                       mask=np.asarray(null))
     return pa.DictionaryArray.from_arrays(indices, words)
 
 

@@ -105,7 +105,9 @@ class Decoder:
         return ts.astype(np.int64) + np.int64(self.info.ts_offset)
 
 
-def iter_blocks(dec: Decoder, data: Any, inst: int, buf: BufferInfo, cpu: CpuData) -> Iterator[Block]:
+def iter_blocks(
+    dec: Decoder, data: Any, inst: int, buf: BufferInfo, cpu: CpuData
+) -> Iterator[Block]:
     """Decoded windows of one CPU of one instance, in per-CPU order."""
     carry = np.iinfo(np.int64).min
     windows = (_compressed_windows(dec, data, buf, cpu) if buf.compressed
@@ -217,7 +219,9 @@ def _cut(recs: PageRecords, n: int) -> PageRecords:
                        recs.lost, recs.base_ts, recs.damage)
 
 
-def _rows(dec: Decoder, buf: npt.NDArray[np.uint8], recs: PageRecords, inst: int, cpu: int) -> Block:
+def _rows(
+    dec: Decoder, buf: npt.NDArray[np.uint8], recs: PageRecords, inst: int, cpu: int
+) -> Block:
     big = dec.info.big_endian
     n = len(recs.ts)
     common = gather(buf, recs.offset, 8)
@@ -229,7 +233,7 @@ def _rows(dec: Decoder, buf: npt.NDArray[np.uint8], recs: PageRecords, inst: int
     keep = np.ones(n, np.bool_)
     args = np.full(n, None, dtype=object)
     typed: Typed = {}
-    for ident in np.unique(etype).tolist():
+    for ident in np.flatnonzero(np.bincount(etype & 0xFFFF)).tolist():
         rows = np.flatnonzero(etype == ident)
         _decode_event(dec, buf, recs, ident, rows, code, keep, args, typed)
     block = Block(inst, cpu, dec.convert_ts(recs.ts), np.zeros(n, np.int64), pid,
@@ -296,4 +300,5 @@ def _with_markers(dec: Decoder, block: Block, recs: PageRecords) -> Block:
         block.inst, block.cpu, np.insert(block.ts, at, ts), np.zeros(n + m, np.int64),
         np.insert(block.pid, at, -1), np.insert(block.code, at, lost_code),
         np.insert(block.flag, at, -1), np.insert(block.lost, at, recs.lost[pages]),
-        np.insert(block.keep, at, True), np.insert(block.args, at, None), typed)
+        np.insert(block.keep, at, True),
+        np.insert(block.args, at, np.full(m, None, dtype=object)), typed)

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tracedat_support import REAL, SAMPLE, shared
 
 from parsers.errors import KvmMmuError, TraceFormatError, TraceParseError, TraceTruncatedError
 from parsers.tracedat_header import read_info
 from parsers.tracedat_reader import read_tracedat
-from tracedat_support import REAL, SAMPLE, shared
 
 DATA = SAMPLE.read_bytes()
 INFO = read_info(DATA, str(SAMPLE))

@@ -7,11 +7,18 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from tracedat_support import (
+    REAL,
+    SAMPLE,
+    SAMPLE_REPORT,
+    TRAPPY,
+    report_rows,
+    shared,
+    trace_cmd_report,
+)
 
 from parsers.schema import EVENTS_SCHEMA
 from parsers.tracedat_reader import read_tracedat
-from tracedat_support import (
-    REAL, SAMPLE, SAMPLE_REPORT, TRAPPY, report_rows, shared, trace_cmd_report)
 
 TC_FILES = ["tc_kvm.dat", "tc_kvm.v6.dat", "tc_kvm.v7.dat"]
 
