@@ -329,10 +329,13 @@ class Replay:
         root.zap_active = True
         root.zap_changed = Signal(self.sim)
         t0 = self.sim.now
+        total = max(1, cur.total_ns)
+        f0 = 1.0 - cur.remaining_ns() / total
         done = yield from self.run_cursor(cur, can_yield)
+        f1 = 1.0 - cur.remaining_ns() / total
         self.block(actor, t0, "zap", root=root)
         for r in self.recorders:
-            r.zapped(Nanos(t0), self.now, ActorId(actor), root.id, counts_of(root.population))
+            r.zapped(Nanos(t0), self.now, ActorId(actor), root.id, root.population, f0, f1)
         root.zap_active = False
         changed, root.zap_changed = root.zap_changed, None
         changed.fire(None)

@@ -241,6 +241,7 @@ class WorkCursor:
 
     def __init__(self, segments: list[Segment]) -> None:
         self.segments = [s for s in segments if s.count > 0]
+        self.total_ns = sum(s.total_ns for s in self.segments)
         self.index = 0
         self.done = 0  # units done in the current segment
         self.units_done = 0

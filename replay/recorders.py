@@ -12,7 +12,7 @@ from typing import ClassVar, Final
 import pyarrow as pa
 
 from replay.ids import ActorId, Nanos, RootId
-from replay.population import Counts, Extent
+from replay.population import Extent
 from replay.records import Anomaly, BlockInterval, RefChange, Root
 
 __all__ = [
@@ -101,9 +101,11 @@ class Recorder:
         """``actor`` faulted ``extents`` into ``root`` between ``start`` and ``end``."""
 
     def zapped(
-        self, start: Nanos, end: Nanos, actor: ActorId, root: RootId, counts: Counts
+        self, start: Nanos, end: Nanos, actor: ActorId, root: RootId, extents: list[Extent],
+        done_from: float, done_to: float,
     ) -> None:
-        """``actor`` zapped SPTEs of ``root`` (one uninterrupted stretch)."""
+        """``actor`` zapped ``root`` (mapping ``extents``) in one uninterrupted stretch, from
+        fraction ``done_from`` to ``done_to`` of the root's zap work."""
 
     def work(self, ts: Nanos, actor: ActorId, what: str, root: RootId, queue: str) -> None:
         """Workqueue activity: ``what`` in {"queue", "start", "end"}."""

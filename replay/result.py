@@ -22,6 +22,7 @@ SUMMARY_SCHEMA: Final = pa.schema(
         ("p99_ns", pa.int64()),
         ("max_ns", pa.int64()),
         ("total_ns", pa.int64()),
+        ("max_cause", pa.string()),
     ]
 )
 
@@ -39,16 +40,21 @@ def _weighted_rank(pairs: list[tuple[int, int]], q: float) -> int:
 
 
 def summarize_blocks(blocks: pa.Table, vcpus: list[int]) -> pa.Table:
-    """Per-vCPU ``blocks, p50_ns, p99_ns, max_ns, total_ns`` (count-weighted, nearest rank)."""
+    """Per-vCPU ``blocks, p50_ns, p99_ns, max_ns, total_ns, max_cause`` (count-weighted
+    nearest-rank percentiles; ``max_cause`` = cause of the longest block)."""
     per: dict[int, list[tuple[int, int]]] = {v: [] for v in vcpus}
     totals: dict[int, int] = dict.fromkeys(vcpus, 0)
-    cols = blocks.select(["vcpu", "start", "end", "count", "each_ns"]).to_pydict()
-    for v, s, e, c, each in zip(
-        cols["vcpu"], cols["start"], cols["end"], cols["count"], cols["each_ns"], strict=True
+    worst: dict[int, tuple[int, str]] = {}
+    cols = blocks.select(["vcpu", "start", "end", "cause", "count", "each_ns"]).to_pydict()
+    for v, s, e, cause, c, each in zip(
+        cols["vcpu"], cols["start"], cols["end"], cols["cause"], cols["count"], cols["each_ns"],
+        strict=True,
     ):
         per.setdefault(v, []).append((each, c))
         totals[v] = totals.get(v, 0) + (e - s)
-    rows: dict[str, list[int]] = {name: [] for name in SUMMARY_SCHEMA.names}
+        if each > worst.get(v, (-1, ""))[0]:
+            worst[v] = (each, cause)
+    rows: dict[str, list[object]] = {name: [] for name in SUMMARY_SCHEMA.names}
     for v in sorted(per):
         pairs = sorted(per[v])
         rows["vcpu"].append(v)
@@ -56,7 +62,8 @@ def summarize_blocks(blocks: pa.Table, vcpus: list[int]) -> pa.Table:
         rows["p50_ns"].append(_weighted_rank(pairs, 0.50) if pairs else 0)
         rows["p99_ns"].append(_weighted_rank(pairs, 0.99) if pairs else 0)
         rows["max_ns"].append(pairs[-1][0] if pairs else 0)
-        rows["total_ns"].append(totals[v])
+        rows["total_ns"].append(totals.get(v, 0))
+        rows["max_cause"].append(worst[v][1] if v in worst else None)
     return pa.Table.from_pydict(rows, schema=SUMMARY_SCHEMA)
 
 
@@ -90,7 +97,7 @@ class ReplayResult:
         """One table as a pandas DataFrame."""
         return self.to_arrow(name).to_pandas()
 
-    def vcpu_summary(self) -> dict[str, dict[str, int]]:
-        """``{"<vcpu>": {"blocks", "p50_ns", "p99_ns", "max_ns", "total_ns"}}``."""
+    def vcpu_summary(self) -> dict[str, dict[str, int | str | None]]:
+        """``{"<vcpu>": {"blocks", "p50_ns", "p99_ns", "max_ns", "total_ns", "max_cause"}}``."""
         rows = self.to_arrow("summary").to_pylist()
-        return {str(r["vcpu"]): {k: int(v) for k, v in r.items() if k != "vcpu"} for r in rows}
+        return {str(r.pop("vcpu")): r for r in rows}

@@ -37,6 +37,7 @@ __all__ = [
     "dirty_log_perf",
     "set_memory_region",
     "build_scenario",
+    "SELFTEST_BINARIES",
 ]
 
 _VMM = "vmm"
@@ -175,9 +176,8 @@ def set_memory_region(
                                                                       page_size))
 
 
-def _params(memory: int, slot_size: int, vcpus: int, page: int) -> tuple[tuple[str, str], ...]:
-    return (("memory", str(memory)), ("slot_size", str(slot_size)), ("vcpus", str(vcpus)),
-            ("page_size", str(page)))
+def _params(memory: int, slot_size: int, vcpus: int, page: int) -> tuple[tuple[str, int], ...]:
+    return (("memory", memory), ("slot_size", slot_size), ("vcpus", vcpus), ("page_size", page))
 
 
 ScenarioBuilder = Callable[..., Workload]
@@ -189,6 +189,17 @@ SCENARIOS: Final[Mapping[str, ScenarioBuilder]] = MappingProxyType(
         "memslot-stress": memslot_stress,
         "dirty-log-perf": dirty_log_perf,
         "set-memory-region": set_memory_region,
+    }
+)
+
+
+#: Scenario name → the selftest binary it imitates (its comm, truncated, is in traces).
+SELFTEST_BINARIES: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "max-guest-memory": "max_guest_memory_test",
+        "memslot-stress": "memslot_modification_stress_test",
+        "dirty-log-perf": "dirty_log_perf_test",
+        "set-memory-region": "set_memory_region_test",
     }
 )
 

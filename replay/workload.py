@@ -216,7 +216,7 @@ class Workload:
     ops: tuple[Op, ...]
     name: str = "workload"
     root_role: int = TDP_ROOT_ROLE
-    params: tuple[tuple[str, str], ...] = field(default=())
+    params: tuple[tuple[str, int], ...] = field(default=())
 
     def __post_init__(self) -> None:
         last: dict[str, int] = {}
