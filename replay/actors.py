@@ -120,20 +120,25 @@ class _Driver:
         rp.release(v.actor, mode)
         v.root = root
 
-    def unload(self, v: VcpuState, reason: str) -> Wait:
-        """``kvm_mmu_unload`` → ``kvm_mmu_free_roots``: put the current root."""
+    def unload(self, v: VcpuState, reason: str, by: str | None = None) -> Wait:
+        """``kvm_mmu_unload`` → ``kvm_mmu_free_roots``: put the current root.
+
+        ``by`` is the thread doing it when not the vCPU's own (vCPU destroy at VM exit):
+        then nothing is charged to the vCPU as a block.
+        """
         rp = self.rp
         root = v.root
         if root is None:
             return
+        actor = by or v.actor
         mode = rp.policy.root_lock
-        yield from rp.acquire(v.actor, mode)
+        yield from rp.acquire(actor, mode)
         t0 = rp.sim.now
         yield rp.sim.timeout(round(rp.cost.root_put_ns))
-        rp.block(v.actor, t0, "root_put", root=root)
+        rp.block(actor, t0, "root_put", root=root)
         v.root = None
-        yield from rp.put(root, v.actor, reason, mode)
-        rp.release(v.actor, mode)
+        yield from rp.put(root, v.actor, reason, mode, by=actor)
+        rp.release(actor, mode)
 
     def populate(self, index: int, op: Op) -> Wait:
         assert isinstance(op, Populate)
@@ -274,7 +279,7 @@ class _Driver:
             cur = WorkCursor([Segment(leaves, rp.cost.leaf_ns(shared))])
             while not (yield from rp.run_cursor(cur, yieldable=rp.cost.yield_on_contention)):
                 yield from rp.relock(actor, mode)
-            yield from rp.put(root, iterator, "range iterator advances", mode)
+            yield from rp.put(root, iterator, "range iterator advances", mode, by=actor)
         rp.release(actor, mode)
 
     def vm_destroy(self, index: int, op: Op) -> Wait:
@@ -290,10 +295,10 @@ class _Driver:
             if rp.get(root, iterator, "kvm_tdp_mmu_zap_all iterator"):
                 yield from rp.zap(root, actor, WRITE, granularity=rp.policy.granularity,
                                   yieldable=True)
-                yield from rp.put(root, iterator, "zap_all iterator advances", WRITE)
+                yield from rp.put(root, iterator, "zap_all iterator advances", WRITE, by=actor)
         rp.release(actor, WRITE)
         for v in rp.vcpus.values():
-            yield from self.unload(v, "vCPU destroy")
+            yield from self.unload(v, "vCPU destroy", by=actor)
             v.gone = True
         yield from rp.policy.uninit(rp, actor)
         yield rp.rcu_barrier()

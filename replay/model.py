@@ -175,8 +175,11 @@ class Replay:
         root.holders[holder] += 1
         self._ref(root, +1, holder, "resurrect defunct root for its zap work")
 
-    def put(self, root: RootState, holder: str, reason: str, mode: Mode | None) -> Wait:
-        """PUT; on reaching 0 run the era's action (``mode`` = lock the putter holds)."""
+    def put(
+        self, root: RootState, holder: str, reason: str, mode: Mode | None, by: str | None = None
+    ) -> Wait:
+        """PUT ``holder``'s reference; on reaching 0 run the era's action in thread ``by``
+        (default: the holder itself), which holds ``mmu_lock`` in ``mode``."""
         if root.refcount <= 0:
             self.violate("put after the refcount reached 0", root=root, holder=holder,
                          invariant=1)
@@ -191,7 +194,7 @@ class Replay:
             if self.policy.preserves_roots and not root.invalid:
                 self.violate("a valid root reached refcount 0 (the TDP MMU holds one)",
                              root=root, holder=holder, invariant=4)
-            yield from self.policy.on_last_put(self, root, ActorId(holder), mode)
+            yield from self.policy.on_last_put(self, root, ActorId(by or holder), mode)
         return None
 
     def invalidate(self, root: RootState, actor: str) -> None:
@@ -367,7 +370,7 @@ class Replay:
             yield from self.acquire(worker, READ)
             yield from self.zap(root, worker, READ, granularity=self.policy.granularity,
                                 yieldable=True)
-            yield from self.put(root, holder, "zap work done", READ)
+            yield from self.put(root, holder, "zap work done", READ, by=worker)
             self.release(worker, READ)
             for r in self.recorders:
                 r.work(self.now, ActorId(worker), "end", root.id, wq.name)
@@ -381,7 +384,7 @@ class Replay:
         for root in roots:
             yield from self.zap(root, actor, READ, granularity=self.policy.fast_zap_granularity,
                                 yieldable=True)
-            yield from self.put(root, holder, "fast zap: put gifted reference", READ)
+            yield from self.put(root, holder, "fast zap: put gifted reference", READ, by=actor)
         self.release(actor, READ)
 
     def request_all(self) -> None:

@@ -153,7 +153,8 @@ class AsyncZap(SyncZap):
             rp.queue_zap(rp.system_wq, root, "zap_work")
             return
         yield from rp.zap(root, putter, mode, granularity=self.granularity, yieldable=True)
-        yield from rp.put(root, "zap_work", "inline zap of a dying VM's defunct root", mode)
+        yield from rp.put(root, "zap_work", "inline zap of a dying VM's defunct root", mode,
+                          by=putter)
 
 
 class WorkqueueZap(ZapPolicy):
@@ -261,8 +262,9 @@ class InlineZap(PreservedRootsZap):
                 root.scheduled_to_zap = False
                 yield from rp.zap(root, actor, mode, granularity=self.fast_zap_granularity,
                                   yieldable=True)
-                yield from rp.put(root, "tdp_mmu", "zapped: put TDP MMU reference", mode)
-            yield from rp.put(root, iterator, "iterator advances", mode)
+                yield from rp.put(root, "tdp_mmu", "zapped: put TDP MMU reference", mode,
+                                  by=actor)
+            yield from rp.put(root, iterator, "iterator advances", mode, by=actor)
         rp.release(actor, mode)
 
     def fast_zap(self, rp: Replay, actor: ActorId) -> Wait:
