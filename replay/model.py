@@ -355,14 +355,14 @@ class Replay:
         if counts.tables:
             self.call_rcu(lambda: None)  # removed child tables are freed via call_rcu
 
-    def queue_zap(self, wq: Workqueue, root: RootState, holder: str) -> None:
-        """Queue ``root``'s zap work on ``wq``; the work puts ``holder``'s reference."""
+    def queue_zap(self, wq: Workqueue, root: RootState, holder: str, by: str) -> None:
+        """Thread ``by`` queues ``root``'s zap on ``wq``; the work puts ``holder``'s reference."""
         if root.queued:
             self.violate("root queued for zapping twice", root=root, holder=holder,
                          invariant=5)
         root.queued = True
         for r in self.recorders:
-            r.work(self.now, ActorId(holder), "queue", root.id, wq.name)
+            r.work(self.now, ActorId(by), "queue", root.id, wq.name)
 
         def work(worker: str) -> Wait:
             for r in self.recorders:

@@ -150,7 +150,7 @@ class AsyncZap(SyncZap):
         rp.invalidate(root, putter)
         rp.resurrect(root, "zap_work")
         if not rp.vm_dying:
-            rp.queue_zap(rp.system_wq, root, "zap_work")
+            rp.queue_zap(rp.system_wq, root, "zap_work", putter)
             return
         yield from rp.zap(root, putter, mode, granularity=self.granularity, yieldable=True)
         yield from rp.put(root, "zap_work", "inline zap of a dying VM's defunct root", mode,
@@ -177,7 +177,7 @@ class WorkqueueZap(ZapPolicy):
             return
         rp.invalidate(root, putter)
         rp.resurrect(root, "zap_work")
-        rp.queue_zap(rp.vm_wq, root, "zap_work")
+        rp.queue_zap(rp.vm_wq, root, "zap_work", putter)
         yield from ()
 
     def invalidate_all(self, rp: Replay, actor: ActorId) -> None:
@@ -185,7 +185,7 @@ class WorkqueueZap(ZapPolicy):
         for root in rp.live_roots():
             if not root.invalid and rp.get(root, "zap_work", "invalidate_all_roots gift"):
                 rp.invalidate(root, actor)
-                rp.queue_zap(rp.vm_wq, root, "zap_work")
+                rp.queue_zap(rp.vm_wq, root, "zap_work", actor)
 
     def fast_zap(self, rp: Replay, actor: ActorId) -> Wait:
         def section() -> None:
@@ -226,7 +226,7 @@ class PreservedRootsZap(WorkqueueZap):
             if not root.invalid:
                 rp.invalidate(root, actor)
                 rp.transfer(root, "tdp_mmu", "zap_work", "invalidate: gift TDP MMU reference")
-                rp.queue_zap(rp.vm_wq, root, "zap_work")
+                rp.queue_zap(rp.vm_wq, root, "zap_work", actor)
 
     def uninit(self, rp: Replay, actor: ActorId) -> Wait:
         self.invalidate_all(rp, actor)
