@@ -20,8 +20,8 @@ from replay.policies import (
     get_policy,
     policy_names,
 )
-from replay.records import BlockInterval, RefChange, Root
 from replay.recorders import Anomalies, BlockLatency, Recorder, RefcountHistory, RootLifecycle
+from replay.records import BlockInterval, RefChange, Root
 from replay.result import ReplayResult
 from replay.runner import default_recorders, run
 from replay.scenarios import SCENARIOS, build_scenario

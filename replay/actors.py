@@ -288,7 +288,7 @@ class _Driver:
         """mmu_notifier release → ``kvm_mmu_zap_all``; vCPU destroy; uninit; ``rcu_barrier``."""
         rp = self.rp
         actor = ActorId(op.actor)
-        for done in self.vcpu_done:
+        for done in self.vcpu_done:  # noqa: UP028 (each is resumed with a value via send)
             yield done
         rp.vm_dying = True
         iterator = f"iter:{actor}"

@@ -110,6 +110,6 @@ def run_scenario(
                                       host_cpus=cost.host_cpus)
             recs.append(emitter)
         results[pol] = run(workload, policy=pol, cost=cost, recorders=recs)
-        if emitter is not None:
+        if emitter is not None and emit_trace is not None:
             emitter.write(_trace_path(emit_trace, pol, len(names) > 1))
     return Comparison(workload=workload, cost=cost, results=results)

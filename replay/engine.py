@@ -113,8 +113,12 @@ class Sim:
     def first_of(self, *signals: Signal) -> Signal:
         """A signal firing with ``(index, value)`` of the first of ``signals`` to fire."""
         out = Signal(self)
+
+        def forward(index: int) -> Callable[[Any], None]:
+            return lambda value: out.fire((index, value))
+
         for i, sig in enumerate(signals):
-            sig.on_fire(lambda v, i=i: out.fire((i, v)))
+            sig.on_fire(forward(i))
         return out
 
     def process(self, gen: Wait, name: str) -> Process:

@@ -19,8 +19,8 @@ from replay.engine import Signal, Sim, Wait
 from replay.errors import ReplayInvariantError
 from replay.ids import ActorId, Nanos, RootId, VcpuId
 from replay.population import Granularity, WorkCursor, counts_of, zap_segments
-from replay.records import Anomaly, BlockCause, BlockInterval, RefChange
 from replay.recorders import Recorder
+from replay.records import Anomaly, BlockCause, BlockInterval, RefChange
 from replay.roots import RootState
 from replay.rwlock import READ, WRITE, Mode, RwLock
 from replay.workqueue import Workqueue

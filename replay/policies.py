@@ -96,7 +96,7 @@ class SyncZap(ZapPolicy):
 
     name = "sync"
     kernel = "v5.13 .. v5.17"
-    commits = ("b7cccd397f31", "TDP-5.17 tdp_mmu.c")
+    commits: ClassVar[tuple[str, ...]] = ("b7cccd397f31", "TDP-5.17 tdp_mmu.c")
     granularity = Granularity.TOP_LEVEL
     fast_zap_granularity = Granularity.TOP_LEVEL
     tlb_flush_per_table = True
@@ -136,7 +136,9 @@ class AsyncZap(SyncZap):
 
     name = "async"
     kernel = "v3 series (2022-02-26)"
-    commits = ("<20220226001546.360188-23-seanjc@google.com>", "1b6043e8e584", "8351779ce65f")
+    commits: ClassVar[tuple[str, ...]] = (
+        "<20220226001546.360188-23-seanjc@google.com>", "1b6043e8e584", "8351779ce65f",
+    )
     granularity = Granularity.GIB
     fast_zap_granularity = Granularity.GIB
     tlb_flush_per_table = False
@@ -167,7 +169,9 @@ class WorkqueueZap(ZapPolicy):
 
     name = "5.18"
     kernel = "v5.18 .. v6.3"
-    commits = ("22b94c4b63eb", "efd995dae5eb", "1b6043e8e584", "bb95dfb9e2df")
+    commits: ClassVar[tuple[str, ...]] = (
+        "22b94c4b63eb", "efd995dae5eb", "1b6043e8e584", "bb95dfb9e2df",
+    )
 
     def on_last_put(
         self, rp: Replay, root: RootState, putter: ActorId, mode: Mode | None
@@ -210,7 +214,7 @@ class PreservedRootsZap(WorkqueueZap):
 
     name = "6.4"
     kernel = "v6.4 .. v6.5 (6.3.2+)"
-    commits = ("edbdb43fc96b",)
+    commits: ClassVar[tuple[str, ...]] = ("edbdb43fc96b",)
     initial_refcount = 2
     preserves_roots = True
     role_has_cr0_wp = False
@@ -243,7 +247,7 @@ class InlineZap(PreservedRootsZap):
 
     name = "6.6"
     kernel = "v6.6 .. v6.8"
-    commits = ("0df9dab891ff",)
+    commits: ClassVar[tuple[str, ...]] = ("0df9dab891ff",)
 
     def invalidate_all(self, rp: Replay, actor: ActorId) -> None:
         for root in rp.live_roots():
@@ -288,7 +292,7 @@ class LeafGranularZap(InlineZap):
 
     name = "6.9"
     kernel = "v6.9+"
-    commits = ("8ca983631f3c", "fcdffe97f80e")
+    commits: ClassVar[tuple[str, ...]] = ("8ca983631f3c", "fcdffe97f80e")
     granularity = Granularity.LEAF
     fast_zap_granularity = Granularity.LEAF
     root_lock = READ

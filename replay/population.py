@@ -195,7 +195,8 @@ def zap_segments(
     for e in extents:
         c = _extent_counts(e)
         l1 = c.tables_l1 * tc.removal(c.leaves_4k / c.tables_l1 if c.tables_l1 else 0)
-        l2 = c.tables_l2 * tc.removal((c.tables_l1 + c.leaves_2m) / c.tables_l2 if c.tables_l2 else 0)
+        l2_children = (c.tables_l1 + c.leaves_2m) / c.tables_l2 if c.tables_l2 else 0
+        l2 = c.tables_l2 * tc.removal(l2_children)
         below_1g = c.leaves * tc.leaf + l1 + l2
         l3_children = (c.tables_l2 + c.leaves_1g) / c.tables_l3 if c.tables_l3 else 0
         l3 = c.tables_l3 * tc.removal(l3_children)
@@ -322,7 +323,9 @@ def unmapped_parts(extents: list[Extent], new: Extent) -> list[Extent]:
 
 
 def remove_range(extents: list[Extent], start: int, end: int) -> list[Extent]:
-    """Remove ``[start, end)`` from ``extents`` in place (rounded out to whole leaves); return what went."""
+    """Remove ``[start, end)`` from ``extents`` in place (rounded out to whole leaves).
+
+    Returns the removed extents."""
     kept: list[Extent] = []
     gone: list[Extent] = []
     for e in extents:

@@ -46,7 +46,8 @@ def run(
 
     Examples:
         >>> from replay.workload import Populate, SetSregs, Workload
-        >>> w = Workload.of([Populate(vcpu=0, start=0, size=1 << 30), SetSregs(vcpu=0, cr0_wp=False)])
+        >>> w = Workload.of([Populate(vcpu=0, start=0, size=1 << 30),
+        ...                  SetSregs(vcpu=0, cr0_wp=False)])
         >>> r = run(w, policy="sync")
         >>> r.vcpu_summary()["0"]["blocks"]
         262147

@@ -111,7 +111,8 @@ def memslot_stress(
     n = vcpus if vcpus is not None else 1
     _check(memory, page_size, 1, page_size)
     actors = [vcpu_actor(i) for i in range(n)] + [_VMM]
-    ops: list[Op] = rendezvous("start", actors)
+    ops: list[Op] = []
+    ops += rendezvous("start", actors)
     region = _BASE_GPA
     for _ in range(iterations + 1):
         for i in range(n):
@@ -138,7 +139,8 @@ def dirty_log_perf(
     _check(memory, page_size, 1, page_size)
     actors = [vcpu_actor(i) for i in range(n)] + [_VMM]
     total = memory * n
-    ops: list[Op] = rendezvous("start", actors)
+    ops: list[Op] = []
+    ops += rendezvous("start", actors)
     ops += [Populate(vcpu=i, start=_BASE_GPA + i * memory, size=memory, page=page_size)
             for i in range(n)]
     ops += rendezvous("populated", actors)

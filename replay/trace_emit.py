@@ -22,8 +22,8 @@ import pyarrow as pa
 from replay.ids import PAGE_1G, PAGE_2M, PAGE_4K, ActorId, Nanos, RootId
 from replay.policies import get_policy
 from replay.population import Extent, Granularity
-from replay.records import BlockInterval
 from replay.recorders import Recorder
+from replay.records import BlockInterval
 from replay.workload import TDP_ROOT_ROLE
 
 __all__ = ["KernelTextTrace", "TRACE_LINES_SCHEMA", "format_line", "page_role_text"]

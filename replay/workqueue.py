@@ -64,7 +64,10 @@ class Workqueue:
             seq, item = self._items.popleft()
             name = f"{self.worker_prefix}{slot}"
             proc = self.sim.process(item(name), name)
-            proc.done.on_fire(lambda _v, seq=seq, slot=slot: self._finished(seq, slot))
+            proc.done.on_fire(self._on_done(seq, slot))
+
+    def _on_done(self, seq: int, slot: int) -> Callable[[object], None]:
+        return lambda _value: self._finished(seq, slot)
 
     def _finished(self, seq: int, slot: int) -> None:
         self._pending.discard(seq)

@@ -18,8 +18,8 @@ from replay import (
     policy_names,
     run,
 )
+from replay.ids import GIB, PAGE_2M, PAGE_4K
 from replay.population import counts_of
-from replay.ids import PAGE_2M, PAGE_4K, GIB
 from replay.workload import (
     LoadRoot,
     MemslotDelete,
@@ -184,7 +184,9 @@ def test_violations_can_be_recorded_instead() -> None:
     assert (rows[0]["invariant"], rows[0]["root"], rows[0]["holder"]) == (7, 0, "vmm")
 
 
-def build_racing(nvcpu: int, steps: list[tuple[object, ...]], zaps: list[tuple[int, str]]) -> Workload:
+def build_racing(
+    nvcpu: int, steps: list[tuple[object, ...]], zaps: list[tuple[int, str]]
+) -> Workload:
     """vCPUs run their steps while the VMM fast-zaps / write-protects at fixed times."""
     ops: list[Op] = [_vcpu_op(v, s) for v in range(nvcpu) for s in steps]
     t = 0

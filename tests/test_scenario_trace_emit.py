@@ -12,9 +12,11 @@ from replay.policies import policy_names
 
 REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "traces" / "real"
 # %16s-%-7d [%03d] %s %5lu.%06lu: event: payload   (tracefs `trace`, no tgid column)
-LINE = re.compile(r"^ *(?P<comm>.{1,16})-(?P<pid>\d+) +\[(?P<cpu>\d{3})\] (?P<flags>[.dNnhs0-9]{5}) "
-                  r"+(?P<sec>\d+)\.(?P<usec>\d{6}): (?P<event>\w+): (?P<payload>.*)$")
-ROLE = r"sp gen \d+ gfn [0-9a-f]+ l\d \d-byte q\d( direct)? [-wux]{3}( invalid)? !?nxe !?ad root \d+ (un)?sync"
+LINE = re.compile(r"^ *(?P<comm>.{1,16})-(?P<pid>\d+) +\[(?P<cpu>\d{3})\] "
+                  r"(?P<flags>[.dNnhs0-9]{5}) +(?P<sec>\d+)\.(?P<usec>\d{6}): "
+                  r"(?P<event>\w+): (?P<payload>.*)$")
+ROLE = (r"sp gen \d+ gfn [0-9a-f]+ l\d \d-byte q\d( direct)? [-wux]{3}( invalid)? "
+        r"!?nxe !?ad root \d+ (un)?sync")
 PAYLOADS = {
     "kvm_mmu_get_page": re.compile(ROLE + r" (new|existing)$"),
     "kvm_mmu_prepare_zap_page": re.compile(ROLE + "$"),
