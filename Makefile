@@ -20,12 +20,14 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 
 run: $(VENV)/.installed
 	$(BIN)/kvm-mmu-replay info $(SAMPLE)
+	$(BIN)/kvm-mmu-replay scenario max-guest-memory --memory 64TiB --page-size 4K --policy sync --policy async
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/parse_text.py
+	$(BIN)/python benchmarks/replay_scenario.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
