@@ -95,3 +95,8 @@ def test_header_matches_a_real_tracefs_file(tmp_path: Path) -> None:
                      if "kvm_mmu_get_page" in ln)
     m = LINE.match(real_line)
     assert m and PAYLOADS["kvm_mmu_get_page"].match(m["payload"])
+
+
+def test_emission_is_byte_identical_across_runs(tmp_path: Path) -> None:
+    assert emit(tmp_path / "a", "async") == emit(tmp_path / "b", "async")
+    assert not list((tmp_path / "a").glob(".*.tmp"))  # written via a temp name, renamed
