@@ -20,6 +20,7 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 
 run: $(VENV)/.installed
 	$(BIN)/kvm-mmu-replay info $(SAMPLE)
+	$(BIN)/kvm-mmu-replay scenario max-guest-memory --memory 64TiB --page-size 4K --policy sync --policy async
 
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check parsers replay tests benchmarks
@@ -28,6 +29,9 @@ test: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/parse_text.py
+	$(BIN)/python benchmarks/parse_tracedat.py
+	$(BIN)/python benchmarks/parse_perfetto.py
+	$(BIN)/python benchmarks/replay_scenario.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

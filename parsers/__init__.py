@@ -1,9 +1,12 @@
 """Readers that turn kvm_mmu traces into Arrow tables with declared schemas.
 
-Every reader has the same shape: ``read_<format>(source) -> Trace``; :func:`read_trace`
-detects the format from the content. See :mod:`parsers.schema` for the tables.
+Every reader has the same shape: ``read_<format>(source) -> Trace`` (ftrace/trace-cmd text,
+trace.dat, Perfetto) and ``iter_<format>`` for bounded-memory streaming; :func:`read_trace`
+detects the format from the content. :func:`write_perfetto` and :func:`write_tables` write.
+See :mod:`parsers.schema` for the tables.
 """
 
+from parsers.convert import ConvertReport, convert_trace
 from parsers.detect import detect_format, iter_trace, read_trace
 from parsers.errors import (
     KvmMmuError,
@@ -11,15 +14,21 @@ from parsers.errors import (
     SchemaError,
     TraceFormatError,
     TraceParseError,
+    TraceProcessorError,
     TraceTruncatedError,
     UnknownEventError,
 )
 from parsers.ftrace_text import iter_ftrace_text, read_ftrace_text
+from parsers.perfetto_reader import iter_perfetto, read_perfetto
+from parsers.perfetto_sql import query_perfetto, query_trace
+from parsers.perfetto_writer import write_perfetto
 from parsers.schema import EVENTS_SCHEMA, typed_event_names, typed_schema
 from parsers.table_files import write_tables
 from parsers.trace import Trace, TraceBatch, TraceMetadata, TraceStream
+from parsers.tracedat_reader import iter_tracedat, read_tracedat
 
 __all__ = [
+    "ConvertReport",
     "EVENTS_SCHEMA",
     "KvmMmuError",
     "MissingExtraError",
@@ -29,14 +38,23 @@ __all__ = [
     "TraceFormatError",
     "TraceMetadata",
     "TraceParseError",
+    "TraceProcessorError",
     "TraceStream",
     "TraceTruncatedError",
     "UnknownEventError",
+    "convert_trace",
     "detect_format",
     "iter_ftrace_text",
+    "iter_perfetto",
     "iter_trace",
+    "iter_tracedat",
+    "query_perfetto",
+    "query_trace",
     "read_ftrace_text",
+    "read_perfetto",
     "read_trace",
+    "read_tracedat",
+    "write_perfetto",
     "write_tables",
     "typed_event_names",
     "typed_schema",

@@ -8,15 +8,18 @@ from pathlib import Path
 
 from parsers.errors import TraceFormatError
 from parsers.ftrace_text import iter_ftrace_text
+from parsers.perfetto_reader import is_perfetto, iter_perfetto
 from parsers.text_grammar import CTX_RE, TAIL_RE
 from parsers.text_markers import LineKind, classify_line
-from parsers.text_source import sniff
+from parsers.text_source import open_raw, sniff
 from parsers.trace import Trace, TraceStream
+from parsers.tracedat_header import is_tracedat
+from parsers.tracedat_reader import iter_tracedat
 
 __all__ = ["detect_format", "read_trace", "iter_trace", "FORMATS"]
 
 #: Formats :func:`read_trace` knows, by the name :func:`detect_format` returns.
-FORMATS = ("ftrace-text",)
+FORMATS = ("ftrace-text", "trace.dat", "perfetto")
 
 _EVENT_LINE = re.compile(
     r"^(?P<ctx>.*?)(?P<tail> [0-9]+(?:\.[0-9]+)?: .*)$"
@@ -39,13 +42,21 @@ def _looks_like_text_trace(head: bytes) -> bool:
 
 
 def detect_format(source: str | Path) -> str:
-    """The format of ``source``, one of :data:`FORMATS`.
+    """The format of ``source``, one of :data:`FORMATS`, from its first bytes.
+
+    trace.dat by its magic, Perfetto by a valid ``TracePacket`` prefix, text (after
+    decompression) by a line in the ftrace or trace-cmd report grammar.
 
     Raises:
         TraceFormatError: the file is missing, empty, binary, or text in no known grammar.
     """
-    head = sniff(source)
     name = str(source)
+    raw = _raw_head(name)
+    if is_tracedat(raw):
+        return "trace.dat"
+    if raw and is_perfetto(raw):
+        return "perfetto"
+    head = sniff(source)
     if not head:
         raise TraceFormatError(name, "empty file: no trace data")
     if b"\x00" in head:
@@ -57,29 +68,56 @@ def detect_format(source: str | Path) -> str:
         "report grammar")
 
 
-_STREAMERS: dict[str, Callable[..., TraceStream]] = {"ftrace-text": iter_ftrace_text}
+def _raw_head(path: str, size: int = 4096) -> bytes:
+    with open_raw(path) as f:
+        return f.read(size)
+
+
+_STREAMERS: dict[str, Callable[..., TraceStream]] = {
+    "ftrace-text": iter_ftrace_text, "trace.dat": iter_tracedat, "perfetto": iter_perfetto}
+
+
+def _options(fmt: str, strict: bool, salvage: bool) -> dict[str, bool]:
+    """The reading options ``fmt``'s reader takes (text has nothing to salvage: damaged
+    lines are already counted and sampled; trace.dat decodes fields from format
+    definitions, so nothing in it is "unknown" for ``strict`` to reject)."""
+    return {"ftrace-text": {"strict": strict}, "trace.dat": {"salvage": salvage},
+            "perfetto": {"strict": strict, "salvage": salvage}}[fmt]
 
 
 def iter_trace(
-    source: str | Path, *, events: Collection[str] | None = None, strict: bool = False
+    source: str | Path, *, events: Collection[str] | None = None, strict: bool = False,
+    salvage: bool = False,
 ) -> TraceStream:
-    """Stream any supported trace as batches; the format is detected from the content."""
-    return _STREAMERS[detect_format(source)](source, events=events, strict=strict)
+    """Stream any supported trace as batches; the format is detected from the content.
+
+    Streaming readers give each batch what they know when it is decoded; :func:`read_trace`
+    may complete a whole trace afterwards (Perfetto's thread names, loss counts).
+    """
+    fmt = detect_format(source)
+    return _STREAMERS[fmt](source, events=events, **_options(fmt, strict, salvage))
 
 
 def read_trace(
-    source: str | Path, *, events: Collection[str] | None = None, strict: bool = False
+    source: str | Path, *, events: Collection[str] | None = None, strict: bool = False,
+    salvage: bool = False,
 ) -> Trace:
     """Read any supported trace into a :class:`~parsers.trace.Trace`.
 
     Args:
-        source: path of the trace (text may be gzip, xz, bzip2 or zstd compressed).
+        source: path of the trace: ftrace or trace-cmd report text (may be gzip, xz, bzip2
+            or zstd compressed), trace.dat (v6/v7) or Perfetto protobuf.
         events: keep only these event names.
-        strict: turn lines that match no grammar into errors instead of counted skips.
+        strict: turn lines (text) or fields (Perfetto) that match nothing we know into
+            errors instead of counted skips.
+        salvage: binary formats: on damage keep the events decoded before it, with a
+            warning in the metadata, instead of raising.
 
     Examples:
         >>> trace = read_trace("sample_traces/tracefs_record_tgid.txt")
         >>> trace.info()["format"]
         'ftrace-text'
+        >>> read_trace("sample_traces/tc_kvm.head.dat").info()["format"]
+        'trace.dat'
     """
-    return Trace.from_stream(iter_trace(source, events=events, strict=strict))
+    return Trace.from_stream(iter_trace(source, events=events, strict=strict, salvage=salvage))

@@ -14,6 +14,7 @@ __all__ = [
     "SchemaError",
     "UnknownEventError",
     "MissingExtraError",
+    "TraceProcessorError",
 ]
 
 
@@ -87,3 +88,12 @@ class MissingExtraError(KvmMmuError):
         super().__init__(
             f"{why} needs the '{module}' module: pip install 'kvm-mmu-replay[{extra}]'"
         )
+
+
+class TraceProcessorError(KvmMmuError):
+    """The user-supplied trace_processor_shell is missing, not runnable, or failed."""
+
+    def __init__(self, binary: str, reason: str) -> None:
+        self.binary = binary
+        self.reason = reason
+        super().__init__(f"trace processor {binary}: {reason}")

@@ -56,6 +56,11 @@ class PerfettoStream(TraceStream):
         self.threads = threads
         self.stats = stats
 
+    def complete(self, trace: Trace) -> Trace:
+        """Fill ``comm``/``tgid`` from thread descriptors written after their events, and
+        loss counts from the ftrace stats."""
+        return _lost_counts(_backfill_threads(trace, self.threads), self.stats)
+
 
 @dataclass
 class _State:
@@ -103,8 +108,7 @@ def read_perfetto(
     """
     stream = iter_perfetto(source, events=events, salvage=salvage, strict=strict,
                            batch_events=batch_events)
-    trace = Trace.from_stream(stream)
-    return _lost_counts(_backfill_threads(trace, stream.threads), stream.stats)
+    return Trace.from_stream(stream)
 
 
 def iter_perfetto(

@@ -9,22 +9,14 @@ first. This is an extra view for Perfetto users; the project's readers never nee
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pyarrow as pa
 
-from parsers.errors import KvmMmuError
+from parsers.errors import TraceProcessorError
 
-__all__ = ["query_perfetto", "TraceProcessorError"]
-
-
-class TraceProcessorError(KvmMmuError):
-    """The user-supplied trace_processor_shell is missing, not runnable, or failed."""
-
-    def __init__(self, binary: str, reason: str) -> None:
-        self.binary = binary
-        self.reason = reason
-        super().__init__(f"trace processor {binary}: {reason}")
+__all__ = ["query_perfetto", "query_trace", "TraceProcessorError"]  # error re-exported
 
 
 def query_perfetto(source: str | Path, sql: str, *, trace_processor: str | Path,
@@ -56,3 +48,24 @@ def query_perfetto(source: str | Path, sql: str, *, trace_processor: str | Path,
     except Exception as exc:  # the perfetto package raises bare Exception subclasses
         raise TraceProcessorError(binary, f"{type(exc).__name__}: {exc}") from exc
     return pa.Table.from_pandas(frame, preserve_index=False)
+
+
+def query_trace(source: str | Path, sql: str, *, trace_processor: str | Path,
+                load_timeout: int = 30) -> pa.Table:
+    """:func:`query_perfetto` over a trace of any format we read.
+
+    A Perfetto trace is handed to the trace processor as it is; text and trace.dat inputs
+    are first converted with :func:`~parsers.perfetto_writer.write_perfetto` (dense
+    encoding) into a temporary file, removed afterwards.
+    """
+    from parsers.detect import detect_format, read_trace
+    from parsers.perfetto_writer import write_perfetto
+
+    if detect_format(source) == "perfetto":
+        return query_perfetto(source, sql, trace_processor=trace_processor,
+                              load_timeout=load_timeout)
+    with tempfile.TemporaryDirectory(prefix="kvm-mmu-replay-sql.") as tmp:
+        converted = Path(tmp) / "trace.pftrace"
+        write_perfetto(read_trace(source), converted)
+        return query_perfetto(converted, sql, trace_processor=trace_processor,
+                              load_timeout=load_timeout)

@@ -11,6 +11,7 @@ one by one by :mod:`parsers.text_markers`.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -150,7 +151,18 @@ def _first_match(text: pa.Array, patterns: list[str]) -> dict[str, pa.Array]:
                 col = hits.field(i).take(index)
                 out[name] = col if name not in out else pc.coalesce(out[name], col)
         left = left[~hit]
+    for pattern in patterns:
+        for name in _group_names(pattern):
+            if name not in out:
+                out[name] = pa.nulls(n, text.type)
     return out
+
+
+@functools.cache
+def _group_names(pattern: str) -> tuple[str, ...]:
+    """The named groups of an RE2 ``pattern`` (as :func:`pyarrow.compute.extract_regex`
+    names its struct fields)."""
+    return tuple(pc.extract_regex(pa.array([], pa.string()), pattern).type.names)
 
 
 def _match_context(ctx: pa.StringArray) -> dict[str, pa.Array]:

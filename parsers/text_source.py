@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from parsers.errors import MissingExtraError, TraceFormatError, TraceParseError
 
-__all__ = ["LineChunk", "open_text", "iter_line_chunks", "sniff", "CHUNK_BYTES"]
+__all__ = ["LineChunk", "open_raw", "open_text", "iter_line_chunks", "sniff", "CHUNK_BYTES"]
 
 #: Bytes read per chunk; a batch of the output holds the events of one chunk.
 CHUNK_BYTES = 8 << 20
@@ -59,6 +59,23 @@ def _open_compressed(path: str, raw: BinaryIO, head: bytes) -> BinaryIO:
     return raw
 
 
+def open_raw(path: str | Path) -> BinaryIO:
+    """Open ``path`` as bytes, as stored (no decompression).
+
+    Raises:
+        TraceFormatError: the file is missing, unreadable or a directory.
+    """
+    name = str(path)
+    try:
+        return open(name, "rb")  # noqa: SIM115 - returned to the caller
+    except IsADirectoryError:
+        raise TraceFormatError(name, "is a directory, not a trace file") from None
+    except FileNotFoundError:
+        raise TraceFormatError(name, "no such file") from None
+    except OSError as exc:
+        raise TraceFormatError(name, f"cannot read: {exc.strerror or exc}") from None
+
+
 def open_text(path: str | Path) -> BinaryIO:
     """Open ``path`` for reading, decompressing transparently by content (not by name).
 
@@ -66,14 +83,7 @@ def open_text(path: str | Path) -> BinaryIO:
         TraceFormatError: the file is missing, unreadable or a directory.
     """
     name = str(path)
-    try:
-        raw: BinaryIO = open(name, "rb")  # noqa: SIM115 - returned to the caller
-    except IsADirectoryError:
-        raise TraceFormatError(name, "is a directory, not a trace file") from None
-    except FileNotFoundError:
-        raise TraceFormatError(name, "no such file") from None
-    except OSError as exc:
-        raise TraceFormatError(name, f"cannot read: {exc.strerror}") from None
+    raw = open_raw(name)
     head = raw.read(8)
     raw.seek(0)
     return _open_compressed(name, raw, head)

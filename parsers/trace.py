@@ -90,6 +90,15 @@ class TraceStream:
     def __iter__(self) -> Iterator[TraceBatch]:
         return self._batches
 
+    def complete(self, trace: Trace) -> Trace:
+        """Finish a whole trace collected from this stream once it is exhausted.
+
+        Streams whose later data completes earlier rows (Perfetto's thread descriptors
+        follow the events that reveal a thread) override this; the default returns
+        ``trace`` unchanged.
+        """
+        return trace
+
 
 class Trace:
     """A parsed trace: the common ``events`` table plus one typed table per known event.
@@ -115,8 +124,8 @@ class Trace:
 
     @classmethod
     def from_stream(cls, stream: TraceStream) -> Trace:
-        """Collect a :class:`TraceStream` into whole tables."""
-        return cls.from_batches(stream, stream.metadata)
+        """Collect a :class:`TraceStream` into whole tables (then :meth:`TraceStream.complete`)."""
+        return stream.complete(cls.from_batches(stream, stream.metadata))
 
     @classmethod
     def from_batches(cls, batches: Iterable[TraceBatch], metadata: TraceMetadata) -> Trace:

@@ -7,6 +7,7 @@ Errors the user can cause print one line on stderr and exit with status 2.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,8 +19,13 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 
 from parsers import KvmMmuError, Trace, TraceBatch, TraceStream
+from parsers.convert import CONVERT_TARGETS, ConvertReport, convert_trace
 from parsers.detect import iter_trace
+from parsers.perfetto_sql import query_trace
 from parsers.table_files import write_tables
+from replay.compare import run_scenario
+from replay.cost import DEFAULT_COST, apply_overrides, load_cost_file
+from replay.sizes import format_ns, parse_size
 
 __all__ = ["app", "main"]
 
@@ -34,10 +40,22 @@ app = typer.Typer(
 T = TypeVar("T")
 _err = Console(stderr=True)
 
-TraceArg = Annotated[Path, typer.Argument(help="Trace file: ftrace text, trace-cmd report "
-                                          "text (plain, .gz, .xz, .zst).", show_default=False)]
-StrictOpt = Annotated[bool, typer.Option("--strict", help="Fail on the first line that matches "
-                                         "no grammar, naming file:line.")]
+
+def _out() -> Console:
+    """stdout console; at least 132 columns wide so tables stay readable when piped."""
+    return Console(width=max(shutil.get_terminal_size((132, 24)).columns, 132),
+                   soft_wrap=True, highlight=False)
+
+TraceArg = Annotated[Path, typer.Argument(help="Trace file: ftrace or trace-cmd report text "
+                                          "(plain, .gz, .xz, .zst), trace.dat, or Perfetto "
+                                          "protobuf; detected from the content.",
+                                          show_default=False)]
+StrictOpt = Annotated[bool, typer.Option("--strict", help="Fail on the first line (text) or "
+                                         "field (Perfetto) that matches nothing known, naming "
+                                         "where, instead of counting it as skipped.")]
+SalvageOpt = Annotated[bool, typer.Option("--salvage", help="Binary formats: keep the events "
+                                          "decoded before damage (with a warning) instead of "
+                                          "failing.")]
 EventsOpt = Annotated[list[str] | None, typer.Option(
     "--event", "-e", help="Keep only this event (repeatable).", show_default=False)]
 
@@ -68,9 +86,9 @@ def _with_progress(stream: TraceStream, path: Path) -> Iterator[TraceBatch]:
             yield batch
 
 
-def _load(path: Path, events: list[str] | None, strict: bool) -> Trace:
-    stream = iter_trace(path, events=events or None, strict=strict)
-    return Trace.from_batches(_with_progress(stream, path), stream.metadata)
+def _load(path: Path, events: list[str] | None, strict: bool, salvage: bool) -> Trace:
+    stream = iter_trace(path, events=events or None, strict=strict, salvage=salvage)
+    return stream.complete(Trace.from_batches(_with_progress(stream, path), stream.metadata))
 
 
 @app.command()
@@ -83,10 +101,11 @@ def parse(
                                             show_default=False)] = None,
     events: EventsOpt = None,
     strict: StrictOpt = False,
+    salvage: SalvageOpt = False,
 ) -> None:
     """Parse TRACE into Arrow tables written as Parquet, Feather or Arrow IPC files."""
     def run() -> None:
-        loaded = _load(trace, events, strict)
+        loaded = _load(trace, events, strict, salvage)
         written = write_tables(loaded, out, fmt)
         typer.echo(f"wrote {len(written)} tables ({loaded.events.num_rows} event rows) to {out}")
     _guard(run)
@@ -97,9 +116,10 @@ def info(
     trace: TraceArg,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     strict: StrictOpt = False,
+    salvage: SalvageOpt = False,
 ) -> None:
     """Summarise TRACE: format, clock, CPUs, time range, events per name, losses, skips."""
-    summary = _guard(lambda: _load(trace, None, strict).info())
+    summary = _guard(lambda: _load(trace, None, strict, salvage).info())
     if as_json:
         typer.echo(json.dumps(summary, indent=2, sort_keys=True))
         return
@@ -107,7 +127,7 @@ def info(
 
 
 def _render_info(summary: dict[str, Any]) -> None:
-    out = Console(soft_wrap=True, highlight=False)
+    out = _out()
     out.print(f"[bold]{summary['source']}[/]: {summary['format']} "
               f"({', '.join(summary['variants'])})")
     out.print(f"cpus {summary['cpus']}, ts unit {summary['ts_unit']}, "
@@ -126,6 +146,99 @@ def _render_info(summary: dict[str, Any]) -> None:
                                                  summary["skipped_lines"].items()))
     for warning in summary["warnings"]:
         out.print(f"[yellow]warning[/]: {warning}")
+
+
+@app.command()
+def convert(
+    trace: TraceArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output: a .pftrace file, or a "
+                                      "directory named .parquet, .feather or .arrow.")],
+    to: Annotated[str | None, typer.Option("--to", help="Output kind, one of "
+                                           f"{', '.join(CONVERT_TARGETS)}; default from the "
+                                           "suffix of --out.", show_default=False)] = None,
+    encoding: Annotated[str, typer.Option("--encoding", help="Perfetto generic-event encoding: "
+                                          "dense (descriptors + field ids) or legacy "
+                                          "(GenericFtraceEvent).")] = "dense",
+    compress: Annotated[bool, typer.Option("--compress", help="Perfetto: zlib "
+                                           "compressed_packets.")] = False,
+    events: EventsOpt = None,
+    strict: StrictOpt = False,
+    salvage: SalvageOpt = False,
+) -> None:
+    """Convert TRACE (any format) to Perfetto, Parquet, Feather or Arrow IPC."""
+    if encoding not in ("dense", "legacy"):
+        _err.print(f"[bold red]error:[/] --encoding must be dense or legacy, not {encoding!r}")
+        raise typer.Exit(2)
+    report: ConvertReport = _guard(lambda: convert_trace(
+        trace, out, to=to, encoding="dense" if encoding == "dense" else "legacy",
+        compress=compress, events=events or None, strict=strict, salvage=salvage))
+    typer.echo(f"wrote {report.target} ({report.events} events from {report.source_format}) "
+               f"to {report.out}")
+    for name, count in sorted(report.dropped.items()):
+        _err.print(f"[yellow]note[/]: {name}: {count} values Perfetto cannot hold were dropped")
+    for warning in report.warnings:
+        _err.print(f"[yellow]warning[/]: {warning}", highlight=False)
+
+
+@app.command()
+def query(
+    trace: TraceArg,
+    sql: Annotated[str, typer.Argument(help="PerfettoSQL, e.g. 'select count(*) from "
+                                       "ftrace_event'.", show_default=False)],
+    trace_processor: Annotated[Path, typer.Option(
+        "--trace-processor", help="Path of a trace_processor_shell you supply (never "
+        "downloaded).", show_default=False)],
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV instead of a table.")] = False,
+) -> None:
+    """Run Perfetto SQL on TRACE (converted to Perfetto first when needed)."""
+    table = _guard(lambda: query_trace(trace, sql, trace_processor=trace_processor))
+    frame = table.to_pandas()
+    if as_csv:
+        typer.echo(frame.to_csv(index=False), nl=False)
+        return
+    grid = Table(*[str(c) for c in frame.columns])
+    for row in frame.itertuples(index=False):
+        grid.add_row(*[str(v) for v in row])
+    _out().print(grid)
+
+
+@app.command()
+def scenario(
+    name: Annotated[str, typer.Argument(help="max-guest-memory, memslot-stress, dirty-log-perf "
+                                             "or set-memory-region")],
+    memory: Annotated[str | None, typer.Option(help="Guest memory, e.g. 64TiB")] = None,
+    slot_size: Annotated[str | None, typer.Option(help="Memslot size, e.g. 2GiB")] = None,
+    vcpus: Annotated[int | None, typer.Option(help="vCPUs (default: the selftest's)")] = None,
+    page_size: Annotated[str | None, typer.Option(help="4K, 2M or 1G")] = None,
+    policy: Annotated[list[str] | None, typer.Option(help="Policy (repeatable) or 'all'")] = None,
+    cost_file: Annotated[Path | None, typer.Option(help="TOML cost model")] = None,
+    cost: Annotated[list[str] | None, typer.Option(help="Override one cost: KEY=VALUE")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+    emit_trace: Annotated[Path | None, typer.Option(help="Write the era's kernel trace")] = None,
+    sample_every: Annotated[int | None, typer.Option(min=1, help="Keep 1 in N SPTE events")] = None,
+) -> None:
+    """Run a selftest-like scenario under each policy and show per-vCPU block latencies."""
+    def run() -> Any:
+        model = load_cost_file(cost_file) if cost_file else DEFAULT_COST
+        return run_scenario(
+            name, policies=policy, cost=apply_overrides(model, cost or []),
+            memory=parse_size(memory, what="--memory") if memory else None,
+            slot_size=parse_size(slot_size, what="--slot-size") if slot_size else None,
+            page_size=parse_size(page_size, what="--page-size") if page_size else None,
+            vcpus=vcpus, emit_trace=emit_trace, sample_every=sample_every,
+        )
+    comp = _guard(run)
+    if as_json:
+        typer.echo(json.dumps(comp.to_json_dict(), indent=2, sort_keys=True))
+        return
+    table = Table("policy", "vcpu", "blocks", "p50", "p99", "max", "max cause", "total",
+                  title=name)
+    for pol, res in comp.results.items():
+        for row in res.to_arrow("summary").to_pylist():
+            table.add_row(pol, str(row["vcpu"]), str(row["blocks"]), format_ns(row["p50_ns"]),
+                          format_ns(row["p99_ns"]), format_ns(row["max_ns"]),
+                          str(row["max_cause"] or "-"), format_ns(row["total_ns"]))
+    _out().print(table)
 
 
 def main() -> None:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow as pa
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from parsers import KvmMmuError, read_trace
+from parsers.text_grammar import split_event_lines
 
 COMM_CHARS = st.sampled_from(list("abcdefghijklmnopqrstuvwxyzKVMCPU0123456789 -/:_.<>"))
 comms = st.text(COMM_CHARS, min_size=1, max_size=15).filter(
@@ -134,3 +137,10 @@ def test_garbage_lines_are_counted_not_fatal(tmp_path: Path, lines: list[str],
     except KvmMmuError:
         return
     assert trace.events.num_rows + sum(trace.metadata.skipped.values()) == len(body)
+
+
+@pytest.mark.parametrize("line", ["foo-12 [000] 12.5: \n", " 12.5: x\n", "a 1.0: :\n"])
+def test_chunk_with_timestamps_but_no_event_line(line: str) -> None:
+    """A chunk whose lines all have a timestamp yet match no tail grammar is left out (this
+    once raised KeyError: groups of patterns that matched nothing were missing)."""
+    assert split_event_lines(pa.array([line])).rows.size == 0

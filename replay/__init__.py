@@ -1,0 +1,66 @@
+"""Deterministic discrete-event model of KVM's x86 TDP MMU root lifecycle.
+
+``run(workload, policy=..., cost=..., recorders=...) -> ReplayResult`` replays a
+:class:`Workload` under one root-zap policy (``sync``, ``async``, ``5.18``, ``6.4``,
+``6.6``, ``6.9``); :func:`run_scenario` builds a selftest-like workload and runs it under
+several. See docs/model.md.
+"""
+
+from replay.compare import Comparison, run_scenario
+from replay.cost import COST_SOURCES, DEFAULT_COST, CostModel, apply_overrides, load_cost_file
+from replay.errors import ReplayConfigError, ReplayInvariantError, WorkloadError
+from replay.policies import (
+    AsyncZap,
+    InlineZap,
+    LeafGranularZap,
+    PreservedRootsZap,
+    SyncZap,
+    WorkqueueZap,
+    ZapPolicy,
+    get_policy,
+    policy_names,
+)
+from replay.recorders import Anomalies, BlockLatency, Recorder, RefcountHistory, RootLifecycle
+from replay.records import BlockInterval, RefChange, Root
+from replay.result import ReplayResult
+from replay.runner import default_recorders, run
+from replay.scenarios import SCENARIOS, build_scenario
+from replay.trace_emit import KernelTextTrace
+from replay.workload import Workload
+
+__all__ = [
+    "Anomalies",
+    "AsyncZap",
+    "BlockInterval",
+    "BlockLatency",
+    "COST_SOURCES",
+    "Comparison",
+    "CostModel",
+    "DEFAULT_COST",
+    "InlineZap",
+    "KernelTextTrace",
+    "LeafGranularZap",
+    "PreservedRootsZap",
+    "Recorder",
+    "RefChange",
+    "RefcountHistory",
+    "ReplayConfigError",
+    "ReplayInvariantError",
+    "ReplayResult",
+    "Root",
+    "RootLifecycle",
+    "SCENARIOS",
+    "SyncZap",
+    "Workload",
+    "WorkloadError",
+    "WorkqueueZap",
+    "ZapPolicy",
+    "apply_overrides",
+    "build_scenario",
+    "default_recorders",
+    "get_policy",
+    "load_cost_file",
+    "policy_names",
+    "run",
+    "run_scenario",
+]
