@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from parsers.errors import KvmMmuError
 from parsers.trace import Trace
 
-__all__ = ["write_tables", "TABLE_FORMATS", "format_for"]
+__all__ = ["write_tables", "write_table_dir", "TABLE_FORMATS", "format_for"]
 
 #: Output formats by name, with the file suffix each writes.
 TABLE_FORMATS: Final = {"parquet": ".parquet", "feather": ".feather", "arrow": ".arrow"}
@@ -56,17 +56,23 @@ def write_tables(trace: Trace, out: str | Path, fmt: str | None = None) -> list[
     Returns the paths written (inside ``out``). An existing ``out`` is replaced only after
     the new one is complete.
     """
+    names = ["events", *trace.names]
+    return write_table_dir({n: trace.with_metadata(trace.table(n)) for n in names}, out,
+                           format_for(out, fmt))
+
+
+def write_table_dir(tables: dict[str, pa.Table], out: str | Path, kind: str) -> list[Path]:
+    """Write ``tables`` (name → table) as ``<name><suffix>`` files of format ``kind`` in the
+    directory ``out``, built under a temporary name and renamed when complete."""
     target = Path(out)
-    kind = format_for(target, fmt)
     suffix = TABLE_FORMATS[kind]
     parent = target.parent if str(target.parent) else Path(".")
     if not parent.is_dir():
         raise KvmMmuError(f"{target}: parent directory {parent} does not exist")
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
     try:
-        names = ["events", *trace.names]
-        for name in names:
-            _write_one(trace.with_metadata(trace.table(name)), tmp / f"{name}{suffix}", kind)
+        for name, table in tables.items():
+            _write_one(table, tmp / f"{name}{suffix}", kind)
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=parent))
             os.replace(target, old / "x")
@@ -77,4 +83,4 @@ def write_tables(trace: Trace, out: str | Path, fmt: str | None = None) -> list[
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return [target / f"{name}{suffix}" for name in names]
+    return [target / f"{name}{suffix}" for name in tables]

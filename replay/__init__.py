@@ -3,7 +3,8 @@
 ``run(workload, policy=..., cost=..., recorders=...) -> ReplayResult`` replays a
 :class:`Workload` under one root-zap policy (``sync``, ``async``, ``5.18``, ``6.4``,
 ``6.6``, ``6.9``); :func:`run_scenario` builds a selftest-like workload and runs it under
-several. See docs/model.md.
+several. :func:`replay` observes a recorded trace and replays the workload derived from it
+under each policy. See docs/model.md and docs/replay.md.
 """
 
 from replay.compare import Comparison, run_scenario
@@ -26,6 +27,7 @@ from replay.result import ReplayResult
 from replay.runner import default_recorders, run
 from replay.scenarios import SCENARIOS, build_scenario
 from replay.trace_emit import KernelTextTrace
+from replay.trace_replay import TraceReplayResult, replay
 from replay.workload import Workload
 
 __all__ = [
@@ -51,12 +53,14 @@ __all__ = [
     "RootLifecycle",
     "SCENARIOS",
     "SyncZap",
+    "TraceReplayResult",
     "Workload",
     "WorkloadError",
     "WorkqueueZap",
     "ZapPolicy",
     "apply_overrides",
     "build_scenario",
+    "replay",
     "default_recorders",
     "get_policy",
     "load_cost_file",

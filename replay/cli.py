@@ -25,7 +25,9 @@ from parsers.perfetto_sql import query_trace
 from parsers.table_files import write_tables
 from replay.compare import run_scenario
 from replay.cost import DEFAULT_COST, apply_overrides, load_cost_file
+from replay.replay_render import render_replay
 from replay.sizes import format_ns, parse_size
+from replay.trace_replay import TraceReplayResult, replay
 
 __all__ = ["app", "main"]
 
@@ -239,6 +241,40 @@ def scenario(
                           format_ns(row["p99_ns"]), format_ns(row["max_ns"]),
                           str(row["max_cause"] or "-"), format_ns(row["total_ns"]))
     _out().print(table)
+
+
+@app.command("replay")
+def replay_command(
+    trace: TraceArg,
+    policy: Annotated[list[str] | None, typer.Option(
+        "--policy", "-p", help="Policy to replay (repeatable), or 'all' (default).",
+        show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Write the tables (block_intervals, refcount_history, roots, "
+        "summary, vcpus, evidence) to this directory; its suffix picks the format.",
+        show_default=False)] = None,
+    cost_file: Annotated[Path | None, typer.Option(help="TOML cost model")] = None,
+    cost: Annotated[list[str] | None, typer.Option(help="Override one cost: KEY=VALUE")] = None,
+    strict: StrictOpt = False,
+    salvage: SalvageOpt = False,
+) -> None:
+    """Replay TRACE: observed per-vCPU blocks and refcounts, and each policy's replay."""
+    def run() -> TraceReplayResult:
+        model = apply_overrides(load_cost_file(cost_file) if cost_file else DEFAULT_COST,
+                                cost or [])
+        loaded = _load(trace, None, strict, salvage)
+        result = replay(loaded, policy=policy or ["all"], cost=model)
+        if out is not None:
+            result.write_tables(out)
+        return result
+    result = _guard(run)
+    if as_json:
+        typer.echo(json.dumps(result.to_json_dict(), indent=2, sort_keys=True))
+        return
+    render_replay(_out(), result)
+    if out is not None:
+        typer.echo(f"wrote tables to {out}")
 
 
 def main() -> None:

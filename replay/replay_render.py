@@ -1,0 +1,76 @@
+"""Rich rendering of a :class:`~replay.trace_replay.TraceReplayResult` for the terminal."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from rich.console import Console
+from rich.table import Table
+
+from replay.sizes import format_ns
+from replay.trace_replay import OBSERVED, TraceReplayResult
+
+__all__ = ["render_replay", "MAX_ROWS"]
+
+#: Rows shown per table before "... N more" (the files written with -o hold everything).
+MAX_ROWS: Final = 40
+
+
+def render_replay(console: Console, result: TraceReplayResult) -> None:
+    """Print who is who, the per-vCPU comparison, the per-run summary, roots and warnings."""
+    d = result.derived
+    console.print(f"[bold]{result.source}[/]: backend {d.backend}, era "
+                  f"{d.era or 'not determined'} ({d.era_evidence})")
+    console.print(_comparison(result))
+    console.print(_summary(result))
+    console.print(_roots(result))
+    for warning in result.warnings:
+        console.print(f"[yellow]warning[/]: {warning}")
+
+
+def _ns(value: object) -> str:
+    return "-" if value is None else format_ns(int(value))  # type: ignore[call-overload]
+
+
+def _comparison(result: TraceReplayResult) -> Table:
+    runs = list(result.runs)
+    table = Table("vcpu", "vm", "id", "thread", *[f"max {r}" for r in runs],
+                  title="longest block per vCPU: observed vs each policy")
+    per_run = {r: {row["vcpu"]: row for row in result.runs[r]["summary"].to_pylist()}
+               for r in runs}
+    for v in result.vcpus.to_pylist()[:MAX_ROWS]:
+        cells = []
+        for r in runs:
+            row = per_run[r].get(v["vcpu"])
+            cells.append("-" if row is None or not row["blocks"] else
+                         f"{_ns(row['max_ns'])} {row['max_cause'] or ''}".rstrip())
+        table.add_row(str(v["vcpu"]), str(v["vm"]), str(v["vcpu_id"]),
+                      f"{v['comm']}-{v['pid']}", *cells)
+    return table
+
+
+def _summary(result: TraceReplayResult) -> Table:
+    table = Table("run", "vcpu", "blocks", "p50", "p99", "max", "max cause", "total",
+                  title="per-vCPU block latency")
+    rows = result.summary().to_pylist()
+    for row in rows[:MAX_ROWS * 4]:
+        table.add_row(row["run"], str(row["vcpu"]), str(row["blocks"]), _ns(row["p50_ns"]),
+                      _ns(row["p99_ns"]), _ns(row["max_ns"]), str(row["max_cause"] or "-"),
+                      _ns(row["total_ns"]))
+    if len(rows) > MAX_ROWS * 4:
+        table.caption = f"... {len(rows) - MAX_ROWS * 4} more rows (-o writes them all)"
+    return table
+
+
+def _roots(result: TraceReplayResult) -> Table:
+    roots = result.runs[OBSERVED]["roots"].to_pylist()
+    table = Table("root", "vm", "gfn", "level", "created", "by", "invalidated", "zapped",
+                  "zapped by", title=f"observed roots ({len(roots)})")
+    for r in roots[:MAX_ROWS]:
+        table.add_row(str(r["root"]), str(r.get("vm", "-")),
+                      "-" if r.get("gfn") is None else f"{r['gfn']:#x}", str(r.get("level", "-")),
+                      str(r["created"]), str(r["created_by"] or "-"), str(r["invalidated"] or "-"),
+                      str(r["zap_start"] or "-"), str(r["zapped_by"] or "-"))
+    if len(roots) > MAX_ROWS:
+        table.caption = f"... {len(roots) - MAX_ROWS} more roots (-o writes them all)"
+    return table

@@ -1,0 +1,211 @@
+"""Replay a recorded trace: observed tables, and the same workload under each zap policy.
+
+:func:`replay` is the notebook entry point and the ``replay`` command's one call::
+
+    from replay import replay
+    r = replay("sample_traces/tracefs_record_tgid.txt", policy="all")
+    r.summary().to_pandas()          # per vCPU, observed and per policy
+    r.block_intervals.to_pandas()    # every block, with its run ("observed" or a policy)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from parsers.detect import read_trace
+from parsers.table_files import format_for, write_table_dir
+from parsers.trace import Trace
+from replay.compare import expand_policies
+from replay.cost import DEFAULT_COST, CostModel
+from replay.observed import observe
+from replay.policies import get_policy
+from replay.recorders import BLOCKS_SCHEMA, REFCOUNT_SCHEMA, ROOTS_SCHEMA
+from replay.result import SUMMARY_SCHEMA, ReplayResult, summarize_blocks
+from replay.runner import run
+from replay.trace_threads import ThreadMap, identify_threads
+from replay.trace_workload import DerivedWorkloads, derive_workloads
+
+__all__ = ["TraceReplayResult", "replay", "OBSERVED", "ROOT_ID_STRIDE"]
+
+#: The run label of the trace's own tables.
+OBSERVED: Final = "observed"
+#: Replayed root ids are ``VM index * ROOT_ID_STRIDE + the model's root id``.
+ROOT_ID_STRIDE: Final = 1_000_000
+
+
+@dataclass(frozen=True)
+class TraceReplayResult:
+    """Observed and replayed tables of one trace.
+
+    Attributes:
+        source: the trace's path.
+        threads: VMs and vCPU threads (with evidence).
+        derived: per-VM workloads, the evidence of each step, backend and era.
+        runs: run label (``"observed"``, then each policy) → tables ``blocks``, ``summary``,
+            ``refcounts``, ``roots`` (the model's schemas; observed adds columns).
+        warnings: everything inferred with doubt or not inferable, in words.
+    """
+
+    source: str
+    threads: ThreadMap
+    derived: DerivedWorkloads
+    runs: Mapping[str, Mapping[str, pa.Table]]
+    warnings: tuple[str, ...]
+
+    @property
+    def policies(self) -> list[str]:
+        """The replayed policies, in order."""
+        return [r for r in self.runs if r != OBSERVED]
+
+    def _stack(self, name: str, schema: pa.Schema) -> pa.Table:
+        parts = []
+        for label, tables in self.runs.items():
+            t = tables[name].select(schema.names).cast(schema)
+            parts.append(t.add_column(0, "run", pa.array([label] * t.num_rows, pa.string())))
+        return pa.concat_tables(parts)
+
+    @property
+    def block_intervals(self) -> pa.Table:
+        """Every block of every run: ``run`` + the model's ``blocks`` columns."""
+        return self._stack("blocks", BLOCKS_SCHEMA)
+
+    @property
+    def refcount_history(self) -> pa.Table:
+        """Every refcount change of every run: ``run`` + ``ts, root, count, delta, holder,
+        reason``."""
+        return self._stack("refcounts", REFCOUNT_SCHEMA)
+
+    @property
+    def roots(self) -> pa.Table:
+        """Root lifecycles of every run: ``run`` + the model's ``roots`` columns."""
+        return self._stack("roots", ROOTS_SCHEMA)
+
+    @property
+    def vcpus(self) -> pa.Table:
+        """vCPU index → VM, vCPU id, pid, comm, evidence, confidence."""
+        return self.threads.to_arrow()
+
+    def summary(self) -> pa.Table:
+        """Per run and vCPU: blocks, p50, p99, max, total, the cause of the longest block."""
+        return self._stack("summary", SUMMARY_SCHEMA)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The ``replay --json`` document: the ``scenario`` command's ``policies`` shape plus
+        ``observed``, ``roots`` (observed count), ``warnings``, ``backend``, ``era``, ``vms``
+        and ``vcpus``."""
+        def vcpus(tables: Mapping[str, pa.Table]) -> dict[str, Any]:
+            return {str(r.pop("vcpu")): r for r in tables["summary"].to_pylist()}
+
+        policies: dict[str, Any] = {}
+        for name in self.policies:
+            pol, tables = get_policy(name), self.runs[name]
+            per = vcpus(tables)
+            worst = max(per, key=lambda v: (int(per[v]["max_ns"] or 0), -int(v)), default=None)
+            policies[name] = {"vcpus": per, "kernel": pol.kernel, "commits": list(pol.commits),
+                              "max_block_ns": per[worst]["max_ns"] if worst else 0,
+                              "worst_vcpu": worst, "roots": tables["roots"].num_rows}
+        observed = self.runs[OBSERVED]
+        return {
+            "source": self.source,
+            "backend": self.derived.backend,
+            "era": self.derived.era,
+            "era_evidence": self.derived.era_evidence,
+            "vms": self.threads.vms,
+            "vcpus": {str(v["vcpu"]): {k: v[k] for k in ("vm", "vcpu_id", "pid", "comm",
+                                                          "confidence")}
+                      for v in self.vcpus.to_pylist()},
+            "observed": {"vcpus": vcpus(observed)},
+            "roots": observed["roots"].num_rows,
+            "policies": policies,
+            "warnings": list(self.warnings),
+        }
+
+    def write_tables(self, out: str | Path, fmt: str | None = None) -> list[Path]:
+        """Write ``block_intervals``, ``refcount_history``, ``roots``, ``summary``, ``vcpus``
+        and ``evidence`` as files in directory ``out`` (temp dir, renamed when complete)."""
+        kind = format_for(out, fmt)
+        tables = {"block_intervals": self.block_intervals,
+                  "refcount_history": self.refcount_history, "roots": self.roots,
+                  "summary": self.summary(), "vcpus": self.vcpus,
+                  "evidence": self.derived.evidence}
+        meta = {"kvm_mmu_replay": json.dumps({"source": self.source,
+                                              "warnings": list(self.warnings)})}
+        return write_table_dir({k: v.replace_schema_metadata(meta) for k, v in tables.items()},
+                               out, kind)
+
+
+def replay(
+    trace: Trace | str | Path,
+    *,
+    policy: str | Sequence[str] = "all",
+    cost: CostModel = DEFAULT_COST,
+) -> TraceReplayResult:
+    """Observe ``trace`` and replay its derived workload under each ``policy``.
+
+    Args:
+        trace: a :class:`~parsers.trace.Trace` or the path of any trace format.
+        policy: one policy name, several, or ``"all"``.
+        cost: the cost model.
+
+    Invariant violations of damaged traces are recorded (``anomalies`` tables, a warning),
+    not raised.
+
+    Examples:
+        >>> r = replay("sample_traces/tracefs_record_tgid.txt", policy=["sync", "6.9"])
+        >>> r.policies, sorted(set(r.summary().column("run").to_pylist()))
+        (['sync', '6.9'], ['6.9', 'observed', 'sync'])
+    """
+    loaded = trace if isinstance(trace, Trace) else read_trace(trace)
+    threads = identify_threads(loaded)
+    observed = observe(loaded, threads)
+    derived = derive_workloads(loaded, threads)
+    names = expand_policies([policy] if isinstance(policy, str) else list(policy))
+    runs: dict[str, Mapping[str, pa.Table]] = {OBSERVED: observed.tables}
+    warnings = [*loaded.metadata.warnings, *threads.warnings, *observed.warnings,
+                *derived.warnings]
+    if derived.backend == "shadow":
+        warnings.append("recorded with the shadow MMU: the replays show what the TDP MMU's "
+                        "policies would have done with the same vCPU activity")
+    for name in names:
+        runs[name], anomalies = _replay_vms(derived, threads, name, cost)
+        if anomalies:
+            warnings.append(f"{name}: {anomalies} invariant violations recorded (the derived "
+                            f"workload is incomplete; see the anomalies)")
+    return TraceReplayResult(str(loaded.metadata.source), threads, derived, runs,
+                             tuple(_dedup(warnings)))
+
+
+def _replay_vms(derived: DerivedWorkloads, threads: ThreadMap, policy: str, cost: CostModel
+                ) -> tuple[dict[str, pa.Table], int]:
+    results: list[ReplayResult] = []
+    for vm in sorted(derived.workloads):
+        results.append(run(derived.workloads[vm], policy=policy, cost=cost,
+                           on_violation="record"))
+    tables: dict[str, pa.Table] = {}
+    for name, schema in (("blocks", BLOCKS_SCHEMA), ("refcounts", REFCOUNT_SCHEMA),
+                         ("roots", ROOTS_SCHEMA)):
+        parts = [_offset_roots(r.to_arrow(name), i) for i, r in enumerate(results)]
+        tables[name] = pa.concat_tables(parts) if parts else schema.empty_table()
+    vcpus = sorted(v.vcpu for v in threads.vcpus.values())
+    tables["summary"] = summarize_blocks(tables["blocks"], vcpus)
+    return tables, sum(r.anomalies for r in results)
+
+
+def _offset_roots(table: pa.Table, vm_index: int) -> pa.Table:
+    if "root" not in table.column_names or vm_index == 0:
+        return table
+    i = table.column_names.index("root")
+    return table.set_column(i, "root", pc.add(table.column("root"),
+                                              vm_index * ROOT_ID_STRIDE).cast(pa.int64()))
+
+
+def _dedup(items: list[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+

@@ -1,0 +1,266 @@
+"""Derive model workloads (one per VM) from a trace, every step with its evidence.
+
+Mapping (../shared/docs/kernel-semantics.md §3.3; the kernel paths are in docs/model.md):
+
+* a root ``kvm_mmu_get_page`` (the VM's top level) by a vCPU thread, ``new`` or ``existing``
+  → :class:`~replay.workload.LoadRoot` at its time (silent reuse of a TDP root is not
+  traced; the model reuses a valid root by itself);
+* leaf installs by a vCPU (``kvm_mmu_set_spte``; ``kvm_tdp_mmu_spte_changed`` to a present
+  leaf) → :class:`~replay.workload.Populate` of the page that level maps, adjacent pages
+  merged;
+* ``kvm_mmu_zap_all_fast`` by a VMM thread → :class:`~replay.workload.MemslotDelete` (the
+  fast zap: memslot delete/move, or an ``nx_huge_pages`` write; the trace does not say which);
+* root zaps by a VMM thread after the VM's last vCPU event, with no fast zap before them
+  → :class:`~replay.workload.VmDestroy`.
+
+Times are the trace's own nanoseconds, so replayed tables line up with observed ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from parsers.trace import Trace
+from replay.ids import PAGE_1G, PAGE_2M, PAGE_4K
+from replay.observed import SPTE_PRESENT
+from replay.trace_threads import Confidence, ThreadMap
+from replay.workload import (
+    LoadRoot,
+    MemslotDelete,
+    Op,
+    Populate,
+    VmDestroy,
+    Workload,
+)
+
+__all__ = ["DerivedWorkloads", "derive_workloads", "EVIDENCE_SCHEMA", "detect_era"]
+
+_PAGE_OF_LEVEL: Final = {1: PAGE_4K, 2: PAGE_2M, 3: PAGE_1G}
+#: Leaf bit of a non-4K SPTE (``PT_PAGE_SIZE_MASK``, bit 7).
+_HUGE_BIT: Final = 1 << 7
+
+EVIDENCE_SCHEMA: Final = pa.schema([
+    ("vm", pa.int64()), ("index", pa.int32()), ("op", pa.string()), ("actor", pa.string()),
+    ("at", pa.int64()), ("seq", pa.int64()), ("evidence", pa.string()),
+    ("confidence", pa.string()),
+])
+
+
+@dataclass
+class DerivedWorkloads:
+    """The per-VM workloads, the evidence of each operation, and what the trace tells of
+    the recording kernel."""
+
+    workloads: dict[int, Workload]
+    evidence: pa.Table
+    backend: str
+    era: str | None
+    era_evidence: str
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Step:
+    op: Op
+    seq: int
+    evidence: str
+    confidence: Confidence
+
+
+def derive_workloads(trace: Trace, threads: ThreadMap) -> DerivedWorkloads:
+    """One :class:`~replay.workload.Workload` per VM of ``trace``.
+
+    Examples:
+        >>> from parsers import read_trace
+        >>> from replay.trace_threads import identify_threads
+        >>> t = read_trace("sample_traces/tracefs_record_tgid.txt")
+        >>> d = derive_workloads(t, identify_threads(t))
+        >>> sorted(d.workloads), d.backend
+        ([17504, 17505], 'shadow')
+    """
+    warnings: list[str] = []
+    steps: dict[int, list[_Step]] = {vm: [] for vm in threads.vms}
+    _root_loads(trace, threads, steps)
+    _populates(trace, threads, steps)
+    _fast_zaps(trace, threads, steps)
+    _teardowns(trace, threads, steps)
+    backend, era, why = detect_era(trace, threads)
+    workloads: dict[int, Workload] = {}
+    rows: list[dict[str, object]] = []
+    for vm, items in sorted(steps.items()):
+        items = _with_first_loads(sorted(items, key=lambda s: (s.op.at, s.seq)))
+        if not any(isinstance(s.op, LoadRoot) for s in items):
+            continue
+        workloads[vm] = Workload.of([s.op for s in items], name=f"{trace.metadata.source}:vm{vm}")
+        rows += [{"vm": vm, "index": i, "op": type(s.op).__name__, "actor": s.op.actor,
+                  "at": s.op.at, "seq": s.seq, "evidence": s.evidence,
+                  "confidence": s.confidence} for i, s in enumerate(items)]
+    skipped = [vm for vm in threads.vms if vm not in workloads]
+    if skipped:
+        warnings.append(f"VMs {skipped} show no root load by a vCPU: nothing to replay there")
+    if "kvm_unmap_hva_range" in trace.event_counts():
+        warnings.append("kvm_unmap_hva_range (mmu_notifier) events are not replayed: the trace "
+                        "gives host virtual ranges, not the guest ranges the model zaps")
+    return DerivedWorkloads(workloads, pa.Table.from_pylist(rows, schema=EVIDENCE_SCHEMA),
+                            backend, era, why, warnings)
+
+
+def _frame(trace: Trace, name: str) -> pd.DataFrame:
+    return trace.table(name).to_pandas() if name in trace.names else pd.DataFrame()
+
+
+def _root_loads(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]]) -> None:
+    pages = _frame(trace, "kvm_mmu_get_page")
+    if pages.empty:
+        return
+    pages = pages[pages["pid"].isin(list(threads.vcpus))]
+    top = pages["level"].max()
+    for row in pages[pages["level"] == top].itertuples():
+        vcpu = threads.vcpus[int(row.pid)]
+        new = "new" if row.created is True else "existing"
+        steps[vcpu.vm].append(_Step(
+            LoadRoot(vcpu=vcpu.vcpu, at=int(row.ts)), int(row.seq),
+            f"kvm_mmu_get_page {new} level {row.level} gfn {row.gfn:#x} by "
+            f"{threads.thread_name(int(row.pid))}", "high"))
+
+
+def _leaf_rows(trace: Trace, threads: ThreadMap) -> pd.DataFrame:
+    frames = []
+    sets = _frame(trace, "kvm_mmu_set_spte")
+    if not sets.empty:
+        frames.append(sets[["seq", "ts", "pid", "gfn", "level"]].assign(src="kvm_mmu_set_spte"))
+    changed = _frame(trace, "kvm_tdp_mmu_spte_changed")
+    if not changed.empty:
+        new = changed["new_spte"].fillna(0).astype(np.uint64)
+        old = changed["old_spte"].fillna(0).astype(np.uint64)
+        leaf = (changed["level"] == 1) | ((new & _HUGE_BIT) != 0)
+        installed = ((new & SPTE_PRESENT) != 0) & ((old & SPTE_PRESENT) == 0) & leaf
+        frames.append(changed.loc[installed, ["seq", "ts", "pid", "gfn", "level"]]
+                      .assign(src="kvm_tdp_mmu_spte_changed"))
+    if not frames:
+        return pd.DataFrame()
+    rows = pd.concat(frames, ignore_index=True)
+    rows = rows[rows["pid"].isin(list(threads.vcpus)) & rows["gfn"].notna()
+                & rows["level"].isin(list(_PAGE_OF_LEVEL))]
+    return rows.sort_values(["pid", "ts", "seq"], kind="stable")
+
+
+def _populates(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]]) -> None:
+    rows = _leaf_rows(trace, threads)
+    if rows.empty:
+        return
+    for pid, group in rows.groupby("pid", sort=True):
+        vcpu = threads.vcpus[int(pid)]
+        run: list[object] | None = None  # [start, size, page, at, seq, count, src]
+        for r in group.itertuples():
+            page = _PAGE_OF_LEVEL[int(r.level)]
+            start = (int(r.gfn) << 12) // page * page
+            if run and run[2] == page and run[0] + run[1] == start:  # type: ignore[operator]
+                run[1] = int(run[1]) + page  # type: ignore[call-overload]
+                run[5] = int(run[5]) + 1  # type: ignore[call-overload]
+                continue
+            if run:
+                steps[vcpu.vm].append(_populate(vcpu.vcpu, run))
+            run = [start, page, page, int(r.ts), int(r.seq), 1, r.src]
+        if run:
+            steps[vcpu.vm].append(_populate(vcpu.vcpu, run))
+
+
+def _populate(vcpu: int, run: list[object]) -> _Step:
+    start, size, page, at, seq, count, src = run
+    return _Step(Populate(vcpu=vcpu, start=int(start), size=int(size), page=int(page),  # type: ignore[call-overload]
+                          at=int(at)), int(seq),  # type: ignore[call-overload]
+                 f"{count} x {src} from gfn {int(start) >> 12:#x}", "high")  # type: ignore[call-overload]
+
+
+def _fast_zaps(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]]) -> None:
+    fast = _frame(trace, "kvm_mmu_zap_all_fast")
+    for row in fast.itertuples():
+        vm = threads.vm_of.get(int(row.pid))
+        if vm is None or vm not in steps:
+            continue
+        actor = threads.thread_name(int(row.pid))
+        steps[vm].append(_Step(MemslotDelete(actor=actor, at=int(row.ts)), int(row.seq),
+                               f"kvm_mmu_zap_all_fast gen {row.mmu_valid_gen} by {actor} "
+                               f"(memslot delete/move or nx_huge_pages: not told apart)",
+                               "medium"))
+
+
+def _teardowns(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]]) -> None:
+    zaps = _frame(trace, "kvm_mmu_prepare_zap_page")
+    if zaps.empty:
+        return
+    fast = _frame(trace, "kvm_mmu_zap_all_fast")
+    for vm, items in steps.items():
+        vcpu_ends = [s.op.at for s in items if isinstance(s.op, (LoadRoot, Populate))]
+        if not vcpu_ends:
+            continue
+        last = max(vcpu_ends)
+        in_vm = zaps["pid"].map(lambda p: threads.vm_of.get(int(p))) == vm
+        mine = zaps[in_vm & ~zaps["pid"].isin(list(threads.vcpus)) & (zaps["ts"] > last)]
+        if mine.empty:
+            continue
+        first = mine.iloc[0]
+        prior_fast = fast[(fast["pid"] == first["pid"]) & (fast["ts"] <= first["ts"])
+                          & (fast["ts"] > last)] if not fast.empty else fast
+        if len(prior_fast):
+            continue
+        actor = threads.thread_name(int(first["pid"]))
+        items.append(_Step(VmDestroy(actor=actor, at=int(first["ts"])), int(first["seq"]),
+                           f"{len(mine)} kvm_mmu_prepare_zap_page by {actor} after the VM's last "
+                           f"vCPU event, with no fast zap: kvm_mmu_zap_all at VM exit", "medium"))
+
+
+def _with_first_loads(items: list[_Step]) -> list[_Step]:
+    """A vCPU whose first traced step is not a root load loaded its root before the trace
+    began: add that load (at its first step's time)."""
+    loaded: set[str] = set()
+    out: list[_Step] = []
+    for s in items:
+        if isinstance(s.op, Populate) and s.op.actor not in loaded:
+            out.append(_Step(LoadRoot(vcpu=s.op.vcpu, at=s.op.at), s.seq,
+                             "root loaded before the trace began (first traced step is a fault)",
+                             "low"))
+        if isinstance(s.op, (LoadRoot, Populate)):
+            loaded.add(s.op.actor)
+        out.append(s)
+    return out
+
+
+def detect_era(trace: Trace, threads: ThreadMap) -> tuple[str, str | None, str]:
+    """(backend, era policy name or None, evidence): who zaps roots tells the era."""
+    counts = trace.event_counts()
+    pages = _frame(trace, "kvm_mmu_get_page")
+    shadow = not pages.empty and ((pages["root_count"].fillna(0) > 0).any()
+                                  or (pages["direct"] == False).any())  # noqa: E712
+    if shadow and "kvm_tdp_mmu_spte_changed" not in counts:
+        return ("shadow", None, "kvm_mmu_get_page shows live root_count / indirect roots and "
+                "no kvm_tdp_mmu_spte_changed: the shadow MMU (kvm.tdp_mmu=N); no TDP era applies")
+    if "kvm_tdp_mmu_spte_changed" not in counts:
+        return ("unknown", None, "no kvm_tdp_mmu_spte_changed and no shadow pages: backend unknown")
+    args = " ".join(a or "" for a in trace.events.column("args").to_pylist()
+                    if a and "function=" in a)
+    if "tdp_mmu_zap_root_work" in args:
+        return ("tdp", "5.18", "workqueue_queue_work function=tdp_mmu_zap_root_work: per-VM "
+                "workqueue zaps (5.18 .. 6.5)")
+    if "tdp_mmu_zap_root_async" in args:
+        return ("tdp", "async", "function=tdp_mmu_zap_root_async on the system workqueue")
+    changed = _frame(trace, "kvm_tdp_mmu_spte_changed")
+    gone = ((changed["old_spte"].fillna(0).astype(np.uint64) & SPTE_PRESENT) != 0) & \
+        ((changed["new_spte"].fillna(0).astype(np.uint64) & SPTE_PRESENT) == 0)
+    zappers = set(changed.loc[gone, "pid"].dropna().astype(int))
+    fast = set(_frame(trace, "kvm_mmu_zap_all_fast").get("pid", pd.Series(dtype=int)))
+    names = {threads.comms.get(p, "") for p in zappers}
+    if zappers & fast:
+        return ("tdp", "6.6", "SPTE zaps by the kvm_mmu_zap_all_fast task itself: the invalidating "
+                "task zaps inline (6.6+; <= 5.17 looks the same for gifted roots)")
+    if any(n.startswith("kworker") for n in names):
+        return ("tdp", "5.18", "SPTE zaps by kworkers (5.18 .. 6.5)")
+    if zappers & set(threads.vcpus):
+        return ("tdp", "sync", "SPTE zaps by vCPU threads: the last put zaps inline (<= 5.17)")
+    return ("tdp", None, "no root zap in the trace: the era is not determined")
