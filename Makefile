@@ -20,6 +20,7 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 
 run: $(VENV)/.installed
 	$(BIN)/kvm-mmu-replay info $(SAMPLE)
+	$(BIN)/kvm-mmu-replay replay $(SAMPLE) --policy all
 	$(BIN)/kvm-mmu-replay scenario max-guest-memory --memory 64TiB --page-size 4K --policy sync --policy async
 
 test: $(VENV)/.installed-test

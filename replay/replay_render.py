@@ -24,6 +24,7 @@ def render_replay(console: Console, result: TraceReplayResult) -> None:
     console.print(_comparison(result))
     console.print(_summary(result))
     console.print(_roots(result))
+    console.print(_history(result))
     for warning in result.warnings:
         console.print(f"[yellow]warning[/]: {warning}")
 
@@ -73,4 +74,16 @@ def _roots(result: TraceReplayResult) -> Table:
                       str(r["zap_start"] or "-"), str(r["zapped_by"] or "-"))
     if len(roots) > MAX_ROWS:
         table.caption = f"... {len(roots) - MAX_ROWS} more roots (-o writes them all)"
+    return table
+
+
+def _history(result: TraceReplayResult) -> Table:
+    rows = result.runs[OBSERVED]["refcounts"].to_pylist()
+    table = Table("ts", "root", "count", "delta", "holder", "reason",
+                  title=f"observed refcount history ({len(rows)} changes)")
+    for r in rows[:MAX_ROWS]:
+        table.add_row(str(r["ts"]), str(r["root"]), str(r["count"]), f"{r['delta']:+d}",
+                      r["holder"] or "-", r["reason"] or "-")
+    if len(rows) > MAX_ROWS:
+        table.caption = f"... {len(rows) - MAX_ROWS} more changes (-o writes them all)"
     return table
