@@ -24,9 +24,8 @@ Rules (../shared/docs/kernel-semantics.md §3.3, from the kernel's tracepoints):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
 import numpy as np
 import pandas as pd
@@ -101,33 +100,47 @@ def observe(trace: Trace, threads: ThreadMap, *, burst_gap_ns: int = BURST_GAP_N
                            "roots": roots}, warnings)
 
 
+#: Category codes of a vCPU thread's events; codes 0..5 index :data:`CAUSES` (strongest
+#: first), so the cause of a window is the minimum code inside it.
+_ZAP, _ROOT, _USER, _PREEMPT, _FAULT, _OTHER, _ENTRY, _EXIT = range(8)
+
+
 def _vcpu_event_frame(trace: Trace, threads: ThreadMap) -> pd.DataFrame:
-    """Events of vCPU threads with a category per row, sorted by (pid, ts, seq)."""
-    ev = trace.events.select(["seq", "ts", "cpu", "pid", "event", "args"])
+    """Events of vCPU threads with a category code per row, sorted by (pid, ts, seq)."""
+    ev = trace.events.select(["seq", "ts", "pid", "event"])
     keep = pc.is_in(ev.column("pid"), pa.array(sorted(threads.vcpus), pa.int32()))
-    df = ev.filter(pc.fill_null(keep, False)).to_pandas()
-    df["event"] = df["event"].astype(str)
-    df["cat"] = _categories(df, trace)
+    ev = ev.filter(pc.fill_null(keep, False))
+    df = ev.select(["seq", "ts", "pid"]).to_pandas()
+    df["cat"] = _categories(ev, trace)
     return df.sort_values(["pid", "ts", "seq"], kind="stable").reset_index(drop=True)
 
 
-def _categories(df: pd.DataFrame, trace: Trace) -> np.ndarray:
-    cat = np.full(len(df), "", dtype=object)
-    ev = df["event"].to_numpy()
-    cat[np.isin(ev, list(_FAULT_EVENTS))] = "fault"
-    cat[ev == "kvm_userspace_exit"] = "userspace"
-    cat[ev == "sched_switch"] = "preempted"
-    zap_seq = set(_zap_seqs(trace))
-    root_seq = set(_root_alloc_seqs(trace))
-    seq = df["seq"].to_numpy()
-    cat[np.isin(seq, sorted(root_seq))] = "root_alloc"
-    cat[np.isin(seq, sorted(zap_seq))] = "zap"
-    cat[ev == "kvm_entry"] = "entry"
-    cat[ev == "kvm_exit"] = "exit_event"
+def _categories(ev: pa.Table, trace: Trace) -> np.ndarray:
+    names = ev.column("event").combine_chunks()
+    if not pa.types.is_dictionary(names.type):
+        names = names.dictionary_encode()
+    words = names.dictionary.to_pylist()
+    by_word = np.array([_word_code(w) for w in words] or [_OTHER], dtype=np.int8)
+    cat: np.ndarray = by_word[names.indices.to_numpy(zero_copy_only=False)]
+    seq = ev.column("seq").to_numpy()
+    cat[np.isin(seq, _root_alloc_seqs(trace))] = _ROOT
+    cat[np.isin(seq, _zap_seqs(trace))] = _ZAP
     return cat
 
 
-def _zap_seqs(trace: Trace) -> list[int]:
+def _word_code(name: str) -> int:
+    if name == "kvm_entry":
+        return _ENTRY
+    if name == "kvm_exit":
+        return _EXIT
+    if name == "kvm_userspace_exit":
+        return _USER
+    if name == "sched_switch":
+        return _PREEMPT
+    return _FAULT if name in _FAULT_EVENTS else _OTHER
+
+
+def _zap_seqs(trace: Trace) -> np.ndarray:
     out: list[int] = []
     if "kvm_mmu_prepare_zap_page" in trace.names:
         out += trace.table("kvm_mmu_prepare_zap_page").column("seq").to_pylist()
@@ -138,100 +151,123 @@ def _zap_seqs(trace: Trace) -> list[int]:
         gone = ((old.astype(np.uint64) & SPTE_PRESENT) != 0) & \
             ((new.astype(np.uint64) & SPTE_PRESENT) == 0)
         out += t.column("seq").to_numpy()[gone].tolist()
-    return out
+    return np.asarray(out, dtype=np.int64)
 
 
-def _root_alloc_seqs(trace: Trace) -> list[int]:
+def _root_alloc_seqs(trace: Trace) -> np.ndarray:
     if "kvm_mmu_get_page" not in trace.names:
-        return []
-    t = trace.table("kvm_mmu_get_page").to_pandas()
+        return np.zeros(0, dtype=np.int64)
+    t = trace.table("kvm_mmu_get_page").select(["seq", "level", "created"]).to_pandas()
     if t.empty:
-        return []
-    top = t["level"].max()
-    new = t["created"].fillna(False).astype(bool) & (t["level"] == top)
-    return [int(s) for s in t.loc[new, "seq"]]
+        return np.zeros(0, dtype=np.int64)
+    new = t["created"].fillna(False).astype(bool) & (t["level"] == t["level"].max())
+    seqs: np.ndarray = t.loc[new, "seq"].to_numpy(dtype=np.int64)
+    return seqs
 
 
 def _blocks(df: pd.DataFrame, trace: Trace, threads: ThreadMap, gap: int,
             warnings: list[str]) -> pa.Table:
-    rows: list[tuple[int, int, int, str, str]] = []
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]] = []
     no_entry: list[str] = []
-    for pid, group in df.groupby("pid", sort=True):
-        vcpu = threads.vcpus[int(pid)].vcpu
-        ts = group["ts"].to_numpy()
-        cat = group["cat"].to_numpy()
-        if (cat == "entry").any() and (cat == "exit_event").any():
-            rows += [(vcpu, s, e, c, "high") for s, e, c in _exit_to_entry(ts, cat)]
+    pids = df["pid"].to_numpy()
+    bounds = np.flatnonzero(np.diff(pids)) + 1
+    for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(pids)], strict=True):
+        if hi <= lo:
+            continue
+        pid = int(pids[lo])
+        index = threads.vcpus[pid].vcpu
+        ts = df["ts"].to_numpy()[lo:hi]
+        cat = df["cat"].to_numpy()[lo:hi]
+        if (cat == _ENTRY).any() and (cat == _EXIT).any():
+            s, e, c = _exit_to_entry(ts, cat)
+            parts.append((np.full(s.size, index), s, e, c, "high"))
         else:
-            no_entry.append(threads.thread_name(int(pid)))
-            rows += [(vcpu, s, e, c, "low") for s, e, c in _host_windows(ts, cat, gap)]
+            no_entry.append(threads.thread_name(pid))
+            s, e, c = _host_windows(ts, cat, gap)
+            parts.append((np.full(s.size, index), s, e, c, "low"))
     if no_entry:
         warnings.append(
             f"no kvm_entry/kvm_exit for {len(no_entry)} vCPU threads ({', '.join(no_entry[:4])}"
             f"{', ...' if len(no_entry) > 4 else ''}): their blocks are windows outside the "
             f"guest (kvm_userspace_exit → next event, and host-side bursts with gaps <= "
             f"{gap} ns), a lower bound with confidence 'low'")
-    rows.sort()
-    lost = _lost_flags(rows, trace)
+    vcpu = np.concatenate([p[0] for p in parts] or [np.zeros(0)]).astype(np.int32)
+    start = np.concatenate([p[1] for p in parts] or [np.zeros(0)]).astype(np.int64)
+    end = np.concatenate([p[2] for p in parts] or [np.zeros(0)]).astype(np.int64)
+    code = np.concatenate([p[3] for p in parts] or [np.zeros(0)]).astype(np.int8)
+    conf = np.concatenate([np.full(p[1].size, p[4], dtype=object) for p in parts]
+                          or [np.zeros(0, dtype=object)])
+    order = np.lexsort((code, end, start, vcpu))
+    vcpu, start, end, code, conf = vcpu[order], start[order], end[order], code[order], conf[order]
+    lost = _lost_flags(start, end, trace)
     if lost.any():
         warnings.append(f"{int(lost.sum())} observed blocks overlap lost-events windows "
                         f"(column 'lost'): events inside them may be missing")
-    cols: list[Sequence[Any]] = list(zip(*rows, strict=True)) if rows else [[]] * 5
-    start, end = np.asarray(cols[1], dtype=np.int64), np.asarray(cols[2], dtype=np.int64)
+    cause = pa.DictionaryArray.from_arrays(pa.array(code, pa.int8()), pa.array(CAUSES))
     return pa.Table.from_arrays([
-        pa.array(cols[0], pa.int32()), pa.array(start), pa.array(end),
-        pa.array(cols[3], pa.string()).dictionary_encode().cast(BLOCKS_SCHEMA.field("cause").type),
-        pa.array(np.ones(len(rows), dtype=np.int64)), pa.array(end - start),
-        pa.nulls(len(rows), pa.int64()), pa.array(lost, pa.bool_()), pa.array(cols[4], pa.string()),
+        pa.array(vcpu, pa.int32()), pa.array(start), pa.array(end), cause,
+        pa.array(np.ones(start.size, dtype=np.int64)), pa.array(end - start),
+        pa.nulls(start.size, pa.int64()), pa.array(lost, pa.bool_()),
+        pa.array(conf.tolist(), pa.string()),
     ], schema=OBSERVED_BLOCKS_SCHEMA)
 
 
-def _strongest(cats: Sequence[str]) -> str:
-    present = set(cats)
-    return next((c for c in CAUSES if c in present), "exit")
-
-
-def _exit_to_entry(ts: np.ndarray, cat: np.ndarray) -> list[tuple[int, int, str]]:
-    out: list[tuple[int, int, str]] = []
-    exits = np.flatnonzero(cat == "exit_event")
-    entries = np.flatnonzero(cat == "entry")
-    nxt = np.searchsorted(entries, exits, side="right")
-    for i, k in zip(exits.tolist(), nxt.tolist(), strict=True):
-        if k >= entries.size:
-            continue
-        j = int(entries[k])
-        inside = cat[i + 1:j]
-        if (inside == "exit_event").any():  # a lost entry: the window is not one block
-            continue
-        out.append((int(ts[i]), int(ts[j]), _strongest(inside.tolist())))
+def _window_cause(cat: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Strongest cause code in each ``cat[lo:hi]`` (``_OTHER`` for empty windows); windows
+    are sorted and disjoint."""
+    codes = np.minimum(cat, _OTHER)
+    out = np.full(lo.size, _OTHER, dtype=np.int8)
+    full = hi > lo
+    if full.any():
+        idx = np.stack([lo[full], hi[full]], axis=1).ravel()
+        padded = np.append(codes, _OTHER)
+        out[full] = np.minimum.reduceat(padded, idx)[::2]
     return out
 
 
-def _host_windows(ts: np.ndarray, cat: np.ndarray, gap: int) -> list[tuple[int, int, str]]:
-    out: list[tuple[int, int, str]] = []
-    start = 0
-    for i in range(ts.size):
-        last = i == ts.size - 1
-        if cat[i] == "userspace" and not last:
-            out.append((int(ts[i]), int(ts[i + 1]), "userspace"))
-        if last or cat[i] == "userspace" or ts[i + 1] - ts[i] > gap:
-            if ts[i] > ts[start]:
-                burst = [c for c in cat[start:i + 1].tolist() if c != "userspace"]
-                out.append((int(ts[start]), int(ts[i]), _strongest(burst)))
-            start = i + 1
-    return out
+def _exit_to_entry(ts: np.ndarray, cat: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """kvm_exit → next kvm_entry; an exit followed by another exit first (a lost entry)
+    opens no block."""
+    exits = np.flatnonzero(cat == _EXIT)
+    entries = np.flatnonzero(cat == _ENTRY)
+    k = np.searchsorted(entries, exits, side="right")
+    ok = k < entries.size
+    exits, j = exits[ok], entries[k[ok]]
+    next_exit = np.append(exits[1:], np.iinfo(np.int64).max)
+    ok = next_exit > j
+    exits, j = exits[ok], j[ok]
+    return ts[exits], ts[j], _window_cause(cat, exits + 1, j)
 
 
-def _lost_flags(rows: list[tuple[int, int, int, str, str]], trace: Trace) -> np.ndarray:
-    flags = np.zeros(len(rows), dtype=bool)
-    if LOST_EVENTS not in trace.names or not rows:
+def _host_windows(ts: np.ndarray, cat: np.ndarray, gap: int
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``userspace`` windows (kvm_userspace_exit → next event) and bursts of host-side
+    events at most ``gap`` apart, split after each userspace exit."""
+    n = ts.size
+    user = np.flatnonzero(cat[:-1] == _USER) if n > 1 else np.zeros(0, dtype=np.int64)
+    cut = np.flatnonzero((cat[:-1] == _USER) | (np.diff(ts) > gap)) if n > 1 else \
+        np.zeros(0, dtype=np.int64)
+    first = np.r_[0, cut + 1]
+    last = np.r_[cut, n - 1]
+    keep = ts[last] > ts[first]
+    first, last = first[keep], last[keep]
+    no_user = np.where(cat == _USER, _OTHER, cat)
+    burst_cause = _window_cause(no_user, first, last + 1)
+    start = np.r_[ts[user], ts[first]]
+    end = np.r_[ts[user + 1], ts[last]]
+    code = np.r_[np.full(user.size, _USER, dtype=np.int8), burst_cause]
+    return start, end, code
+
+
+def _lost_flags(start: np.ndarray, end: np.ndarray, trace: Trace) -> np.ndarray:
+    flags = np.zeros(start.size, dtype=bool)
+    if LOST_EVENTS not in trace.names or not start.size:
         return flags
     lost = trace.table(LOST_EVENTS).to_pandas()
     ev = trace.events.select(["ts", "cpu", "event"]).to_pandas()
     ev = ev[ev["event"].astype(str) != LOST_EVENTS]
     first = int(ev["ts"].min()) if len(ev) else 0
-    start = np.array([r[1] for r in rows])
-    end = np.array([r[2] for r in rows])
     for ts, cpu in zip(lost["ts"], lost["cpu"], strict=True):
         hi = int(ts) if pd.notna(ts) else int(ev["ts"].max())
         before = ev[(ev["cpu"] == cpu) & (ev["ts"] < hi)]["ts"]

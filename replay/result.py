@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
@@ -27,44 +26,36 @@ SUMMARY_SCHEMA: Final = pa.schema(
 )
 
 
-def _weighted_rank(pairs: list[tuple[int, int]], q: float) -> int:
-    """Nearest-rank ``q`` quantile of values with counts (``pairs`` sorted by value)."""
-    n = sum(c for _, c in pairs)
-    rank = max(1, math.ceil(q * n))
-    seen = 0
-    for value, count in pairs:
-        seen += count
-        if seen >= rank:
-            return value
-    return pairs[-1][0]
-
-
 def summarize_blocks(blocks: pa.Table, vcpus: list[int]) -> pa.Table:
     """Per-vCPU ``blocks, p50_ns, p99_ns, max_ns, total_ns, max_cause`` (count-weighted
-    nearest-rank percentiles; ``max_cause`` = cause of the longest block)."""
-    per: dict[int, list[tuple[int, int]]] = {v: [] for v in vcpus}
-    totals: dict[int, int] = dict.fromkeys(vcpus, 0)
-    worst: dict[int, tuple[int, str]] = {}
-    cols = blocks.select(["vcpu", "start", "end", "cause", "count", "each_ns"]).to_pydict()
-    for v, s, e, cause, c, each in zip(
-        cols["vcpu"], cols["start"], cols["end"], cols["cause"], cols["count"], cols["each_ns"],
-        strict=True,
-    ):
-        per.setdefault(v, []).append((each, c))
-        totals[v] = totals.get(v, 0) + (e - s)
-        if each > worst.get(v, (-1, ""))[0]:
-            worst[v] = (each, cause)
-    rows: dict[str, list[object]] = {name: [] for name in SUMMARY_SCHEMA.names}
-    for v in sorted(per):
-        pairs = sorted(per[v])
-        rows["vcpu"].append(v)
-        rows["blocks"].append(sum(c for _, c in pairs))
-        rows["p50_ns"].append(_weighted_rank(pairs, 0.50) if pairs else 0)
-        rows["p99_ns"].append(_weighted_rank(pairs, 0.99) if pairs else 0)
-        rows["max_ns"].append(pairs[-1][0] if pairs else 0)
-        rows["total_ns"].append(totals.get(v, 0))
-        rows["max_cause"].append(worst[v][1] if v in worst else None)
-    return pa.Table.from_pydict(rows, schema=SUMMARY_SCHEMA)
+    nearest-rank percentiles; ``max_cause`` = cause of the first longest block)."""
+    import numpy as np
+    import pandas as pd
+
+    df = blocks.select(["vcpu", "start", "end", "cause", "count", "each_ns"]).to_pandas()
+    df["cause"] = df["cause"].astype(object)
+    known = sorted(set(vcpus) | set(df["vcpu"].tolist()))
+    out = pd.DataFrame({"vcpu": known}).set_index("vcpu")
+    if len(df):
+        by = df.groupby("vcpu", sort=True)
+        out["blocks"] = by["count"].sum()
+        out["total_ns"] = (df["end"] - df["start"]).groupby(df["vcpu"]).sum()
+        out["max_ns"] = by["each_ns"].max()
+        out["max_cause"] = df.loc[by["each_ns"].idxmax(), ["vcpu", "cause"]].set_index("vcpu")
+        ranked = df.sort_values(["vcpu", "each_ns"], kind="stable")
+        cum = ranked.groupby("vcpu")["count"].cumsum()
+        for q, name in ((0.50, "p50_ns"), (0.99, "p99_ns")):
+            need = np.maximum(1, np.ceil(q * out["blocks"].astype(float)))
+            hit = ranked[cum.to_numpy() >= need.reindex(ranked["vcpu"]).to_numpy()]
+            out[name] = hit.groupby("vcpu")["each_ns"].first()
+    cols = {
+        "vcpu": out.index.to_numpy(dtype=np.int64),
+        **{c: out.get(c, pd.Series(0, index=out.index)).fillna(0).astype(np.int64).to_numpy()
+           for c in ("blocks", "p50_ns", "p99_ns", "max_ns", "total_ns")},
+        "max_cause": [None if pd.isna(c) else str(c)
+                      for c in out.get("max_cause", pd.Series(None, index=out.index))],
+    }
+    return pa.Table.from_pydict(cols, schema=SUMMARY_SCHEMA)
 
 
 @dataclass(frozen=True)

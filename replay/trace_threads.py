@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -96,11 +96,7 @@ def identify_threads(trace: Trace) -> ThreadMap:
     """
     out = ThreadMap()
     ev = trace.events
-    pids = ev.column("pid").to_numpy(zero_copy_only=False)
-    comms = ev.column("comm").cast(pa.string()).to_pylist()
-    for pid, comm in zip(pids.tolist(), comms, strict=True):
-        if comm is not None and pid is not None:
-            out.comms[int(pid)] = comm
+    out.comms = {int(k): str(v) for k, v in _last_per_pid(ev, "comm").items()}
     kvm_pids = _kvm_pids(trace)
     ids = _vcpu_ids(trace, out.comms, kvm_pids, out.warnings)
     tgids = _tgids(ev)
@@ -149,8 +145,14 @@ def _vcpu_ids(trace: Trace, comms: dict[int, str], kvm_pids: list[int],
 
 
 def _tgids(ev: pa.Table) -> dict[int, int]:
-    t = ev.select(["pid", "tgid"]).filter(pc.is_valid(ev.column("tgid")))
-    return dict(zip(t.column("pid").to_pylist(), t.column("tgid").to_pylist(), strict=True))
+    return {int(k): int(v) for k, v in _last_per_pid(ev, "tgid").items()}
+
+
+def _last_per_pid(ev: pa.Table, column: str) -> dict[Any, Any]:
+    """The last non-null ``column`` value of each pid."""
+    df = ev.select(["pid", column]).to_pandas().dropna()
+    last = df.drop_duplicates("pid", keep="last")
+    return dict(zip(last["pid"].tolist(), last[column].astype(object).tolist(), strict=True))
 
 
 def _fork_parents(trace: Trace) -> dict[int, int]:
