@@ -24,6 +24,7 @@ from typing import Final
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from parsers.trace import Trace
 from replay.ids import PAGE_1G, PAGE_2M, PAGE_4K
@@ -103,11 +104,22 @@ def derive_workloads(trace: Trace, threads: ThreadMap) -> DerivedWorkloads:
     skipped = [vm for vm in threads.vms if vm not in workloads]
     if skipped:
         warnings.append(f"VMs {skipped} show no root load by a vCPU: nothing to replay there")
-    if "kvm_unmap_hva_range" in trace.event_counts():
+    if _has_event(trace, "kvm_unmap_hva_range"):
         warnings.append("kvm_unmap_hva_range (mmu_notifier) events are not replayed: the trace "
                         "gives host virtual ranges, not the guest ranges the model zaps")
     return DerivedWorkloads(workloads, pa.Table.from_pylist(rows, schema=EVIDENCE_SCHEMA),
                             backend, era, why, warnings)
+
+
+def _has_event(trace: Trace, name: str) -> bool:
+    """Whether any row of ``trace`` is event ``name`` (compares dictionary codes)."""
+    if name in trace.names:
+        return bool(trace.table(name).num_rows > 0)
+    for chunk in trace.events.column("event").chunks:
+        code = chunk.dictionary.index(name).as_py()
+        if code >= 0 and bool(pc.any(pc.equal(chunk.indices, code)).as_py()):
+            return True
+    return False
 
 
 def _frame(trace: Trace, name: str) -> pd.DataFrame:
@@ -154,28 +166,26 @@ def _populates(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]]) 
     rows = _leaf_rows(trace, threads)
     if rows.empty:
         return
-    for pid, group in rows.groupby("pid", sort=True):
-        vcpu = threads.vcpus[int(pid)]
-        run: list[object] | None = None  # [start, size, page, at, seq, count, src]
-        for r in group.itertuples():
-            page = _PAGE_OF_LEVEL[int(r.level)]
-            start = (int(r.gfn) << 12) // page * page
-            if run and run[2] == page and run[0] + run[1] == start:  # type: ignore[operator]
-                run[1] = int(run[1]) + page  # type: ignore[call-overload]
-                run[5] = int(run[5]) + 1  # type: ignore[call-overload]
-                continue
-            if run:
-                steps[vcpu.vm].append(_populate(vcpu.vcpu, run))
-            run = [start, page, page, int(r.ts), int(r.seq), 1, r.src]
-        if run:
-            steps[vcpu.vm].append(_populate(vcpu.vcpu, run))
-
-
-def _populate(vcpu: int, run: list[object]) -> _Step:
-    start, size, page, at, seq, count, src = run
-    return _Step(Populate(vcpu=vcpu, start=int(start), size=int(size), page=int(page),  # type: ignore[call-overload]
-                          at=int(at)), int(seq),  # type: ignore[call-overload]
-                 f"{count} x {src} from gfn {int(start) >> 12:#x}", "high")  # type: ignore[call-overload]
+    pid = rows["pid"].to_numpy(dtype=np.int64)
+    page = np.vectorize(_PAGE_OF_LEVEL.__getitem__, otypes=[np.int64])(
+        rows["level"].to_numpy(dtype=np.int64))
+    start = (rows["gfn"].to_numpy(dtype=np.int64) << 12) // page * page
+    # a run continues while the same thread maps the next page of the same size
+    cont = np.r_[False, (pid[1:] == pid[:-1]) & (page[1:] == page[:-1])
+                 & (start[1:] == start[:-1] + page[:-1])]
+    run = np.cumsum(~cont) - 1
+    first = np.flatnonzero(~cont)
+    count = np.bincount(run)
+    ts = rows["ts"].to_numpy(dtype=np.int64)
+    seq = rows["seq"].to_numpy(dtype=np.int64)
+    src = rows["src"].to_numpy()
+    for i, c in zip(first.tolist(), count.tolist(), strict=True):
+        vcpu = threads.vcpus[int(pid[i])]
+        size = int(page[i]) * c
+        steps[vcpu.vm].append(_Step(
+            Populate(vcpu=vcpu.vcpu, start=int(start[i]), size=size, page=int(page[i]),
+                     at=int(ts[i])), int(seq[i]),
+            f"{c} x {src[i]} from gfn {int(start[i]) >> 12:#x}", "high"))
 
 
 def _fast_zaps(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]]) -> None:
@@ -234,14 +244,13 @@ def _with_first_loads(items: list[_Step]) -> list[_Step]:
 
 def detect_era(trace: Trace, threads: ThreadMap) -> tuple[str, str | None, str]:
     """(backend, era policy name or None, evidence): who zaps roots tells the era."""
-    counts = trace.event_counts()
     pages = _frame(trace, "kvm_mmu_get_page")
     shadow = not pages.empty and ((pages["root_count"].fillna(0) > 0).any()
                                   or (pages["direct"] == False).any())  # noqa: E712
-    if shadow and "kvm_tdp_mmu_spte_changed" not in counts:
+    if shadow and not _has_event(trace, "kvm_tdp_mmu_spte_changed"):
         return ("shadow", None, "kvm_mmu_get_page shows live root_count / indirect roots and "
                 "no kvm_tdp_mmu_spte_changed: the shadow MMU (kvm.tdp_mmu=N); no TDP era applies")
-    if "kvm_tdp_mmu_spte_changed" not in counts:
+    if not _has_event(trace, "kvm_tdp_mmu_spte_changed"):
         return ("unknown", None, "no kvm_tdp_mmu_spte_changed and no shadow pages: backend unknown")
     args = " ".join(a or "" for a in trace.events.column("args").to_pylist()
                     if a and "function=" in a)
