@@ -170,6 +170,13 @@ def replay(
     runs: dict[str, Mapping[str, pa.Table]] = {OBSERVED: observed.tables}
     warnings = [*loaded.metadata.warnings, *threads.warnings, *observed.warnings,
                 *derived.warnings]
+    if loaded.metadata.ts_unit != "ns":
+        warnings.append(f"timestamps are {loaded.metadata.ts_unit}, not nanoseconds (trace "
+                        f"clock {loaded.metadata.clock or 'unknown'}): observed durations are in "
+                        f"those units, and the replay takes them as ns")
+    if not threads.vcpus:
+        warnings.append("no vCPU thread in the trace (no kvm_entry/kvm_exit, CPU n/KVM thread "
+                        "or kvm_userspace_exit): nothing to observe or replay")
     if derived.backend == "shadow":
         warnings.append("recorded with the shadow MMU: the replays show what the TDP MMU's "
                         "policies would have done with the same vCPU activity")
