@@ -27,7 +27,7 @@ from replay.compare import run_scenario
 from replay.cost import DEFAULT_COST, apply_overrides, load_cost_file
 from replay.replay_render import render_replay
 from replay.sizes import format_ns, parse_size
-from replay.trace_replay import TraceReplayResult, replay
+from replay.trace_replay import TraceReplayResult, load_for_replay, replay
 
 __all__ = ["app", "main"]
 
@@ -263,7 +263,7 @@ def replay_command(
     def run() -> TraceReplayResult:
         model = apply_overrides(load_cost_file(cost_file) if cost_file else DEFAULT_COST,
                                 cost or [])
-        loaded = _load(trace, None, strict, salvage)
+        loaded = load_for_replay(trace, strict=strict, salvage=salvage)
         result = replay(loaded, policy=policy or ["all"], cost=model)
         if out is not None:
             result.write_tables(out)

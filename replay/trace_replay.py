@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -19,9 +19,9 @@ from typing import Any, Final
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from parsers.detect import read_trace
+from parsers.detect import iter_trace
 from parsers.table_files import format_for, write_table_dir
-from parsers.trace import Trace
+from parsers.trace import Trace, TraceBatch
 from replay.compare import expand_policies
 from replay.cost import DEFAULT_COST, CostModel
 from replay.observed import observe
@@ -32,10 +32,19 @@ from replay.runner import run
 from replay.trace_threads import ThreadMap, identify_threads
 from replay.trace_workload import DerivedWorkloads, derive_workloads
 
-__all__ = ["TraceReplayResult", "replay", "OBSERVED", "ROOT_ID_STRIDE"]
+__all__ = ["TraceReplayResult", "replay", "load_for_replay", "OBSERVED", "ROOT_ID_STRIDE",
+           "REPLAY_TABLES", "REPLAY_ARGS_EVENTS"]
 
 #: The run label of the trace's own tables.
 OBSERVED: Final = "observed"
+#: Typed tables the replay reads; :func:`load_for_replay` keeps only these.
+REPLAY_TABLES: Final = frozenset({
+    "kvm_entry", "kvm_exit", "kvm_userspace_exit", "kvm_mmu_get_page",
+    "kvm_mmu_prepare_zap_page", "kvm_mmu_sync_page", "kvm_mmu_unsync_page",
+    "kvm_mmu_zap_all_fast", "kvm_tdp_mmu_spte_changed", "kvm_mmu_set_spte", "lost_events"})
+#: Untyped events whose ``args`` text the replay reads (fork ancestry, zap work items).
+REPLAY_ARGS_EVENTS: Final = ("sched_process_fork", "workqueue_queue_work",
+                             "workqueue_execute_start", "workqueue_execute_end")
 #: Replayed root ids are ``VM index * ROOT_ID_STRIDE + the model's root id``.
 ROOT_ID_STRIDE: Final = 1_000_000
 
@@ -162,7 +171,7 @@ def replay(
         >>> r.policies, sorted(set(r.summary().column("run").to_pylist()))
         (['sync', '6.9'], ['6.9', 'observed', 'sync'])
     """
-    loaded = trace if isinstance(trace, Trace) else read_trace(trace)
+    loaded = trace if isinstance(trace, Trace) else load_for_replay(trace)
     threads = identify_threads(loaded)
     observed = observe(loaded, threads)
     derived = derive_workloads(loaded, threads)
@@ -187,6 +196,31 @@ def replay(
                             f"workload is incomplete; see the anomalies)")
     return TraceReplayResult(str(loaded.metadata.source), threads, derived, runs,
                              tuple(_dedup(warnings)))
+
+
+def load_for_replay(source: str | Path, *, strict: bool = False, salvage: bool = False
+                    ) -> Trace:
+    """Stream ``source`` keeping only what :func:`replay` reads: every event row, but
+    ``args`` text only for :data:`REPLAY_ARGS_EVENTS`, and only :data:`REPLAY_TABLES`.
+
+    Memory is then a few dozen bytes per event instead of the whole payload text.
+    """
+    stream = iter_trace(source, strict=strict, salvage=salvage)
+    return stream.complete(Trace.from_batches(_slim(stream), stream.metadata))
+
+
+def _slim(batches: Iterable[TraceBatch]) -> Iterator[TraceBatch]:
+    for batch in batches:
+        ev = batch.events
+        names = ev.column(ev.schema.get_field_index("event"))
+        keep = pc.is_in(names.cast(pa.string()), pa.array(REPLAY_ARGS_EVENTS))
+        args = pc.if_else(keep, ev.column(ev.schema.get_field_index("args")),
+                          pa.scalar(None, pa.string()))
+        ev = pa.RecordBatch.from_arrays(
+            [args if f.name == "args" else ev.column(i) for i, f in enumerate(ev.schema)],
+            schema=ev.schema)
+        yield TraceBatch(ev, {k: v for k, v in batch.typed.items() if k in REPLAY_TABLES},
+                         batch.source_bytes)
 
 
 def _replay_vms(derived: DerivedWorkloads, threads: ThreadMap, policy: str, cost: CostModel
