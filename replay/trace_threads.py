@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from parsers.trace import Trace
+from replay.vm_generations import assign_by_generation
 
 __all__ = ["Confidence", "ThreadMap", "VcpuThread", "identify_threads", "VCPU_THREAD_RE",
            "VCPU_TABLE_SCHEMA"]
@@ -101,7 +102,7 @@ def identify_threads(trace: Trace) -> ThreadMap:
     ids = _vcpu_ids(trace, out.comms, kvm_pids, out.warnings)
     tgids = _tgids(ev)
     parents = _fork_parents(trace)
-    _group_vms(out, kvm_pids, ids, tgids, parents)
+    _group_vms(out, kvm_pids, ids, tgids, parents, trace)
     _number_vcpus(out, ids)
     return out
 
@@ -179,7 +180,7 @@ def _root_ancestor(pid: int, parents: dict[int, int]) -> int:
 
 def _group_vms(out: ThreadMap, kvm_pids: list[int],
                ids: dict[int, tuple[int | None, str, Confidence]],
-               tgids: dict[int, int], parents: dict[int, int]) -> None:
+               tgids: dict[int, int], parents: dict[int, int], trace: Trace) -> None:
     missing = [p for p in kvm_pids if p not in tgids]
     for pid in kvm_pids:
         if pid in tgids:
@@ -191,6 +192,18 @@ def _group_vms(out: ThreadMap, kvm_pids: list[int],
             out.vm_confidence.setdefault(root, "medium")
     if not missing or parents:
         return
+    by_gen = assign_by_generation(trace, [p for p in missing if p in ids])
+    for pid, (vmm, evidence) in by_gen.items():
+        for thread in (pid, vmm):
+            out.vm_of[thread] = vmm
+        out.vm_confidence[vmm] = "medium"
+        ids[pid] = (ids[pid][0], f"{ids[pid][1]}; VM: {evidence}", ids[pid][2])
+    missing = [p for p in missing if p not in out.vm_of]
+    if by_gen:
+        out.warnings.append(f"no tgid: {len(by_gen)} vCPU threads assigned to VMs by the "
+                            f"mmu_valid_gen of their pages (evidence in the vcpus table)")
+    if not missing:
+        return
     pseudo = min([p for p in missing if p in ids] or missing)
     for pid in missing:
         out.vm_of[pid] = pseudo
@@ -198,7 +211,8 @@ def _group_vms(out: ThreadMap, kvm_pids: list[int],
     vcpu_ids = [ids[p][0] for p in missing if p in ids]
     clash = len(vcpu_ids) != len(set(vcpu_ids))
     out.warnings.append(
-        f"no tgid (record-tgid off) and no sched_process_fork: {len(missing)} threads are "
+        f"no tgid (record-tgid off), no sched_process_fork, and no generation evidence: "
+        f"{len(missing)} threads are "
         f"treated as ONE VM (id {pseudo})"
         + (", although their vCPU ids repeat, so the trace holds several VMs: replayed fast "
            "zaps invalidate every vCPU's root, not only their own VM's" if clash else "")

@@ -130,3 +130,21 @@ def test_replay_cli_bad_input(tmp_path: Path) -> None:
     assert out.exit_code == 2 and "not a trace" in out.output
     out = runner.invoke(app, ["replay", str(SAMPLES / "tracefs_record_tgid.txt"), "-p", "nope"])
     assert out.exit_code == 2 and "nope" in out.output
+
+
+def test_vms_without_tgid_follow_the_generation_of_their_pages() -> None:
+    """With record-tgid the truth is known; hide it and the mmu_valid_gen timelines of the
+    VMs' fast zaps must give the same grouping (replay/vm_generations.py)."""
+    from parsers import Trace
+    from replay.trace_threads import identify_threads
+
+    trace = read_trace(SAMPLES / "tracefs_record_tgid.txt")
+    truth = {v.pid: v.vm for v in identify_threads(trace).vcpus.values()}
+    ev = trace.events
+    hidden = ev.set_column(ev.column_names.index("tgid"), "tgid",
+                           pa.nulls(ev.num_rows, ev.schema.field("tgid").type))
+    blind = identify_threads(Trace(hidden, {n: trace.table(n) for n in trace.names},
+                                   trace.metadata))
+    assert {v.pid: v.vm for v in blind.vcpus.values()} == truth
+    assert all("mmu_valid_gen" in v.evidence for v in blind.vcpus.values())
+    assert any("mmu_valid_gen" in w for w in blind.warnings)
