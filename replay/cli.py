@@ -204,6 +204,46 @@ def query(
     _out().print(grid)
 
 
+PolicyOpt = Annotated[list[str] | None, typer.Option(
+    "--policy", "-p", help="Policy to replay (repeatable), or 'all' (default).",
+    show_default=False)]
+
+
+def _replayed(trace: Path, policy: list[str] | None, cost_file: Path | None,
+              cost: list[str] | None, strict: bool = False, salvage: bool = False
+              ) -> TraceReplayResult:
+    model = apply_overrides(load_cost_file(cost_file) if cost_file else DEFAULT_COST, cost or [])
+    return replay(load_for_replay(trace, strict=strict, salvage=salvage),
+                  policy=policy or ["all"], cost=model)
+
+
+@app.command()
+def report(
+    trace: TraceArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write.")],
+    policy: PolicyOpt = None,
+    cost_file: Annotated[Path | None, typer.Option(help="TOML cost model")] = None,
+    cost: Annotated[list[str] | None, typer.Option(help="Override one cost: KEY=VALUE")] = None,
+) -> None:
+    """Replay TRACE and write a self-contained HTML report with plots."""
+    written = _guard(lambda: _replayed(trace, policy, cost_file, cost).write_report(out))
+    typer.echo(f"wrote {written}")
+
+
+@app.command("export-perfetto")
+def export_perfetto(
+    trace: TraceArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Perfetto trace to write "
+                                      "(open it in ui.perfetto.dev).")],
+    policy: PolicyOpt = None,
+    cost_file: Annotated[Path | None, typer.Option(help="TOML cost model")] = None,
+    cost: Annotated[list[str] | None, typer.Option(help="Override one cost: KEY=VALUE")] = None,
+) -> None:
+    """Replay TRACE and write a Perfetto timeline: vCPU blocks, zaps, refcounts per run."""
+    written = _guard(lambda: _replayed(trace, policy, cost_file, cost).write_timeline(out))
+    typer.echo(f"wrote {written}")
+
+
 @app.command()
 def scenario(
     name: Annotated[str, typer.Argument(help="max-guest-memory, memslot-stress, dirty-log-perf "
@@ -261,10 +301,7 @@ def replay_command(
 ) -> None:
     """Replay TRACE: observed per-vCPU blocks and refcounts, and each policy's replay."""
     def run() -> TraceReplayResult:
-        model = apply_overrides(load_cost_file(cost_file) if cost_file else DEFAULT_COST,
-                                cost or [])
-        loaded = load_for_replay(trace, strict=strict, salvage=salvage)
-        result = replay(loaded, policy=policy or ["all"], cost=model)
+        result = _replayed(trace, policy, cost_file, cost, strict, salvage)
         if out is not None:
             result.write_tables(out)
         return result

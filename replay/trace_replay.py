@@ -136,6 +136,20 @@ class TraceReplayResult:
             "warnings": list(self.warnings),
         }
 
+    def write_report(self, path: str | Path) -> Path:
+        """A self-contained HTML report (:func:`replay.report_html.write_report`)."""
+        from replay.report_html import write_report
+
+        return write_report(self.runs, path, title=f"kvm-mmu-replay: {Path(self.source).name}",
+                            source=self.source, warnings=self.warnings)
+
+    def write_timeline(self, path: str | Path) -> Path:
+        """A Perfetto trace of every run's blocks, zaps and refcounts
+        (:func:`replay.timeline_perfetto.write_timeline`)."""
+        from replay.timeline_perfetto import write_timeline
+
+        return write_timeline(self.runs, path)
+
     def write_tables(self, out: str | Path, fmt: str | None = None) -> list[Path]:
         """Write ``block_intervals``, ``refcount_history``, ``roots``, ``summary``, ``vcpus``
         and ``evidence`` as files in directory ``out`` (temp dir, renamed when complete)."""
