@@ -283,6 +283,13 @@ def root_keys(table: pd.DataFrame) -> pd.Series:
     return pd.Series(list(map(tuple, parts.to_numpy().tolist())), index=table.index)
 
 
+def _vm(threads: ThreadMap, pid: object, ts: object) -> int:
+    if pd.isna(pid):
+        return -1
+    vm = threads.vm_at(int(pid), int(ts))  # type: ignore[call-overload]
+    return -1 if vm is None else vm
+
+
 def _sp_events(trace: Trace, threads: ThreadMap) -> pd.DataFrame:
     frames = []
     for name in _ROOT_COUNT_EVENTS:
@@ -296,15 +303,22 @@ def _sp_events(trace: Trace, threads: ThreadMap) -> pd.DataFrame:
     for col in ("created", "role", "mmu_valid_gen", "direct", "level", "gfn", "root_count"):
         if col not in df:
             df[col] = pd.NA
-    df["vm"] = [threads.vm_of.get(int(p), -1) if pd.notna(p) else -1 for p in df["pid"]]
-    df["key"] = root_keys(df)
-    return df.reset_index(drop=True)
+    df["vm"] = [_vm(threads, p, t) for p, t in zip(df["pid"], df["ts"], strict=True)]
+    df = df.reset_index(drop=True)
+    base = root_keys(df)
+    # a "new" page is a new page even when (gfn, role, gen) repeat: the old one was zapped
+    # (TDP roots always print gen 0; the shadow generation is a single bit since 5.x)
+    new = ((df["event"] == "kvm_mmu_get_page") & (df["created"] == True)).astype(int)  # noqa: E712
+    instance = new.groupby([df["vm"], base]).cumsum()
+    df["key"] = [(*k, int(i)) for k, i in zip(base, instance, strict=True)]
+    return df
 
 
 def _roots(trace: Trace, threads: ThreadMap, warnings: list[str]) -> tuple[pa.Table, pa.Table]:
     df = _sp_events(trace, threads)
     if df.empty:
         return REFCOUNT_SCHEMA.empty_table(), OBSERVED_ROOTS_SCHEMA.empty_table()
+    df = df[df["vm"] != -1] if (df["vm"] != -1).any() else df
     top = df.groupby(["vm", "direct"], dropna=False)["level"].transform("max")
     counted = df.groupby(["vm", "key"])["root_count"].transform(lambda s: (s.fillna(0) > 0).any())
     is_root = counted | (df["level"] == top)
@@ -315,7 +329,8 @@ def _roots(trace: Trace, threads: ThreadMap, warnings: list[str]) -> tuple[pa.Ta
     if len(roots) and tdp.all():
         warnings.append("TDP MMU roots print root_count 0: their refcount is not traced, so "
                         "the observed history holds creation and zaps only")
-    history = _history(roots[roots["root_count"].notna()], threads)
+    traced = roots.groupby("root")["root_count"].transform(lambda c: (c.fillna(0) > 0).any())
+    history = _history(roots[traced & roots["root_count"].notna()], threads)
     table = _root_table(roots, trace, threads)
     return history, table
 
@@ -338,16 +353,48 @@ def _history(rows: pd.DataFrame, threads: ThreadMap) -> pa.Table:
     }, schema=REFCOUNT_SCHEMA)
 
 
+def _tdp_zaps(roots: pd.DataFrame, fast: pd.DataFrame, trace: Trace, threads: ThreadMap
+              ) -> dict[int, pd.DataFrame]:
+    """TDP roots are never traced by their own zap: attribute the VM's SPTE zaps (to a
+    non-present SPTE, and child-table ``prepare_zap_page``) to the root(s) the last fast zap
+    before them invalidated, else to the newest root created before them."""
+    direct = roots[roots["direct"].fillna(False).astype(bool)]
+    if direct.empty:
+        return {}
+    seqs = _zap_seqs(trace)
+    ev = trace.events.select(["seq", "ts", "pid"]).to_pandas()
+    ev = ev[ev["seq"].isin(seqs)].copy()
+    ev["vm"] = [_vm(threads, p, t) for p, t in zip(ev["pid"], ev["ts"], strict=True)]
+    born = direct.groupby("root").agg(vm=("vm", "first"), created=("ts", "min")).reset_index()
+    out: dict[int, list[int]] = {}
+    for vm, group in ev.groupby("vm"):
+        mine = born[born["vm"] == vm].sort_values("created")
+        zaps_vm = fast[fast["vm"] == vm]
+        for i, ts in zip(group.index, group["ts"], strict=True):
+            before = zaps_vm[zaps_vm["ts"] <= ts]
+            if len(before):
+                inval = before["ts"].max()
+                cands = mine[mine["created"] < inval]
+            else:
+                cands = mine[mine["created"] < ts]
+            if len(cands):
+                out.setdefault(int(cands["root"].iloc[-1]), []).append(i)
+    return {root: ev.loc[idx] for root, idx in out.items()}
+
+
 def _root_table(roots: pd.DataFrame, trace: Trace, threads: ThreadMap) -> pa.Table:
     fast = trace.table("kvm_mmu_zap_all_fast").to_pandas() if "kvm_mmu_zap_all_fast" in \
         trace.names else pd.DataFrame(columns=["ts", "pid", "mmu_valid_gen"])
     fast["vm"] = [threads.vm_of.get(int(p), -1) for p in fast["pid"]]
+    attributed = _tdp_zaps(roots, fast, trace, threads)
     out: dict[str, list[object]] = {n: [] for n in OBSERVED_ROOTS_SCHEMA.names}
     for root, g in roots.groupby("root", sort=True):
         first = g.iloc[0]
         created = g[(g["event"] == "kvm_mmu_get_page") & (g["created"].fillna(False) == True)]  # noqa: E712
         made = created.iloc[0] if len(created) else first
         zaps = g[g["event"] == "kvm_mmu_prepare_zap_page"]
+        if zaps.empty:
+            zaps = attributed.get(int(root), zaps)
         gen = first.get("mmu_valid_gen")
         inval = fast[(fast["vm"] == first["vm"]) & (fast["ts"] >= made["ts"])]
         if pd.notna(gen) and "mmu_valid_gen" in inval and inval["mmu_valid_gen"].notna().any():
@@ -359,7 +406,8 @@ def _root_table(roots: pd.DataFrame, trace: Trace, threads: ThreadMap) -> pa.Tab
             "invalidated": int(inval["ts"].iloc[0]) if len(inval) else None,
             "zap_start": int(zaps["ts"].iloc[0]) if len(zaps) else None,
             "zap_end": int(zaps["ts"].iloc[-1]) if len(zaps) else None,
-            "zapped_by": threads.thread_name(int(zaps["pid"].iloc[0])) if len(zaps) else None,
+            "zapped_by": threads.thread_name(int(zaps["pid"].mode().iloc[0])) if len(zaps)
+            else None,
             "leaves_zapped": None, "tables_zapped": None, "unlinked": None, "freed": None,
             "vm": int(first["vm"]), "gfn": int(first["gfn"]) if pd.notna(first["gfn"]) else None,
             "level": int(first["level"]) if pd.notna(first["level"]) else None,

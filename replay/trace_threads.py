@@ -30,6 +30,10 @@ Confidence = Literal["high", "medium", "low"]
 #: QEMU's (and the project's workload's) vCPU thread name.
 VCPU_THREAD_RE: Final = re.compile(r"^CPU (\d+)/KVM$")
 _FORK_RE: Final = re.compile(r"child_pid=(\d+)")
+#: Kernel worker threads serve every VM: their tgid is their own pid, never a VM's.
+KERNEL_THREAD_RE: Final = re.compile(r"^(kworker/|kdamond|kswapd|ksoftirqd/|rcu)")
+_QUEUE_RE: Final = re.compile(r"work struct=(\S+) function=(\S+)")
+_EXEC_RE: Final = re.compile(r"work struct (\S+): function (\S+)")
 _PARENT_RE: Final = re.compile(r"pid=(\d+)")
 
 VCPU_TABLE_SCHEMA: Final = pa.schema([
@@ -70,6 +74,17 @@ class ThreadMap:
     vm_confidence: dict[int, Confidence] = field(default_factory=dict)
     comms: dict[int, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    #: kernel worker pid → (start, end, VM) of each work item a VM thread queued
+    #: (``workqueue_queue_work`` → ``workqueue_execute_start``/``_end`` of the same work).
+    work: dict[int, list[tuple[int, int, int]]] = field(default_factory=dict)
+
+    def vm_at(self, pid: int, ts: int) -> int | None:
+        """The VM thread ``pid`` works for at ``ts``: its own, or for a kernel worker the
+        VM whose work item it is executing."""
+        for start, end, vm in self.work.get(pid, ()):
+            if start <= ts <= end:
+                return vm
+        return self.vm_of.get(pid)
 
     @property
     def vms(self) -> list[int]:
@@ -102,9 +117,39 @@ def identify_threads(trace: Trace) -> ThreadMap:
     ids = _vcpu_ids(trace, out.comms, kvm_pids, out.warnings)
     tgids = _tgids(ev)
     parents = _fork_parents(trace)
-    _group_vms(out, kvm_pids, ids, tgids, parents, trace)
+    kernel = {p for p in kvm_pids if KERNEL_THREAD_RE.match(out.comms.get(p, ""))}
+    _group_vms(out, [p for p in kvm_pids if p not in kernel], ids, tgids, parents, trace)
     _number_vcpus(out, ids)
+    out.work = _work_windows(trace, out)
     return out
+
+
+def _work_windows(trace: Trace, out: ThreadMap) -> dict[int, list[tuple[int, int, int]]]:
+    """Which VM's work each kernel worker runs, from the workqueue events' ``work`` address:
+    queued by a thread of a known VM, executed (start..end) by a worker."""
+    ev = trace.events
+    names = ev.column("event").cast(pa.string())
+    wanted = pc.is_in(names, pa.array(["workqueue_queue_work", "workqueue_execute_start",
+                                       "workqueue_execute_end"]))
+    rows = ev.filter(pc.fill_null(wanted, False)).select(["ts", "pid", "event", "args"])
+    owner: dict[str, int] = {}
+    open_: dict[tuple[int, str], int] = {}
+    windows: dict[int, list[tuple[int, int, int]]] = {}
+    for ts, pid, event, args in zip(*(rows.column(c).to_pylist()
+                                      for c in ("ts", "pid", "event", "args")), strict=True):
+        m = (_QUEUE_RE if event == "workqueue_queue_work" else _EXEC_RE).search(args or "")
+        if not m:
+            continue
+        work = m[1]
+        if event == "workqueue_queue_work":
+            vm = out.vm_of.get(pid)
+            if vm is not None:
+                owner[work] = vm
+        elif event == "workqueue_execute_start" and work in owner:
+            open_[(pid, work)] = ts
+        elif (pid, work) in open_:
+            windows.setdefault(pid, []).append((open_.pop((pid, work)), ts, owner[work]))
+    return windows
 
 
 def _kvm_pids(trace: Trace) -> list[int]:

@@ -28,13 +28,14 @@ import pyarrow.compute as pc
 
 from parsers.trace import Trace
 from replay.ids import PAGE_1G, PAGE_2M, PAGE_4K
-from replay.observed import SPTE_PRESENT
+from replay.observed import BURST_GAP_NS, SPTE_PRESENT
 from replay.trace_threads import Confidence, ThreadMap
 from replay.workload import (
     LoadRoot,
     MemslotDelete,
     Op,
     Populate,
+    Unload,
     VmDestroy,
     Workload,
 )
@@ -87,6 +88,7 @@ def derive_workloads(trace: Trace, threads: ThreadMap) -> DerivedWorkloads:
     warnings: list[str] = []
     steps: dict[int, list[_Step]] = {vm: [] for vm in threads.vms}
     _root_loads(trace, threads, steps)
+    _reloads_at_entry(trace, threads, steps)
     _populates(trace, threads, steps)
     _fast_zaps(trace, threads, steps)
     _teardowns(trace, threads, steps)
@@ -132,13 +134,61 @@ def _root_loads(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]])
         return
     pages = pages[pages["pid"].isin(list(threads.vcpus))]
     top = pages["level"].max()
+    fast = _frame(trace, "kvm_mmu_zap_all_fast")
+    fast_ts = {vm: sorted(int(t) for t, p in zip(fast.get("ts", []), fast.get("pid", []),
+                                                 strict=True) if threads.vm_of.get(int(p)) == vm)
+               for vm in threads.vms}
+    last_load: dict[int, int] = {}
     for row in pages[pages["level"] == top].itertuples():
         vcpu = threads.vcpus[int(row.pid)]
         new = "new" if row.created is True else "existing"
+        prev = last_load.get(vcpu.vcpu)
+        last_load[vcpu.vcpu] = int(row.ts)
+        if row.direct is True and new == "new" and prev is not None and not any(
+                prev < z <= row.ts for z in fast_ts.get(vcpu.vm, [])):
+            # TDP: a vCPU allocates a root of a role it already had, with no fast zap
+            # in between: its MMU context was reset (kvm_mmu_reset_context → unload)
+            steps[vcpu.vm].append(_Step(
+                Unload(vcpu=vcpu.vcpu, at=int(row.ts)), int(row.seq),
+                f"a new root by {threads.thread_name(int(row.pid))} with no fast zap since "
+                f"its previous load: an MMU reset (KVM_SET_SREGS, CPUID, SMM) unloaded it",
+                "medium"))
         steps[vcpu.vm].append(_Step(
             LoadRoot(vcpu=vcpu.vcpu, at=int(row.ts)), int(row.seq),
             f"kvm_mmu_get_page {new} level {row.level} gfn {row.gfn:#x} by "
             f"{threads.thread_name(int(row.pid))}", "high"))
+
+
+def _reloads_at_entry(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]]) -> None:
+    """Silent reuse (§3.3 rules 3 and 5): a vCPU's first ``kvm_entry``, and its first
+    ``kvm_entry`` after each fast zap of its VM, load a root; when no root ``get_page`` by
+    that vCPU lies in between, it reused a valid root without a trace of it."""
+    entries = _frame(trace, "kvm_entry")
+    if entries.empty:
+        return
+    fast = _frame(trace, "kvm_mmu_zap_all_fast")
+    for pid, group in entries[entries["pid"].isin(list(threads.vcpus))].groupby("pid"):
+        vcpu = threads.vcpus[int(pid)]
+        mine = sorted(s.op.at for s in steps.get(vcpu.vm, [])
+                      if isinstance(s.op, LoadRoot) and s.op.actor == f"vcpu{vcpu.vcpu}")
+        zaps = sorted(int(t) for t, p in zip(fast.get("ts", []), fast.get("pid", []),
+                                              strict=True) if threads.vm_of.get(int(p)) == vcpu.vm)
+        ts = group["ts"].to_numpy(dtype=np.int64)
+        seq = group["seq"].to_numpy(dtype=np.int64)
+        marks = [(int(ts[0]), int(seq[0]), -1)]
+        for z in zaps:
+            k = int(np.searchsorted(ts, z, side="right"))
+            if k < ts.size:
+                marks.append((int(ts[k]), int(seq[k]), z))
+        for at, sq, since in marks:
+            if any(since < t <= at for t in mine):
+                continue
+            why = ("first kvm_entry" if since < 0 else
+                   f"first kvm_entry after the fast zap at {since}")
+            steps[vcpu.vm].append(_Step(LoadRoot(vcpu=vcpu.vcpu, at=at), sq,
+                                        f"{why} with no root get_page by this vCPU: it "
+                                        f"reused a valid root (not traced)", "medium"))
+
 
 
 def _leaf_rows(trace: Trace, threads: ThreadMap) -> pd.DataFrame:
@@ -156,6 +206,8 @@ def _leaf_rows(trace: Trace, threads: ThreadMap) -> pd.DataFrame:
                       .assign(src="kvm_tdp_mmu_spte_changed"))
     if not frames:
         return pd.DataFrame()
+    if len(frames) == 2 and not frames[1].empty:
+        frames = frames[1:]  # TDP: spte_changed is the install; set_spte repeats it
     rows = pd.concat(frames, ignore_index=True)
     rows = rows[rows["pid"].isin(list(threads.vcpus)) & rows["gfn"].notna()
                 & rows["level"].isin(list(_PAGE_OF_LEVEL))]
@@ -171,12 +223,12 @@ def _populates(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]]) 
         rows["level"].to_numpy(dtype=np.int64))
     start = (rows["gfn"].to_numpy(dtype=np.int64) << 12) // page * page
     # a run continues while the same thread maps the next page of the same size
+    ts = rows["ts"].to_numpy(dtype=np.int64)
     cont = np.r_[False, (pid[1:] == pid[:-1]) & (page[1:] == page[:-1])
-                 & (start[1:] == start[:-1] + page[:-1])]
+                 & (start[1:] == start[:-1] + page[:-1]) & (ts[1:] - ts[:-1] <= BURST_GAP_NS)]
     run = np.cumsum(~cont) - 1
     first = np.flatnonzero(~cont)
     count = np.bincount(run)
-    ts = rows["ts"].to_numpy(dtype=np.int64)
     seq = rows["seq"].to_numpy(dtype=np.int64)
     src = rows["src"].to_numpy()
     for i, c in zip(first.tolist(), count.tolist(), strict=True):
