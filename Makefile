@@ -33,6 +33,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/parse_tracedat.py
 	$(BIN)/python benchmarks/parse_perfetto.py
 	$(BIN)/python benchmarks/replay_scenario.py
+	$(BIN)/python benchmarks/replay.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -10,9 +10,13 @@ from __future__ import annotations
 import resource
 import sys
 import time
+from pathlib import Path
 
-from replay import run_scenario
-from replay.sizes import format_ns
+# benchmarks/replay.py would shadow the ``replay`` package: drop this folder from the path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
+
+from replay import run_scenario  # noqa: E402
+from replay.sizes import format_ns  # noqa: E402
 
 TARGET_S = 10.0
 TARGET_MB = 500.0
