@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Final
 
+import pyarrow as pa
 from rich.console import Console
 from rich.table import Table
 
@@ -22,6 +23,9 @@ def render_replay(console: Console, result: TraceReplayResult) -> None:
     console.print(f"[bold]{result.source}[/]: backend {d.backend}, era "
                   f"{d.era or 'not determined'} ({d.era_evidence})")
     console.print(_comparison(result))
+    fidelity = result.fidelity()
+    if fidelity is not None:
+        console.print(_fidelity(fidelity))
     console.print(_summary(result))
     console.print(_roots(result))
     console.print(_history(result))
@@ -87,3 +91,16 @@ def _history(result: TraceReplayResult) -> Table:
     if len(rows) > MAX_ROWS:
         table.caption = f"... {len(rows) - MAX_ROWS} more changes (-o writes them all)"
     return table
+
+
+def _fidelity(table: pa.Table) -> Table:
+    rows = table.to_pylist()
+    out = Table("vcpu", "observed max", "replayed max", "ratio", "same cause",
+                title=f"model fidelity under the recording kernel's era ({rows[0]['era']})"
+                if rows else "model fidelity")
+    for r in rows[:MAX_ROWS]:
+        ratio = "-" if r["max_ratio"] is None else f"{r['max_ratio']:.2f}"
+        out.add_row(str(r["vcpu"]), f"{_ns(r['observed_max_ns'])} {r['observed_cause'] or ''}",
+                    f"{_ns(r['replayed_max_ns'])} {r['replayed_cause'] or ''}", ratio,
+                    "yes" if r["same_cause"] else "no")
+    return out

@@ -33,10 +33,19 @@ from replay.trace_threads import ThreadMap, identify_threads
 from replay.trace_workload import DerivedWorkloads, derive_workloads
 
 __all__ = ["TraceReplayResult", "replay", "load_for_replay", "OBSERVED", "ROOT_ID_STRIDE",
+           "FIDELITY_SCHEMA",
            "REPLAY_TABLES", "REPLAY_ARGS_EVENTS"]
 
 #: The run label of the trace's own tables.
 OBSERVED: Final = "observed"
+FIDELITY_SCHEMA: Final = pa.schema([
+    ("vcpu", pa.int32()), ("era", pa.string()),
+    ("observed_p50_ns", pa.int64()), ("replayed_p50_ns", pa.int64()),
+    ("observed_p99_ns", pa.int64()), ("replayed_p99_ns", pa.int64()),
+    ("observed_max_ns", pa.int64()), ("replayed_max_ns", pa.int64()),
+    ("max_ratio", pa.float64()), ("observed_cause", pa.string()),
+    ("replayed_cause", pa.string()), ("same_cause", pa.bool_()),
+])
 #: Typed tables the replay reads; :func:`load_for_replay` keeps only these.
 REPLAY_TABLES: Final = frozenset({
     "kvm_entry", "kvm_exit", "kvm_userspace_exit", "kvm_mmu_get_page",
@@ -105,6 +114,27 @@ class TraceReplayResult:
         """Per run and vCPU: blocks, p50, p99, max, total, the cause of the longest block."""
         return self._stack("summary", SUMMARY_SCHEMA)
 
+    def fidelity(self) -> pa.Table | None:
+        """Per vCPU, observed vs replayed under the recording kernel's era (the model's
+        fidelity): p50/p99/max of both, their ratio, and whether the longest block has the
+        same cause. None when the era is unknown or was not replayed."""
+        era = self.derived.era
+        if era is None or era not in self.runs:
+            return None
+        obs = {r["vcpu"]: r for r in self.runs[OBSERVED]["summary"].to_pylist()}
+        rep = {r["vcpu"]: r for r in self.runs[era]["summary"].to_pylist()}
+        rows = []
+        for v in sorted(set(obs) | set(rep)):
+            o, r = obs.get(v, {}), rep.get(v, {})
+            om, rm = o.get("max_ns") or 0, r.get("max_ns") or 0
+            rows.append({"vcpu": v, "era": era, "observed_p50_ns": o.get("p50_ns"),
+                         "replayed_p50_ns": r.get("p50_ns"), "observed_p99_ns": o.get("p99_ns"),
+                         "replayed_p99_ns": r.get("p99_ns"), "observed_max_ns": om,
+                         "replayed_max_ns": rm, "max_ratio": (rm / om) if om else None,
+                         "observed_cause": o.get("max_cause"), "replayed_cause": r.get("max_cause"),
+                         "same_cause": o.get("max_cause") == r.get("max_cause")})
+        return pa.Table.from_pylist(rows, schema=FIDELITY_SCHEMA)
+
     def to_json_dict(self) -> dict[str, Any]:
         """The ``replay --json`` document: the ``scenario`` command's ``policies`` shape plus
         ``observed``, ``roots`` (observed count), ``warnings``, ``backend``, ``era``, ``vms``
@@ -133,6 +163,9 @@ class TraceReplayResult:
             "observed": {"vcpus": vcpus(observed)},
             "roots": observed["roots"].num_rows,
             "policies": policies,
+            "fidelity": None if (fid := self.fidelity()) is None else {
+                "era": self.derived.era,
+                "vcpus": {str(r.pop("vcpu")): r for r in fid.drop_columns(["era"]).to_pylist()}},
             "warnings": list(self.warnings),
         }
 
@@ -158,6 +191,9 @@ class TraceReplayResult:
                   "refcount_history": self.refcount_history, "roots": self.roots,
                   "summary": self.summary(), "vcpus": self.vcpus,
                   "evidence": self.derived.evidence}
+        fidelity = self.fidelity()
+        if fidelity is not None:
+            tables["fidelity"] = fidelity
         meta = {"kvm_mmu_replay": json.dumps({"source": self.source,
                                               "warnings": list(self.warnings)})}
         return write_table_dir({k: v.replace_schema_metadata(meta) for k, v in tables.items()},

@@ -84,6 +84,11 @@ def test_sync_era_last_put_zaps_on_the_vcpu() -> None:
     # from 6.4 roots are preserved: the same reset zaps nothing on the vCPU
     assert summary[("6.6", 0)] != "zap"
     assert _roots(result, "sync")[0]["zapped_by"] == "vcpu0"
+    fidelity = result.fidelity()
+    assert fidelity is not None
+    row = fidelity.to_pylist()[0]
+    assert row["era"] == "sync" and row["same_cause"] and row["observed_cause"] == "zap"
+    assert result.to_json_dict()["fidelity"]["vcpus"]["0"]["same_cause"] is True
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in HW.glob("*.txt")))
