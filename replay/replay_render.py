@@ -11,7 +11,7 @@ from rich.table import Table
 from replay.sizes import format_ns
 from replay.trace_replay import OBSERVED, TraceReplayResult
 
-__all__ = ["render_replay", "MAX_ROWS"]
+__all__ = ["render_replay", "MAX_ROWS", "CAUSE_MARKS"]
 
 #: Rows shown per table before "... N more" (the files written with -o hold everything).
 MAX_ROWS: Final = 40
@@ -37,10 +37,16 @@ def _ns(value: object) -> str:
     return "-" if value is None else format_ns(int(value))  # type: ignore[call-overload]
 
 
+#: One-letter cause marks for the wide comparison table (legend in its caption).
+CAUSE_MARKS: Final = {"zap": "Z", "lock_wait": "L", "root_alloc": "A", "root_put": "P",
+                      "fault": "F", "userspace": "U", "preempted": "S", "exit": "X"}
+
+
 def _comparison(result: TraceReplayResult) -> Table:
     runs = list(result.runs)
-    table = Table("vcpu", "vm", "id", "thread", *[f"max {r}" for r in runs],
-                  title="longest block per vCPU: observed vs each policy")
+    table = Table("vcpu", "thread (vm)", *runs,
+                  title="longest block per vCPU: observed vs each policy",
+                  caption="cause: " + ", ".join(f"{m} {c}" for c, m in CAUSE_MARKS.items()))
     per_run = {r: {row["vcpu"]: row for row in result.runs[r]["summary"].to_pylist()}
                for r in runs}
     for v in result.vcpus.to_pylist()[:MAX_ROWS]:
@@ -48,9 +54,8 @@ def _comparison(result: TraceReplayResult) -> Table:
         for r in runs:
             row = per_run[r].get(v["vcpu"])
             cells.append("-" if row is None or not row["blocks"] else
-                         f"{_ns(row['max_ns'])} {row['max_cause'] or ''}".rstrip())
-        table.add_row(str(v["vcpu"]), str(v["vm"]), str(v["vcpu_id"]),
-                      f"{v['comm']}-{v['pid']}", *cells)
+                         f"{_ns(row['max_ns'])} {CAUSE_MARKS.get(str(row['max_cause']), '?')}")
+        table.add_row(str(v["vcpu"]), f"{v['comm']}-{v['pid']} ({v['vm']})", *cells)
     return table
 
 
