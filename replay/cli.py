@@ -209,12 +209,16 @@ PolicyOpt = Annotated[list[str] | None, typer.Option(
     show_default=False)]
 
 
+CalibrateOpt = Annotated[bool, typer.Option(
+    "--calibrate", help="Use the fault and per-SPTE zap costs the trace measures.")]
+
+
 def _replayed(trace: Path, policy: list[str] | None, cost_file: Path | None,
-              cost: list[str] | None, strict: bool = False, salvage: bool = False
-              ) -> TraceReplayResult:
+              cost: list[str] | None, strict: bool = False, salvage: bool = False,
+              calibrate: bool = False) -> TraceReplayResult:
     model = apply_overrides(load_cost_file(cost_file) if cost_file else DEFAULT_COST, cost or [])
     return replay(load_for_replay(trace, strict=strict, salvage=salvage),
-                  policy=policy or ["all"], cost=model)
+                  policy=policy or ["all"], cost=model, calibrate=calibrate)
 
 
 @app.command()
@@ -224,9 +228,11 @@ def report(
     policy: PolicyOpt = None,
     cost_file: Annotated[Path | None, typer.Option(help="TOML cost model")] = None,
     cost: Annotated[list[str] | None, typer.Option(help="Override one cost: KEY=VALUE")] = None,
+    calibrate: CalibrateOpt = False,
 ) -> None:
     """Replay TRACE and write a self-contained HTML report with plots."""
-    written = _guard(lambda: _replayed(trace, policy, cost_file, cost).write_report(out))
+    written = _guard(lambda: _replayed(trace, policy, cost_file, cost,
+                                       calibrate=calibrate).write_report(out))
     typer.echo(f"wrote {written}")
 
 
@@ -238,9 +244,11 @@ def export_perfetto(
     policy: PolicyOpt = None,
     cost_file: Annotated[Path | None, typer.Option(help="TOML cost model")] = None,
     cost: Annotated[list[str] | None, typer.Option(help="Override one cost: KEY=VALUE")] = None,
+    calibrate: CalibrateOpt = False,
 ) -> None:
     """Replay TRACE and write a Perfetto timeline: vCPU blocks, zaps, refcounts per run."""
-    written = _guard(lambda: _replayed(trace, policy, cost_file, cost).write_timeline(out))
+    written = _guard(lambda: _replayed(trace, policy, cost_file, cost,
+                                       calibrate=calibrate).write_timeline(out))
     typer.echo(f"wrote {written}")
 
 
@@ -298,10 +306,11 @@ def replay_command(
     cost: Annotated[list[str] | None, typer.Option(help="Override one cost: KEY=VALUE")] = None,
     strict: StrictOpt = False,
     salvage: SalvageOpt = False,
+    calibrate: CalibrateOpt = False,
 ) -> None:
     """Replay TRACE: observed per-vCPU blocks and refcounts, and each policy's replay."""
     def run() -> TraceReplayResult:
-        result = _replayed(trace, policy, cost_file, cost, strict, salvage)
+        result = _replayed(trace, policy, cost_file, cost, strict, salvage, calibrate)
         if out is not None:
             result.write_tables(out)
         return result

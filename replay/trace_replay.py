@@ -48,7 +48,7 @@ FIDELITY_SCHEMA: Final = pa.schema([
 ])
 #: Typed tables the replay reads; :func:`load_for_replay` keeps only these.
 REPLAY_TABLES: Final = frozenset({
-    "kvm_entry", "kvm_exit", "kvm_userspace_exit", "kvm_mmu_get_page",
+    "kvm_entry", "kvm_exit", "kvm_userspace_exit", "kvm_page_fault", "kvm_mmu_get_page",
     "kvm_mmu_prepare_zap_page", "kvm_mmu_sync_page", "kvm_mmu_unsync_page",
     "kvm_mmu_zap_all_fast", "kvm_tdp_mmu_spte_changed", "kvm_mmu_set_spte", "lost_events"})
 #: Untyped events whose ``args`` text the replay reads (fork ancestry, zap work items).
@@ -69,6 +69,7 @@ class TraceReplayResult:
         runs: run label (``"observed"``, then each policy) → tables ``blocks``, ``summary``,
             ``refcounts``, ``roots`` (the model's schemas; observed adds columns).
         warnings: everything inferred with doubt or not inferable, in words.
+        cost: the cost model the replays used (calibrated when asked).
     """
 
     source: str
@@ -76,6 +77,7 @@ class TraceReplayResult:
     derived: DerivedWorkloads
     runs: Mapping[str, Mapping[str, pa.Table]]
     warnings: tuple[str, ...]
+    cost: CostModel = DEFAULT_COST
 
     @property
     def policies(self) -> list[str]:
@@ -162,6 +164,7 @@ class TraceReplayResult:
                       for v in self.vcpus.to_pylist()},
             "observed": {"vcpus": vcpus(observed)},
             "roots": observed["roots"].num_rows,
+            "cost": self.cost.to_dict(),
             "policies": policies,
             "fidelity": None if (fid := self.fidelity()) is None else {
                 "era": self.derived.era,
@@ -205,6 +208,7 @@ def replay(
     *,
     policy: str | Sequence[str] = "all",
     cost: CostModel = DEFAULT_COST,
+    calibrate: bool = False,
 ) -> TraceReplayResult:
     """Observe ``trace`` and replay its derived workload under each ``policy``.
 
@@ -212,6 +216,8 @@ def replay(
         trace: a :class:`~parsers.trace.Trace` or the path of any trace format.
         policy: one policy name, several, or ``"all"``.
         cost: the cost model.
+        calibrate: replace the costs the trace measures (fault, per-SPTE zap) with the
+            measured values (:mod:`replay.calibration`); each change is a warning line.
 
     Invariant violations of damaged traces are recorded (``anomalies`` tables, a warning),
     not raised.
@@ -226,9 +232,19 @@ def replay(
     observed = observe(loaded, threads)
     derived = derive_workloads(loaded, threads)
     names = expand_policies([policy] if isinstance(policy, str) else list(policy))
+    calibration = None
+    if calibrate:
+        from replay.calibration import calibrate as measure
+
+        calibration = measure(loaded, cost)
+        cost = calibration.cost
     runs: dict[str, Mapping[str, pa.Table]] = {OBSERVED: observed.tables}
     warnings = [*loaded.metadata.warnings, *threads.warnings, *observed.warnings,
                 *derived.warnings]
+    if calibration is not None:
+        warnings += [f"calibrated {k}: {v}" for k, v in calibration.evidence.items()] or [
+            "--calibrate: the trace measures no cost (no kvm_page_fault/kvm_entry pairs, "
+            "no SPTE zap bursts); defaults kept"]
     if loaded.metadata.ts_unit != "ns":
         warnings.append(f"timestamps are {loaded.metadata.ts_unit}, not nanoseconds (trace "
                         f"clock {loaded.metadata.clock or 'unknown'}): observed durations are in "
@@ -245,7 +261,7 @@ def replay(
             warnings.append(f"{name}: {anomalies} invariant violations recorded (the derived "
                             f"workload is incomplete; see the anomalies)")
     return TraceReplayResult(str(loaded.metadata.source), threads, derived, runs,
-                             tuple(_dedup(warnings)))
+                             tuple(_dedup(warnings)), cost)
 
 
 def load_for_replay(source: str | Path, *, strict: bool = False, salvage: bool = False

@@ -98,3 +98,32 @@ def test_handwritten_traces_parse_without_skips(name: str) -> None:
     trace = read_trace(HW / name)
     assert set(trace.metadata.skipped) <= {"header"}
     assert not trace.metadata.warnings
+
+
+def test_calibration_from_a_trace(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """fault_ns is the median kvm_page_fault -> kvm_entry; per-SPTE zap cost the pace of zap
+    bursts (replay/calibration.py). Built from the 6.6 trace by repeating its fault lines."""
+    from parsers import read_trace
+    from replay.calibration import MIN_SAMPLES, calibrate
+    from replay.cost import DEFAULT_COST
+
+    lines = (HW / "tdp_6.6_inline_zap.txt").read_text().splitlines()
+    header, body = lines[:12], lines[12:]
+    head = "       CPU 0/KVM-5001    (   5000) [000] .....   "
+    extra = []
+    for k in range(MIN_SAMPLES):  # vCPU 0 faults again, 3 us each, 1 ms apart
+        us = 101_000_000 + k * 1000
+        extra += [f"{head}{us // 10**6:3d}.{us % 10**6:06d}: kvm_page_fault: vcpu 0 rip 0xfff0 "
+                  f"address 0x0000000000005000 error_code 0x181",
+                  f"{head}{us // 10**6:3d}.{(us + 3) % 10**6:06d}: kvm_entry: vcpu 0, rip 0xfff0 "
+                  f"intr_info 0x00000000 error_code 0x00000000"]
+    path = tmp_path / "t.txt"
+    path.write_text("\n".join(header + body + extra) + "\n")
+    trace = read_trace(path)
+    assert not set(trace.metadata.skipped) - {"header"}, trace.metadata.samples
+    cal = calibrate(trace, DEFAULT_COST)
+    assert cal.cost.fault_ns == 3000.0  # 8 added faults and the trace's 2, all 3 us
+    assert "fault_ns" in cal.evidence and "leaf_exclusive_ns" not in cal.evidence  # 2 zaps only
+    result = replay(path, policy=["6.6"], calibrate=True)
+    assert result.cost.fault_ns == 3000.0
+    assert any(w.startswith("calibrated fault_ns") for w in result.warnings)
