@@ -11,6 +11,7 @@ one by one by :mod:`parsers.text_markers`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass, fields
 from typing import Any
@@ -20,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from parsers.numeric_text import dec_to_int
+from parsers.text_fixed import FixedFields, match_fixed
 
 __all__ = ["EventLines", "split_event_lines", "TS_FIND_RE", "CTX_RE", "TAIL_RE"]
 
@@ -184,7 +186,59 @@ def _match_context(ctx: pa.StringArray) -> dict[str, pa.Array]:
 
 
 def split_event_lines(lines: pa.StringArray) -> EventLines:
-    """Match the event-line grammar over a chunk; rows that do not match are left out."""
+    """Match the event-line grammar over a chunk; rows that do not match are left out.
+
+    Lines in the kernel's fixed-column layouts take :func:`parsers.text_fixed.match_fixed`;
+    the rest the general patterns below.
+    """
+    starts, ends = _line_bounds(lines)
+    fixed = match_fixed(lines, starts, ends, _content_end(lines, ends))
+    if fixed is None:
+        return _split_general(lines)
+    fast = _from_fixed(lines, fixed, _content_end(lines, ends))
+    rest = np.setdiff1d(np.arange(len(lines)), fixed.rows, assume_unique=True)
+    if not rest.size:
+        return fast
+    slow = _split_general(lines.take(pa.array(rest)))
+    slow = dataclasses.replace(slow, rows=rest[slow.rows])
+    return _merge(fast, slow)
+
+
+def _from_fixed(lines: pa.StringArray, f: FixedFields, content_end: np.ndarray) -> EventLines:
+    end = np.maximum(content_end[f.rows], f.payload_start)
+    data = lines.buffers()[2]
+    offsets = np.empty(2 * f.rows.size + 1, dtype=np.int32)
+    offsets[0:-1:2] = f.payload_start
+    offsets[1::2] = end
+    offsets[-1] = end[-1]
+    tiled = pa.Array.from_buffers(pa.string(), 2 * f.rows.size, [None, pa.py_buffer(offsets), data])
+    payload = tiled.take(pa.array(np.arange(0, 2 * f.rows.size, 2)))
+    return EventLines(
+        rows=f.rows, comm=f.comm, pid=pa.array(f.pid, pa.int32()),
+        tgid=pa.array(f.tgid, pa.int32(), mask=~f.tgid_valid), cpu=pa.array(f.cpu, pa.int32()),
+        flags=f.flags, sec=f.sec, frac_digits=f.frac_digits, ts=f.ts, event=f.event,
+        payload=payload)
+
+
+def _merge(a: EventLines, b: EventLines) -> EventLines:
+    """Rows of both, in chunk order."""
+    rows = np.concatenate([a.rows, b.rows])
+    order = np.argsort(rows, kind="stable")
+    picked: dict[str, Any] = {}
+    for f in fields(a):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if isinstance(x, np.ndarray):
+            picked[f.name] = np.concatenate([x, y.astype(x.dtype)])[order]
+        elif x is None or y is None:
+            picked[f.name] = None
+        else:
+            both = pa.concat_arrays([x.cast(pa.string()) if pa.types.is_string(x.type) else x,
+                                     y.cast(x.type)])
+            picked[f.name] = both.take(pa.array(order))
+    return EventLines(**picked)
+
+
+def _split_general(lines: pa.StringArray) -> EventLines:
     starts, ends = _line_bounds(lines)
     pos = pc.find_substring_regex(lines, TS_FIND_RE).to_numpy(zero_copy_only=False)
     cut = starts + np.maximum(pos, 0)

@@ -144,3 +144,28 @@ def test_chunk_with_timestamps_but_no_event_line(line: str) -> None:
     """A chunk whose lines all have a timestamp yet match no tail grammar is left out (this
     once raised KeyError: groups of patterns that matched nothing were missing)."""
     assert split_event_lines(pa.array([line])).rows.size == 0
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(recs=st.lists(records(), min_size=1, max_size=20), tgid=st.booleans(),
+       junk=st.lists(st.text(max_size=80), max_size=5))
+def test_fixed_column_fast_path_equals_the_general_grammar(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, recs: list[dict[str, object]],
+        tgid: bool, junk: list[str]) -> None:
+    """parsers/text_fixed.py must give exactly what the general patterns give."""
+    import parsers.text_grammar as grammar
+
+    body = [kernel_line(r, tgid) for r in recs] + [
+        j.replace("\n", " ").replace("\r", " ") for j in junk]
+    path = tmp_path / "k.txt"
+    path.write_text("\n".join(body) + "\n", encoding="utf-8", errors="surrogatepass")
+    try:
+        fast = read_trace(path)
+    except KvmMmuError:
+        return
+    monkeypatch.setattr(grammar, "match_fixed", lambda *args: None)
+    slow = read_trace(path)
+    assert fast.events.equals(slow.events)
+    assert fast.names == slow.names
+    assert all(fast.table(n).equals(slow.table(n)) for n in fast.names)
