@@ -192,7 +192,7 @@ def _record_session(target: Path, part: Path, command: list[str], preset: str, p
         before = session.cpu_stats()
         if use_trace_cmd:
             returncode, duration, counts = _run_then_extract(session, command, part)
-            events, nbytes, lost = sum(s.entries for s in session.cpu_stats().values()), 0, {}
+            events, nbytes, lost = sum(s.entries for s in counts.values()), 0, {}
             by_event: dict[str, int] = {}
         else:
             returncode, duration, capture = _run_streaming(session, command, part)

@@ -48,13 +48,14 @@ _EXPANDED = re.compile(r"\(expanded:\s*(\d+)\)")
 _SELECTED_CLOCK = re.compile(r"\[(\S+)\]")
 
 
-def find_tracefs(mounts: Path = Path("/proc/self/mounts")) -> Path:
+def find_tracefs(mounts: Path = Path("/proc/self/mounts"),
+                 candidates: Iterable[Path] = _CANDIDATES) -> Path:
     """Return the tracefs directory, or raise :class:`RecordError` when none is mounted.
 
-    The usual places come first; then any ``tracefs`` entry of ``mounts``, then a debugfs
-    mount's ``tracing`` directory.
+    The usual places (``candidates``) come first; then any ``tracefs`` entry of ``mounts``,
+    then a debugfs mount's ``tracing`` directory.
     """
-    for place in _CANDIDATES:
+    for place in candidates:
         if (place / "trace_pipe").exists():
             return place
     found = _from_mount_table(mounts)

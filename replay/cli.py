@@ -241,6 +241,57 @@ def scenario(
     _out().print(table)
 
 
+# --- record (issue 6) --------------------------------------------------------------------------
+from parsers.record import RecordReport, record  # noqa: E402  (kept in this block to ease merging)
+from parsers.record_presets import PRESETS  # noqa: E402
+
+
+def _render_record(report: RecordReport) -> None:
+    """One summary line, lost events and warnings on stderr."""
+    seconds = report.duration_ns / 1e9
+    _err.print(f"{report.out}: {report.events_written} events, {report.bytes_written} bytes, "
+               f"{seconds:.3f} s ({report.method}, preset {report.preset}, buffer "
+               f"{report.buffer_kb} KiB/CPU); restored {len(report.restored)} tracefs settings",
+               highlight=False, markup=False, soft_wrap=True)
+    for label, per_cpu in (("lost (LOST markers)", report.lost_markers),
+                           ("lost (ring-buffer overrun)", report.overrun),
+                           ("lost (dropped events)", report.dropped)):
+        cpus = ", ".join(f"cpu{cpu} {n}" for cpu, n in sorted(per_cpu.items())) or "none"
+        _err.print(f"{label}: {cpus}", highlight=False, markup=False)
+    for note in report.warnings:
+        _err.print(f"warning: {note}", highlight=False, markup=False)
+
+
+@app.command("record", context_settings={"allow_extra_args": True,
+                                         "ignore_unknown_options": True})
+def record_cmd(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output: ftrace text, or trace.dat "
+                                      "with --trace-cmd", show_default=False)],
+    events: Annotated[str, typer.Option("--events", help="Event preset: "
+                                        + ", ".join(PRESETS))] = "kvm",
+    buffer_kb: Annotated[int | None, typer.Option("--buffer-kb", min=1, help="Ring buffer per "
+                                                  "CPU in KiB (default: the preset's rule)")] = None,
+    trace_cmd: Annotated[bool, typer.Option("--trace-cmd", help="Capture with trace-cmd "
+                                            "extract into a trace.dat")] = False,
+    clock: Annotated[str | None, typer.Option("--clock", help="trace_clock to select, e.g. "
+                                              "mono (default: unchanged)")] = None,
+    tracefs: Annotated[Path | None, typer.Option("--tracefs", help="tracefs directory "
+                                                 "(default: found)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON")] = False,
+) -> None:
+    """Record kvm events while a command runs: record -o OUT --events kvm -- COMMAND ARGS..."""
+    command = list(ctx.args)[1:] if ctx.args[:1] == ["--"] else list(ctx.args)
+    report = _guard(lambda: record(out, command, preset=events, buffer_kb=buffer_kb,
+                                   use_trace_cmd=trace_cmd, tracefs=tracefs, clock=clock))
+    if as_json:
+        typer.echo(json.dumps(report.to_json_dict(), indent=2, sort_keys=True))
+    _render_record(report)
+    if report.returncode != 0:
+        _err.print(f"error: the command exited with status {report.returncode} (trace kept)")
+        raise typer.Exit(1)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -15,7 +15,8 @@
  * slot 1, rewrites one of its own PTEs (write-protected guest page table: unsync/sync),
  * writes slot 2, then signals "iteration done" with an MMIO write to an unbacked GPA.
  *
- * Usage: tinyvmm [-v VMS] [-c VCPUS] [-s SCALE_MS] [-t TIMEOUT_S]
+ * Usage: tinyvmm [-v VMS] [-c VCPUS] [-p PAGES] [-s SCALE_MS] [-t TIMEOUT_S]
+ * (-p: 4 KiB pages each vCPU writes per iteration, at most 256; fewer pages, smaller traces)
  * Exit status: 0 when every VM process ran its timeline, 1 otherwise (the log says why).
  */
 #define _GNU_SOURCE
@@ -90,7 +91,7 @@ struct vm {
     uint8_t *mem0, *mem1, *mem2;
     struct vcpu vcpus[MAX_VCPUS];
     atomic_int stop;
-    int scale_ms;
+    int scale_ms, pages;
 };
 
 static struct timespec t_start;
@@ -187,9 +188,9 @@ static void set_regs(struct vcpu *v)
     r.rsp = SLOT0_GPA + STACK_OFF + (uint64_t)v->index * 0x1000;
     r.rflags = 0x2;
     r.rdi = SLOT1_GPA + (uint64_t)v->index * share;
-    r.rsi = share / 4096;
+    r.rsi = (uint64_t)v->vm->pages;
     r.rdx = SLOT0_GPA + 0x4000 + (uint64_t)v->index * (share / 4096) * 8; /* PTE of its first page */
-    r.rcx = 20000;
+    r.rcx = 200000; /* spin between MMIO exits: fewer exits, smaller traces */
     r.r12 = (uint64_t)v->index * 64;
     if (ioctl(v->fd, KVM_SET_REGS, &r) < 0)
         die(v->vm, "KVM_SET_REGS");
@@ -335,11 +336,12 @@ static void teardown(struct vm *vm)
     }
 }
 
-static void vm_main(int index, int nvcpus, int scale_ms)
+static void vm_main(int index, int nvcpus, int pages, int scale_ms)
 {
     static struct vm vm; /* one per process */
     vm.index = index;
     vm.scale_ms = scale_ms;
+    vm.pages = pages;
     prctl(PR_SET_NAME, "tinyvmm-vm", 0, 0, 0);
     vm.kvm_fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
     if (vm.kvm_fd < 0)
@@ -388,27 +390,30 @@ static void vm_main(int index, int nvcpus, int scale_ms)
 
 static int usage(const char *argv0)
 {
-    fprintf(stderr, "usage: %s [-v VMS] [-c VCPUS (1-%d)] [-s SCALE_MS] [-t TIMEOUT_S]\n", argv0,
-            MAX_VCPUS - 1);
+    fprintf(stderr, "usage: %s [-v VMS] [-c VCPUS (1-%d)] [-p PAGES (1-%llu)] [-s SCALE_MS] [-t TIMEOUT_S]\n",
+            argv0, MAX_VCPUS - 1, SLOT1_SIZE / MAX_VCPUS / 4096);
     return 2;
 }
 
 int main(int argc, char **argv)
 {
-    int nvms = 3, nvcpus = 2, scale_ms = 5, timeout_s = 30, opt;
-    while ((opt = getopt(argc, argv, "v:c:s:t:")) != -1) {
+    int nvms = 3, nvcpus = 2, pages = 256, scale_ms = 5, timeout_s = 30, opt;
+    while ((opt = getopt(argc, argv, "v:c:p:s:t:")) != -1) {
         switch (opt) {
         case 'v': nvms = atoi(optarg); break;
         case 'c': nvcpus = atoi(optarg); break;
+        case 'p': pages = atoi(optarg); break;
         case 's': scale_ms = atoi(optarg); break;
         case 't': timeout_s = atoi(optarg); break;
         default: return usage(argv[0]);
         }
     }
-    if (nvms < 1 || nvms > 16 || nvcpus < 1 || nvcpus >= MAX_VCPUS || scale_ms < 1 || timeout_s < 1)
+    if (nvms < 1 || nvms > 16 || nvcpus < 1 || nvcpus >= MAX_VCPUS || scale_ms < 1 || timeout_s < 1 ||
+        pages < 1 || (uint64_t)pages > SLOT1_SIZE / MAX_VCPUS / 4096)
         return usage(argv[0]);
     clock_gettime(CLOCK_MONOTONIC, &t_start);
-    logf_("orch", "start: %d VMs x %d vCPUs, scale %d ms", nvms, nvcpus, scale_ms);
+    logf_("orch", "start: %d VMs x %d vCPUs, %d pages per vCPU, scale %d ms", nvms, nvcpus, pages,
+          scale_ms);
     pid_t pids[16];
     for (int i = 0; i < nvms; i++) {
         pids[i] = fork();
@@ -418,7 +423,7 @@ int main(int argc, char **argv)
         }
         if (pids[i] == 0) {
             alarm((unsigned)timeout_s); /* a wedged VM process dies instead of hanging */
-            vm_main(i, nvcpus, scale_ms);
+            vm_main(i, nvcpus, pages, scale_ms);
         }
     }
     int failed = 0;
