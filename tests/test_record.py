@@ -277,3 +277,23 @@ def test_record_for_real(tmp_path: Path) -> None:
     assert by_name.get("kvm_mmu_get_page", 0) > 0
     assert by_name.get("kvm_mmu_zap_all_fast", 0) >= 2 * 3  # delete, move, move back per VM
     assert sum(by_name.values()) == report.events_written
+
+
+# --- the samples regenerate.sh recorded -------------------------------------------------------
+@pytest.mark.parametrize("name,trace_file,vms", [
+    ("recorded_kvm_full", "recorded_kvm_full.txt.gz", 3),
+    ("recorded_kvm", "recorded_kvm.dat", 2),
+])
+def test_recorded_samples_read_back(name: str, trace_file: str, vms: int) -> None:
+    samples = ROOT / "sample_traces"
+    report = json.loads((samples / f"{name}.record.json").read_text())
+    trace = read_trace(samples / trace_file)
+    assert trace.events.num_rows == report["events_written"]
+    assert report["lost_total"] == 0 and report["returncode"] == 0
+    names = trace.events.column("event").to_pylist()
+    assert names.count("kvm_mmu_zap_all_fast") == 3 * vms  # delete, move, move back per VM
+    zappers = {pid for pid, e in zip(trace.events.column("pid").to_pylist(), names, strict=True)
+               if e == "kvm_mmu_zap_all_fast"}  # each VM's main thread
+    assert len(zappers) == vms
+    log = (samples / f"{name}.workload.log").read_text()
+    assert "done rc 0" in log and "_exit with vCPUs in KVM_RUN" in log
