@@ -11,7 +11,8 @@ setting changed is put back on success, failure, Ctrl-C and SIGTERM):
   runs, then ``trace-cmd extract`` writes a trace.dat. ``trace-cmd record`` itself cannot be
   used on hosts that refuse the function-tracer files: it always writes
   ``options/function-trace`` or ``/proc/sys/kernel/ftrace_enabled`` and exits with "Can't
-  enable ftrace". ``extract`` only reads the buffer (and resets event filters afterwards).
+  enable ftrace". ``extract`` reads the buffer, then resets tracefs (events off, filters
+  cleared, ``current_tracer`` nop); the filters and tracer are saved first and restored.
 
 Lost events are reported two ways: the ``CPU:n [LOST n EVENTS]`` markers of the stream, and
 the ``overrun`` and ``dropped events`` counters of ``per_cpu/cpuN/stats``.
@@ -257,6 +258,10 @@ def _run_then_extract(session: TracefsSession, command: list[str],
     returncode, duration = _run(command)
     session.write("tracing_on", "0")
     counts = session.cpu_stats()
+    # extract resets tracefs when done: all events off (ours are saved already), every event
+    # filter cleared, current_tracer set to nop; save what it would lose.
+    session.remember_event_filters()
+    session.remember("current_tracer")
     done = subprocess.run(["trace-cmd", "extract", "-o", str(part)], capture_output=True,
                           text=True, check=False)
     if done.returncode != 0 or not part.exists():

@@ -194,10 +194,29 @@ class TracefsSession:
     # -- writing ------------------------------------------------------------------------------
     def write(self, rel: str, value: str) -> None:
         """Write ``value`` to ``rel``, first saving the value to restore."""
+        self.remember(rel)
+        self._write(rel, value)
+
+    def remember(self, rel: str) -> None:
+        """Save ``rel``'s value to restore, without writing it (for a tool run in between)."""
         if rel not in self._saved:
             self._saved[rel] = self._restorable(rel)
             self._order.append(rel)
-        self._write(rel, value)
+
+    def remember_event_filters(self) -> None:
+        """Save every event filter that is set (``trace-cmd extract`` clears them all).
+
+        Per-event filters are saved before system filters, so that restoring (newest first)
+        writes a system's filter first and lets per-event filters override it.
+        """
+        events = self.root / "events"
+        per_event = sorted(events.glob("*/*/filter"))
+        per_system = sorted(events.glob("*/filter"))
+        for path in per_event + per_system:
+            rel = str(path.relative_to(self.root))
+            text = self.read(rel).strip()
+            if text != "none" and not text.startswith("###"):  # unset: "none" / "### global..."
+                self.remember(rel)
 
     def _write(self, rel: str, value: str) -> None:
         path = self.root / rel

@@ -200,6 +200,20 @@ def test_per_cpu_buffer_sizes_restored(fake: Path) -> None:
     assert (fake / "per_cpu/cpu1/buffer_size_kb").read_text() == "2048"
 
 
+def test_event_filters_saved_for_tools_that_clear_them(fake: Path) -> None:
+    (fake / "events/kvm/kvm_exit/filter").write_text("vcpu_id == 1\n")
+    (fake / "events/kvm/kvm_entry/filter").write_text("none\n")
+    (fake / "events/kvm/filter").write_text("### global filter ###\n# Use this to set filters\n")
+    (fake / "events/sched/filter").write_text("prev_pid == 1\n")
+    with TracefsSession(fake) as session:
+        session.remember_event_filters()
+        for path in fake.glob("events/**/filter"):  # what trace-cmd extract does
+            path.write_text("none")
+    assert session.restored == ["events/sched/filter", "events/kvm/kvm_exit/filter"]
+    assert (fake / "events/kvm/kvm_exit/filter").read_text() == "vcpu_id == 1"
+    assert (fake / "events/kvm/kvm_entry/filter").read_text() == "none"
+
+
 def test_presets_resolve_against_the_tree(fake: Path) -> None:
     events, missing = resolve_events(fake, "kvm-sched")
     assert events[:3] == ["kvmmmu/kvm_mmu_get_page", "kvmmmu/kvm_mmu_prepare_zap_page",
