@@ -274,14 +274,18 @@ REAL = os.environ.get("KVM_MMU_REPLAY_RECORD") == "1"
 
 
 @pytest.mark.skipif(not REAL, reason="set KVM_MMU_REPLAY_RECORD=1 to record for real (root, /dev/kvm)")
-def test_record_for_real(tmp_path: Path) -> None:
+@pytest.mark.parametrize("use_trace_cmd", [False, True], ids=["trace_pipe", "trace-cmd"])
+def test_record_for_real(tmp_path: Path, use_trace_cmd: bool) -> None:
+    if use_trace_cmd and shutil.which("trace-cmd") is None:
+        pytest.skip("trace-cmd is not installed")
     workloads = ROOT / "sample_traces" / "workloads"
     subprocess.run(["make", "-s", "-C", str(workloads)], check=True)
     tracefs = find_tracefs()
     before = {rel: (tracefs / rel).read_text() for rel in
               ("tracing_on", "buffer_size_kb", "trace_clock", "options/record-tgid", "set_event")}
-    out = tmp_path / "t.txt"
-    report = record(out, [str(workloads / "tinyvmm"), "-v", "2", "-c", "2", "-p", "8"])
+    out = tmp_path / ("t.dat" if use_trace_cmd else "t.txt")
+    report = record(out, [str(workloads / "tinyvmm"), "-v", "2", "-c", "2", "-p", "8"],
+                    use_trace_cmd=use_trace_cmd)
     after = {rel: (tracefs / rel).read_text() for rel in before}
     assert report.returncode == 0
     assert after == before or "expanded" in before["buffer_size_kb"]
