@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 SAMPLE ?= sample_traces/tracefs_record_tgid.txt
 
-.PHONY: run test bench clean
+.PHONY: run test bench samples clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/parse_perfetto.py
 	$(BIN)/python benchmarks/replay_scenario.py
 	$(BIN)/python benchmarks/replay.py
+
+samples: $(VENV)/.installed  # needs root, /dev/kvm, tracefs (and trace-cmd for the .dat)
+	sample_traces/regenerate.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -11,6 +11,7 @@ from parsers.detect import detect_format, iter_trace, read_trace
 from parsers.errors import (
     KvmMmuError,
     MissingExtraError,
+    RecordError,
     SchemaError,
     TraceFormatError,
     TraceParseError,
@@ -22,6 +23,7 @@ from parsers.ftrace_text import iter_ftrace_text, read_ftrace_text
 from parsers.perfetto_reader import iter_perfetto, read_perfetto
 from parsers.perfetto_sql import query_perfetto, query_trace
 from parsers.perfetto_writer import write_perfetto
+from parsers.record import RecordReport, record
 from parsers.schema import EVENTS_SCHEMA, typed_event_names, typed_schema
 from parsers.table_files import write_tables
 from parsers.trace import Trace, TraceBatch, TraceMetadata, TraceStream
@@ -32,6 +34,8 @@ __all__ = [
     "EVENTS_SCHEMA",
     "KvmMmuError",
     "MissingExtraError",
+    "RecordError",
+    "RecordReport",
     "SchemaError",
     "Trace",
     "TraceBatch",
@@ -54,6 +58,7 @@ __all__ = [
     "read_perfetto",
     "read_trace",
     "read_tracedat",
+    "record",
     "write_perfetto",
     "write_tables",
     "typed_event_names",

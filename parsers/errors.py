@@ -15,6 +15,7 @@ __all__ = [
     "UnknownEventError",
     "MissingExtraError",
     "TraceProcessorError",
+    "RecordError",
 ]
 
 
@@ -97,3 +98,15 @@ class TraceProcessorError(KvmMmuError):
         self.binary = binary
         self.reason = reason
         super().__init__(f"trace processor {binary}: {reason}")
+
+
+class RecordError(KvmMmuError):
+    """Recording a trace could not start or finish (not root, tracefs absent or locked, ...).
+
+    ``path`` names the tracefs file or output the reason is about, when there is one.
+    """
+
+    def __init__(self, reason: str, path: str | None = None) -> None:
+        self.reason = reason
+        self.path = path
+        super().__init__(f"{path}: {reason}" if path else reason)

@@ -22,6 +22,8 @@ from parsers import KvmMmuError, Trace, TraceBatch, TraceStream
 from parsers.convert import CONVERT_TARGETS, ConvertReport, convert_trace
 from parsers.detect import iter_trace
 from parsers.perfetto_sql import query_trace
+from parsers.record import RecordReport, record
+from parsers.record_presets import PRESETS
 from parsers.table_files import write_tables
 from replay.compare import run_scenario
 from replay.cost import DEFAULT_COST, apply_overrides, load_cost_file
@@ -321,6 +323,54 @@ def replay_command(
     render_replay(_out(), result)
     if out is not None:
         typer.echo(f"wrote tables to {out}")
+
+
+
+
+def _render_record(report: RecordReport) -> None:
+    """One summary line, lost events and warnings on stderr."""
+    seconds = report.duration_ns / 1e9
+    _err.print(f"{report.out}: {report.events_written} events, {report.bytes_written} bytes, "
+               f"{seconds:.3f} s ({report.method}, preset {report.preset}, buffer "
+               f"{report.buffer_kb} KiB/CPU); restored {len(report.restored)} tracefs settings",
+               highlight=False, markup=False, soft_wrap=True)
+    for label, per_cpu in (("lost (LOST markers)", report.lost_markers),
+                           ("lost (ring-buffer overrun)", report.overrun),
+                           ("lost (dropped events)", report.dropped)):
+        cpus = ", ".join(f"cpu{cpu} {n}" for cpu, n in sorted(per_cpu.items())) or "none"
+        _err.print(f"{label}: {cpus}", highlight=False, markup=False)
+    for note in report.warnings:
+        _err.print(f"warning: {note}", highlight=False, markup=False)
+
+
+@app.command("record", context_settings={"allow_extra_args": True,
+                                         "ignore_unknown_options": True})
+def record_cmd(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output: ftrace text, or trace.dat "
+                                      "with --trace-cmd", show_default=False)],
+    events: Annotated[str, typer.Option("--events", help="Event preset: "
+                                        + ", ".join(PRESETS))] = "kvm",
+    buffer_kb: Annotated[int | None, typer.Option("--buffer-kb", min=1, help="Ring buffer per "
+                                                  "CPU in KiB (default: the preset's rule)")] = None,
+    trace_cmd: Annotated[bool, typer.Option("--trace-cmd", help="Capture with trace-cmd "
+                                            "extract into a trace.dat")] = False,
+    clock: Annotated[str | None, typer.Option("--clock", help="trace_clock to select, e.g. "
+                                              "mono (default: unchanged)")] = None,
+    tracefs: Annotated[Path | None, typer.Option("--tracefs", help="tracefs directory "
+                                                 "(default: found)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON")] = False,
+) -> None:
+    """Record kvm events while a command runs: record -o OUT --events kvm -- COMMAND ARGS..."""
+    command = list(ctx.args)[1:] if ctx.args[:1] == ["--"] else list(ctx.args)
+    report = _guard(lambda: record(out, command, preset=events, buffer_kb=buffer_kb,
+                                   use_trace_cmd=trace_cmd, tracefs=tracefs, clock=clock))
+    if as_json:
+        typer.echo(json.dumps(report.to_json_dict(), indent=2, sort_keys=True))
+    _render_record(report)
+    if report.returncode != 0:
+        _err.print(f"error: the command exited with status {report.returncode} (trace kept)")
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -88,8 +88,9 @@ def test_any_readable_trace_replays(tmp_path: Path, lines: list[str]) -> None:
 
 
 def _every_trace() -> list[Path]:
-    samples = [p for p in SAMPLES.rglob("*") if p.is_file() and p.suffix in
-               (".txt", ".dat", ".pftrace")]
+    samples = [p for p in SAMPLES.rglob("*") if p.is_file() and (
+        p.suffix in (".txt", ".dat", ".pftrace") or p.name.endswith(".txt.gz"))
+        and not p.name.endswith(".workload.log")]
     shared = [p for p in SHARED_TRACES.rglob("*") if p.is_file() and p.suffix in (".txt", ".dat")
               and "formats" not in p.parts and not p.name.endswith("workload.log")] \
         if SHARED_TRACES.is_dir() else []
