@@ -211,6 +211,8 @@ PolicyOpt = Annotated[list[str] | None, typer.Option(
     show_default=False)]
 
 
+CostFileOpt = Annotated[Path | None, typer.Option(help="TOML cost model")]
+CostOpt = Annotated[list[str] | None, typer.Option(help="Override one cost: KEY=VALUE")]
 CalibrateOpt = Annotated[bool, typer.Option(
     "--calibrate", help="Use the fault and per-SPTE zap costs the trace measures.")]
 
@@ -227,15 +229,12 @@ def _replayed(trace: Path, policy: list[str] | None, cost_file: Path | None,
 def report(
     trace: TraceArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write.")],
-    policy: PolicyOpt = None,
-    cost_file: Annotated[Path | None, typer.Option(help="TOML cost model")] = None,
-    cost: Annotated[list[str] | None, typer.Option(help="Override one cost: KEY=VALUE")] = None,
+    policy: PolicyOpt = None, cost_file: CostFileOpt = None, cost: CostOpt = None,
     calibrate: CalibrateOpt = False,
 ) -> None:
     """Replay TRACE and write a self-contained HTML report with plots."""
-    written = _guard(lambda: _replayed(trace, policy, cost_file, cost,
-                                       calibrate=calibrate).write_report(out))
-    typer.echo(f"wrote {written}")
+    result = _guard(lambda: _replayed(trace, policy, cost_file, cost, calibrate=calibrate))
+    typer.echo(f"wrote {_guard(lambda: result.write_report(out))}")
 
 
 @app.command("export-perfetto")
@@ -243,15 +242,12 @@ def export_perfetto(
     trace: TraceArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="Perfetto trace to write "
                                       "(open it in ui.perfetto.dev).")],
-    policy: PolicyOpt = None,
-    cost_file: Annotated[Path | None, typer.Option(help="TOML cost model")] = None,
-    cost: Annotated[list[str] | None, typer.Option(help="Override one cost: KEY=VALUE")] = None,
+    policy: PolicyOpt = None, cost_file: CostFileOpt = None, cost: CostOpt = None,
     calibrate: CalibrateOpt = False,
 ) -> None:
     """Replay TRACE and write a Perfetto timeline: vCPU blocks, zaps, refcounts per run."""
-    written = _guard(lambda: _replayed(trace, policy, cost_file, cost,
-                                       calibrate=calibrate).write_timeline(out))
-    typer.echo(f"wrote {written}")
+    result = _guard(lambda: _replayed(trace, policy, cost_file, cost, calibrate=calibrate))
+    typer.echo(f"wrote {_guard(lambda: result.write_timeline(out))}")
 
 
 @app.command()
@@ -304,8 +300,8 @@ def replay_command(
         "--out", "-o", help="Write the tables (block_intervals, refcount_history, roots, "
         "summary, vcpus, evidence) to this directory; its suffix picks the format.",
         show_default=False)] = None,
-    cost_file: Annotated[Path | None, typer.Option(help="TOML cost model")] = None,
-    cost: Annotated[list[str] | None, typer.Option(help="Override one cost: KEY=VALUE")] = None,
+    cost_file: CostFileOpt = None,
+    cost: CostOpt = None,
     strict: StrictOpt = False,
     salvage: SalvageOpt = False,
     calibrate: CalibrateOpt = False,

@@ -9,8 +9,6 @@ The page is deterministic: the same input gives the same bytes.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from html import escape
 from pathlib import Path
@@ -19,7 +17,7 @@ from typing import Final
 import numpy as np
 import pyarrow as pa
 
-from parsers.errors import KvmMmuError
+from parsers.atomic_file import atomic_file
 from replay.result import summarize_blocks
 from replay.sizes import format_ns
 from replay.svg_plots import Lane, Series, cdf_svg, steps_svg, timeline_svg
@@ -40,23 +38,10 @@ _STYLE: Final = ("body{font-family:sans-serif;margin:2em;max-width:1100px}"
 def write_report(runs: Mapping[str, Mapping[str, pa.Table]], path: str | Path, *, title: str,
                  source: str | None = None, warnings: Sequence[str] = ()) -> Path:
     """Write :func:`render_report` to ``path`` (temp file beside it, renamed when complete)."""
-    target = Path(path)
-    if not (target.parent if str(target.parent) else Path(".")).is_dir():
-        raise KvmMmuError(f"{target}: parent directory {target.parent} does not exist")
     page = render_report(runs, title=title, source=source, warnings=warnings)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
-                               dir=target.parent if str(target.parent) else ".")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(page)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    with atomic_file(path) as fh:
+        fh.write(page.encode("utf-8"))
+    return Path(path)
 
 
 def render_report(runs: Mapping[str, Mapping[str, pa.Table]], *, title: str,

@@ -7,7 +7,7 @@ data always gives the same bytes.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from html import escape
 from typing import Final
@@ -66,6 +66,25 @@ def _legend(labels: Sequence[str], colors: Sequence[str], x: float, y: float) ->
     return out
 
 
+def _step_lines(series: Sequence[Series], px: Callable[[float], float],
+                py: Callable[[float], float], start: float | None) -> list[str]:
+    """One stepped polyline per series (the value holds until the next x; ``start`` is the
+    value before the first point, None for no leading step) and the legend."""
+    out = []
+    for i, s in enumerate(series):
+        pts: list[str] = []
+        prev = start
+        for x, y in zip(s.xs, s.ys, strict=True):
+            if prev is not None:
+                pts.append(f"{_f(px(x))},{_f(py(prev))}")
+            pts.append(f"{_f(px(x))},{_f(py(y))}")
+            prev = y
+        out.append(f'<polyline fill="none" stroke="{COLORS[i % len(COLORS)]}" '
+                   f'stroke-width="1.5" points="{" ".join(pts)}"/>')
+    return out + _legend([s.label for s in series],
+                         [COLORS[i % len(COLORS)] for i in range(len(series))], _W - 130, _T + 10)
+
+
 def cdf_svg(title: str, series: Sequence[Series]) -> str:
     """Step CDFs on a log-x (ns) axis; ``ys`` are cumulative fractions in [0, 1]."""
     xs = [x for s in series for x in s.xs if x > 0]
@@ -92,15 +111,7 @@ def cdf_svg(title: str, series: Sequence[Series]) -> str:
         decade *= 10
     for q in (0.0, 0.5, 0.99, 1.0):
         body.append(f'<text x="{_L - 4}" y="{_f(py(q) + 4)}" text-anchor="end">{q:g}</text>')
-    for i, s in enumerate(series):
-        pts, prev = [], 0.0
-        for x, y in zip(s.xs, s.ys, strict=True):
-            pts += [f"{_f(px(x))},{_f(py(prev))}", f"{_f(px(x))},{_f(py(y))}"]
-            prev = y
-        body.append(f'<polyline fill="none" stroke="{COLORS[i % len(COLORS)]}" '
-                    f'stroke-width="1.5" points="{" ".join(pts)}"/>')
-    body += _legend([s.label for s in series],
-                    [COLORS[i % len(COLORS)] for i in range(len(series))], _W - 130, _T + 10)
+    body += _step_lines(series, px, py, start=0.0)
     body.append(f'<text x="{_L + pw / 2}" y="{_H - 4}" text-anchor="middle">block length '
                 f'(log scale); y: share of blocks</text>')
     return _frame(title, _W, _H, body)
@@ -124,18 +135,7 @@ def steps_svg(title: str, series: Sequence[Series], t0: int, t1: int) -> str:
             f'<text x="{_L}" y="{_T + ph + 14}">+0</text>',
             f'<text x="{_L + pw}" y="{_T + ph + 14}" text-anchor="end">'
             f'+{escape(format_ns(span))}</text>']
-    for i, s in enumerate(series):
-        pts: list[str] = []
-        prev: float | None = None
-        for x, y in zip(s.xs, s.ys, strict=True):
-            if prev is not None:
-                pts.append(f"{_f(px(x))},{_f(py(prev))}")
-            pts.append(f"{_f(px(x))},{_f(py(y))}")
-            prev = y
-        body.append(f'<polyline fill="none" stroke="{COLORS[i % len(COLORS)]}" '
-                    f'stroke-width="1.5" points="{" ".join(pts)}"/>')
-    body += _legend([s.label for s in series],
-                    [COLORS[i % len(COLORS)] for i in range(len(series))], _W - 130, _T + 10)
+    body += _step_lines(series, px, py, start=None)
     body.append(f'<text x="{_L + pw / 2}" y="{_H - 4}" text-anchor="middle">time since '
                 f'{t0} ns; y: reference count</text>')
     return _frame(title, _W, _H, body)

@@ -16,15 +16,13 @@ to a temp file renamed when complete.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final
 
 import pyarrow as pa
 
-from parsers.errors import KvmMmuError
+from parsers.atomic_file import atomic_file
 
 __all__ = ["write_timeline", "timeline_packets", "SEQUENCE_ID"]
 
@@ -42,24 +40,11 @@ def _pb() -> Any:
 def write_timeline(runs: Mapping[str, Mapping[str, pa.Table]], path: str | Path) -> Path:
     """Write the timeline of ``runs`` (label → tables ``blocks``, ``refcounts``, ``roots``)
     to ``path`` as a Perfetto protobuf trace."""
-    target = Path(path)
-    if not (target.parent if str(target.parent) else Path(".")).is_dir():
-        raise KvmMmuError(f"{target}: parent directory {target.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
-                               dir=target.parent if str(target.parent) else ".")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            for packet in timeline_packets(runs):
-                data = packet.SerializeToString(deterministic=True)
-                fh.write(b"\x0a" + _varint(len(data)) + data)  # Trace.packet = field 1
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    with atomic_file(path) as fh:
+        for packet in timeline_packets(runs):
+            data = packet.SerializeToString(deterministic=True)
+            fh.write(b"\x0a" + _varint(len(data)) + data)  # Trace.packet = field 1
+    return Path(path)
 
 
 def _varint(n: int) -> bytes:
