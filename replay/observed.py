@@ -319,17 +319,17 @@ def _roots(trace: Trace, threads: ThreadMap, warnings: list[str]) -> tuple[pa.Ta
     if df.empty:
         return REFCOUNT_SCHEMA.empty_table(), OBSERVED_ROOTS_SCHEMA.empty_table()
     df = df[df["vm"] != -1] if (df["vm"] != -1).any() else df
+    page = pd.Series(pd.factorize(pd.Series(list(zip(df["vm"], df["key"], strict=True)),
+                                            index=df.index))[0], index=df.index)
     top = df.groupby(["vm", "direct"], dropna=False)["level"].transform("max")
-    counted = df.groupby(["vm", "key"])["root_count"].transform(lambda s: (s.fillna(0) > 0).any())
-    is_root = counted | (df["level"] == top)
-    roots = df[is_root].copy()
-    ids = {k: i for i, k in enumerate(dict.fromkeys(zip(roots["vm"], roots["key"], strict=True)))}
-    roots["root"] = [ids[(v, k)] for v, k in zip(roots["vm"], roots["key"], strict=True)]
+    counted = (df["root_count"].fillna(0) > 0).groupby(page).transform("any")
+    roots = df[counted | (df["level"] == top)].copy()
+    roots["root"] = pd.factorize(page[roots.index])[0]
     tdp = roots["direct"].fillna(False).astype(bool) & (roots["root_count"].fillna(0) == 0)
     if len(roots) and tdp.all():
         warnings.append("TDP MMU roots print root_count 0: their refcount is not traced, so "
                         "the observed history holds creation and zaps only")
-    traced = roots.groupby("root")["root_count"].transform(lambda c: (c.fillna(0) > 0).any())
+    traced = (roots["root_count"].fillna(0) > 0).groupby(roots["root"]).transform("any")
     history = _history(roots[traced & roots["root_count"].notna()], threads)
     table = _root_table(roots, trace, threads)
     return history, table
@@ -354,66 +354,109 @@ def _history(rows: pd.DataFrame, threads: ThreadMap) -> pa.Table:
 
 
 def _tdp_zaps(roots: pd.DataFrame, fast: pd.DataFrame, trace: Trace, threads: ThreadMap
-              ) -> dict[int, pd.DataFrame]:
+              ) -> pd.DataFrame:
     """TDP roots are never traced by their own zap: attribute the VM's SPTE zaps (to a
-    non-present SPTE, and child-table ``prepare_zap_page``) to the root(s) the last fast zap
-    before them invalidated, else to the newest root created before them."""
+    non-present SPTE, and child-table ``prepare_zap_page``) to the newest root created
+    before the last fast zap preceding them (the root that zap invalidated), or before the
+    zap itself when no fast zap precedes it. Returns rows ``root, ts, pid`` in seq order."""
     direct = roots[roots["direct"].fillna(False).astype(bool)]
     if direct.empty:
-        return {}
-    seqs = _zap_seqs(trace)
+        return pd.DataFrame(columns=["root", "ts", "pid"])
     ev = trace.events.select(["seq", "ts", "pid"]).to_pandas()
-    ev = ev[ev["seq"].isin(seqs)].copy()
+    ev = ev[ev["seq"].isin(_zap_seqs(trace))].copy()
     ev["vm"] = [_vm(threads, p, t) for p, t in zip(ev["pid"], ev["ts"], strict=True)]
     born = direct.groupby("root").agg(vm=("vm", "first"), created=("ts", "min")).reset_index()
-    out: dict[int, list[int]] = {}
+    parts = []
     for vm, group in ev.groupby("vm"):
-        mine = born[born["vm"] == vm].sort_values("created")
-        zaps_vm = fast[fast["vm"] == vm]
-        for i, ts in zip(group.index, group["ts"], strict=True):
-            before = zaps_vm[zaps_vm["ts"] <= ts]
-            if len(before):
-                inval = before["ts"].max()
-                cands = mine[mine["created"] < inval]
-            else:
-                cands = mine[mine["created"] < ts]
-            if len(cands):
-                out.setdefault(int(cands["root"].iloc[-1]), []).append(i)
-    return {root: ev.loc[idx] for root, idx in out.items()}
+        mine = born[born["vm"] == vm].sort_values(["created", "root"], kind="stable")
+        created = mine["created"].to_numpy(dtype=np.int64)
+        fz = np.sort(fast.loc[fast["vm"] == vm, "ts"].to_numpy(dtype=np.int64))
+        ts = group["ts"].to_numpy(dtype=np.int64)
+        k = np.searchsorted(fz, ts, side="right")
+        ref = np.where(k > 0, fz[np.maximum(k - 1, 0)] if fz.size else ts, ts)
+        idx = np.searchsorted(created, ref, side="left") - 1
+        ok = idx >= 0
+        parts.append(pd.DataFrame({"root": mine["root"].to_numpy()[idx[ok]],
+                                   "ts": ts[ok], "pid": group["pid"].to_numpy()[ok],
+                                   "seq": group["seq"].to_numpy()[ok]}))
+    out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+        columns=["root", "ts", "pid", "seq"])
+    return out.sort_values("seq", kind="stable")[["root", "ts", "pid"]]
+
+
+def _zap_summary(zaps: pd.DataFrame) -> pd.DataFrame:
+    """Per root: first and last zap time (event order) and the thread with most zaps."""
+    if zaps.empty:
+        return pd.DataFrame(columns=["zap_start", "zap_end", "zapper"])
+    first = zaps.drop_duplicates("root", keep="first").set_index("root")["ts"]
+    last = zaps.drop_duplicates("root", keep="last").set_index("root")["ts"]
+    counts = zaps.groupby(["root", "pid"]).size().reset_index(name="n")
+    top = counts.sort_values(["root", "n", "pid"], ascending=[True, False, True],
+                             kind="stable").drop_duplicates("root").set_index("root")["pid"]
+    return pd.DataFrame({"zap_start": first, "zap_end": last, "zapper": top})
+
+
+def _invalidations(made: pd.DataFrame, fast: pd.DataFrame) -> dict[int, int]:
+    """root → the first fast zap of its VM at or after its creation (of its generation when
+    both are known)."""
+    by_vm: dict[int, np.ndarray] = {}
+    by_gen: dict[tuple[int, int], np.ndarray] = {}
+    has_gen: set[int] = set()
+    for vm, g in fast.groupby("vm"):
+        by_vm[int(vm)] = np.sort(g["ts"].to_numpy(dtype=np.int64))
+        known = g[g["mmu_valid_gen"].notna()]
+        if len(known):
+            has_gen.add(int(vm))
+        for gen, gg in known.groupby("mmu_valid_gen"):
+            by_gen[(int(vm), int(gen))] = np.sort(gg["ts"].to_numpy(dtype=np.int64))
+    out: dict[int, int] = {}
+    empty = np.zeros(0, dtype=np.int64)
+    for root, vm, ts, gen in zip(made.index, made["vm"], made["ts"], made["mmu_valid_gen"],
+                                 strict=True):
+        if int(vm) not in by_vm:
+            continue
+        times = by_gen.get((int(vm), int(gen)), empty) if pd.notna(gen) and int(vm) in has_gen \
+            else by_vm[int(vm)]
+        k = int(np.searchsorted(times, int(ts), side="left"))
+        if k < times.size:
+            out[int(root)] = int(times[k])
+    return out
 
 
 def _root_table(roots: pd.DataFrame, trace: Trace, threads: ThreadMap) -> pa.Table:
     fast = trace.table("kvm_mmu_zap_all_fast").to_pandas() if "kvm_mmu_zap_all_fast" in \
         trace.names else pd.DataFrame(columns=["ts", "pid", "mmu_valid_gen"])
     fast["vm"] = [threads.vm_of.get(int(p), -1) for p in fast["pid"]]
+    first = roots.drop_duplicates("root", keep="first").set_index("root").sort_index()
+    news = roots[(roots["event"] == "kvm_mmu_get_page") & (roots["created"] == True)]  # noqa: E712
+    made = news.drop_duplicates("root", keep="first").set_index("root")[["ts", "pid"]]
+    made = made.reindex(first.index).fillna(first[["ts", "pid"]])
+    made = made.assign(vm=first["vm"], mmu_valid_gen=first["mmu_valid_gen"])
+    own = roots.loc[roots["event"] == "kvm_mmu_prepare_zap_page", ["root", "ts", "pid"]]
     attributed = _tdp_zaps(roots, fast, trace, threads)
-    out: dict[str, list[object]] = {n: [] for n in OBSERVED_ROOTS_SCHEMA.names}
-    for root, g in roots.groupby("root", sort=True):
-        first = g.iloc[0]
-        created = g[(g["event"] == "kvm_mmu_get_page") & (g["created"].fillna(False) == True)]  # noqa: E712
-        made = created.iloc[0] if len(created) else first
-        zaps = g[g["event"] == "kvm_mmu_prepare_zap_page"]
-        if zaps.empty:
-            zaps = attributed.get(int(root), zaps)
-        gen = first.get("mmu_valid_gen")
-        inval = fast[(fast["vm"] == first["vm"]) & (fast["ts"] >= made["ts"])]
-        if pd.notna(gen) and "mmu_valid_gen" in inval and inval["mmu_valid_gen"].notna().any():
-            inval = inval[inval["mmu_valid_gen"] == gen]
-        role = first.get("role")
-        values = {
-            "root": int(root), "role": int(role) if pd.notna(role) else None,
-            "created": int(made["ts"]), "created_by": threads.thread_name(int(made["pid"])),
-            "invalidated": int(inval["ts"].iloc[0]) if len(inval) else None,
-            "zap_start": int(zaps["ts"].iloc[0]) if len(zaps) else None,
-            "zap_end": int(zaps["ts"].iloc[-1]) if len(zaps) else None,
-            "zapped_by": threads.thread_name(int(zaps["pid"].mode().iloc[0])) if len(zaps)
-            else None,
-            "leaves_zapped": None, "tables_zapped": None, "unlinked": None, "freed": None,
-            "vm": int(first["vm"]), "gfn": int(first["gfn"]) if pd.notna(first["gfn"]) else None,
-            "level": int(first["level"]) if pd.notna(first["level"]) else None,
-            "mmu_valid_gen": int(gen) if pd.notna(gen) else None,
-            "direct": bool(first["direct"]) if pd.notna(first["direct"]) else None,
-        }
-        for k, v in values.items():
-            out[k].append(v)
-    return pa.Table.from_pydict(out, schema=OBSERVED_ROOTS_SCHEMA)
+    attributed = attributed[~attributed["root"].isin(set(own["root"]))]
+    zaps = _zap_summary(pd.concat([own, attributed], ignore_index=True)
+                        if len(attributed) else own).reindex(first.index)
+    inval = _invalidations(made, fast)
+
+    def opt_int(v: object) -> int | None:
+        return None if pd.isna(v) else int(v)  # type: ignore[call-overload]
+
+    cols: dict[str, list[object]] = {
+        "root": [int(r) for r in first.index],
+        "role": [opt_int(v) for v in first["role"]],
+        "created": [int(v) for v in made["ts"]],
+        "created_by": [threads.thread_name(int(p)) for p in made["pid"]],
+        "invalidated": [inval.get(int(r)) for r in first.index],
+        "zap_start": [opt_int(v) for v in zaps["zap_start"]],
+        "zap_end": [opt_int(v) for v in zaps["zap_end"]],
+        "zapped_by": [None if pd.isna(p) else threads.thread_name(int(p)) for p in zaps["zapper"]],
+        "vm": [int(v) for v in first["vm"]],
+        "gfn": [opt_int(v) for v in first["gfn"]],
+        "level": [opt_int(v) for v in first["level"]],
+        "mmu_valid_gen": [opt_int(v) for v in first["mmu_valid_gen"]],
+        "direct": [None if pd.isna(v) else bool(v) for v in first["direct"]],
+    }
+    for name in ("leaves_zapped", "tables_zapped", "unlinked", "freed"):
+        cols[name] = [None] * len(first)
+    return pa.Table.from_pydict(cols, schema=OBSERVED_ROOTS_SCHEMA)
