@@ -38,11 +38,15 @@ def _latest_before_switches(ts: np.ndarray, gen: np.ndarray,
     """For each generation switch in a vCPU's pages, the candidate whose fast zap came last
     before the first page of the new generation; votes per candidate."""
     votes = dict.fromkeys(candidates, 0)
-    for i in np.flatnonzero(gen[1:] != gen[:-1]) + 1:
-        last = {vmm: z["ts"][z["ts"] <= ts[i]].max() for vmm, z in candidates.items()}
-        known = {v: t for v, t in last.items() if pd.notna(t)}
-        if known:
-            votes[max(known, key=lambda v: (known[v], -v))] += 1
+    times = {v: np.sort(z["ts"].to_numpy(dtype=np.int64)) for v, z in candidates.items()}
+    for i in (np.flatnonzero(gen[1:] != gen[:-1]) + 1).tolist():
+        last: dict[int, int] = {}
+        for vmm, t in times.items():
+            k = int(np.searchsorted(t, ts[i], side="right"))
+            if k:
+                last[vmm] = int(t[k - 1])
+        if last:
+            votes[max(last, key=lambda v: (last[v], -v))] += 1
     return votes
 
 
