@@ -84,9 +84,10 @@ def match_fixed(lines: pa.StringArray, starts: np.ndarray, ends: np.ndarray,
     tgid = np.asarray(pc.fill_null(pc.match_substring_regex(lines, FIXED_TGID_RE), False)
                       .to_numpy(zero_copy_only=False))
     plain = np.zeros_like(tgid)
-    if not tgid.all():
-        plain = np.asarray(pc.fill_null(pc.match_substring_regex(lines, FIXED_PLAIN_RE), False)
-                           .to_numpy(zero_copy_only=False)) & ~tgid
+    rest = np.flatnonzero(~tgid)
+    if rest.size:  # only the lines the record-tgid layout did not take
+        hit = pc.match_substring_regex(lines.take(pa.array(rest)), FIXED_PLAIN_RE)
+        plain[rest] = np.asarray(pc.fill_null(hit, False).to_numpy(zero_copy_only=False))
     rows = np.flatnonzero(tgid | plain)
     if not rows.size:
         return None
