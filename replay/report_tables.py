@@ -33,12 +33,24 @@ from replay.report_series import (
 from replay.result import summarize_blocks
 from replay.sizes import format_ns
 
-__all__ = ["RunTables", "LaneRows", "check_runs", "BLOCK_COLUMNS"]
+__all__ = ["RunTables", "LaneRows", "Zap", "check_runs", "BLOCK_COLUMNS"]
 
 #: Columns ``blocks`` must have (``lost`` is optional).
 BLOCK_COLUMNS = ("vcpu", "start", "end", "cause", "count", "each_ns", "root")
 _NOT_NULL = ("vcpu", "start", "end", "count", "each_ns")
 _ROOT_MARKS = ("invalidated", "zap_start", "zap_end", "freed")
+
+
+@dataclass(frozen=True)
+class Zap:
+    """One root's zap: the zapping thread, ``[start, end]`` ns, the root, what it zapped."""
+
+    thread: str
+    start: int
+    end: int
+    root: int
+    leaves_zapped: int | None
+    tables_zapped: int | None
 
 
 @dataclass(frozen=True)
@@ -144,14 +156,15 @@ class RunTables:
             stamps += [_non_null(self.tables["roots"], c) for c in ("created",) + _ROOT_MARKS]
         return run_span(stamps)
 
-    def _vcpu_rows(self, v: int) -> npt.NDArray[np.intp]:
+    def vcpu_rows(self, v: int) -> npt.NDArray[np.intp]:
+        """Row indices of vCPU ``v``'s blocks, by start (file order on ties)."""
         sorted_vcpu = self.vcpu[self._by_vcpu]
         lo, hi = np.searchsorted(sorted_vcpu, [v, v + 1])
         return self._by_vcpu[lo:hi]
 
     def cdf(self, v: int, max_points: int) -> CdfPoints:
         """vCPU ``v``'s count-weighted CDF of block durations (``each_ns``)."""
-        rows = self._vcpu_rows(v)
+        rows = self.vcpu_rows(v)
         return weighted_cdf(self.each[rows], self.count[rows], max_points=max_points)
 
     def lost_blocks(self) -> dict[int, int] | None:
@@ -159,13 +172,13 @@ class RunTables:
         if self.lost is None:
             return None
         return {v: int(self.count[rows][self.lost[rows]].sum())
-                for v in self.vcpus for rows in [self._vcpu_rows(v)]}
+                for v in self.vcpus for rows in [self.vcpu_rows(v)]}
 
     def lanes(self) -> list[tuple[str, LaneRows]]:
         """Timeline lanes: ``vcpu N`` for each vCPU, then ``zap: <thread>`` per zapper."""
         out: list[tuple[str, LaneRows]] = []
         for v in self.vcpus:
-            rows = self._vcpu_rows(v)
+            rows = self.vcpu_rows(v)
             lost = self.lost[rows] if self.lost is not None else None
             out.append((f"vcpu {v}", LaneRows(self.start[rows], self.end[rows],
                                               self.cause_codes[rows], self.cause_names, lost,
@@ -184,19 +197,26 @@ class RunTables:
         return at, (f"worst block of vcpu {v}: {format_ns(int(self.each[i]))} {cause}"
                     f" at +{format_ns(at - self.span.t0)}")
 
-    def zappers(self) -> dict[str, tuple[I64, I64]]:
-        """Zapping thread → (zap starts, zap ends) of the roots it zapped, by start.
+    def zaps(self) -> list[Zap]:
+        """The roots' zaps (those with a ``zap_start``) by root id.
 
         A zap without an end (still running when the run ended) ends at the run's end."""
-        spans: dict[str, list[tuple[int, int, int]]] = {}
+        out: list[Zap] = []
         for root, r in sorted(self.roots.items()):
             if r.get("zap_start") is None:
                 continue
             end = r["zap_end"] if r.get("zap_end") is not None else self.span.t1
-            spans.setdefault(str(r.get("zapped_by") or "?"), []).append(
-                (int(r["zap_start"]), int(end), root))
-        return {name: (np.array([s for s, _, _ in sorted(v)], np.int64),
-                       np.array([e for _, e, _ in sorted(v)], np.int64))
+            out.append(Zap(str(r.get("zapped_by") or "?"), int(r["zap_start"]), int(end), root,
+                           r.get("leaves_zapped"), r.get("tables_zapped")))
+        return out
+
+    def zappers(self) -> dict[str, tuple[I64, I64]]:
+        """Zapping thread → (zap starts, zap ends) of the roots it zapped, by start."""
+        spans: dict[str, list[tuple[int, int]]] = {}
+        for z in self.zaps():
+            spans.setdefault(z.thread, []).append((z.start, z.end))
+        return {name: (np.array([s for s, _ in sorted(v)], np.int64),
+                       np.array([e for _, e in sorted(v)], np.int64))
                 for name, v in spans.items()}
 
     def refcount_histories(self) -> dict[int, tuple[I64, I64]]:
