@@ -147,7 +147,8 @@ def _timeline(run: RunTables, others: Sequence[str]) -> str:
     lanes_in = run.lanes()
     per_lane = 2 if run.has_lost else 1
     columns = max(50, min(760, TIMELINE_RECTS // max(1, len(lanes_in) * per_lane)))
-    lanes = [Lane(name, lane.runs(run.span, columns), lane.marker) for name, lane in lanes_in]
+    lanes = [Lane(name, lane.runs(run.span, columns), lane.marker,
+                  lane.lost_columns(run.span, columns)) for name, lane in lanes_in]
     return timeline_svg(run.label, lanes, run.span, columns, others)
 
 

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 __all__ = ["Span", "CdfPoints", "Run", "weighted_cdf", "thin_steps", "lane_runs", "run_span",
-           "int_column", "SHADES"]
+           "int_column", "covered_columns", "SHADES"]
 
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
@@ -60,8 +60,7 @@ class Run:
     """Consecutive timeline columns ``[col0, col1)`` whose dominant cause is ``cause``.
 
     ``shade`` (1..:data:`SHADES`) is how much of each column is blocked; ``blocked_ns`` the
-    blocked time of the run summed over causes; ``lost`` whether any of it overlaps a
-    lost-events window.
+    blocked time of the run summed over causes.
     """
 
     col0: int
@@ -69,7 +68,6 @@ class Run:
     cause: str
     shade: int
     blocked_ns: float
-    lost: bool
 
 
 def int_column(table: pa.Table, name: str, fill: int = 0) -> I64:
@@ -172,17 +170,16 @@ def _coverage(starts: I64, ends: I64, span: Span, columns: int) -> F64:
     return np.clip(per, 0.0, None)
 
 
-def lane_runs(starts: I64, ends: I64, codes: I64, names: Sequence[str],
-              lost: npt.NDArray[np.bool_] | None, span: Span, columns: int) -> list[Run]:
+def lane_runs(starts: I64, ends: I64, codes: I64, names: Sequence[str], span: Span,
+              columns: int) -> list[Run]:
     """Merge one lane's intervals into at most ``columns`` runs (see :class:`Run`).
 
-    Interval ``[starts[i], ends[i])`` has cause ``names[codes[i]]``; ``lost`` flags intervals
-    overlapping a lost-events window (None: no flags). Columns nobody blocks are gaps; ties
-    between causes go to the cause listed first in ``names``.
+    Interval ``[starts[i], ends[i])`` has cause ``names[codes[i]]``. Columns nobody blocks
+    are gaps; ties between causes go to the cause listed first in ``names``.
 
     Examples:
         >>> runs = lane_runs(np.array([0, 50]), np.array([40, 100]), np.array([0, 1]),
-        ...                  ["fault", "zap"], None, Span(0, 100), 10)
+        ...                  ["fault", "zap"], Span(0, 100), 10)
         >>> [(r.col0, r.col1, r.cause, r.shade) for r in runs]
         [(0, 4, 'fault', 4), (5, 10, 'zap', 4)]
     """
@@ -190,17 +187,29 @@ def lane_runs(starts: I64, ends: I64, codes: I64, names: Sequence[str],
     for code in np.unique(codes).tolist():
         mask = codes == code
         cover[code] = _coverage(starts[mask], ends[mask], span, columns)
-    lost_cover = (_coverage(starts[lost], ends[lost], span, columns) if lost is not None
-                  else np.zeros(columns))
     total = cover.sum(axis=0)
     dominant = np.argmax(cover, axis=0)
     shade = np.minimum(np.ceil(total / (span.ns / columns) * SHADES - 1e-9), SHADES)
     shade = np.where(total > 0, np.maximum(shade, 1), 0).astype(np.int64)
-    return _merge_columns(dominant, shade, total, lost_cover > 0, names)
+    return _merge_columns(dominant, shade, total, names)
 
 
-def _merge_columns(dominant: I64, shade: I64, total: F64, lost: npt.NDArray[np.bool_],
-                   names: Sequence[str]) -> list[Run]:
+def covered_columns(starts: I64, ends: I64, span: Span, columns: int) -> list[tuple[int, int]]:
+    """Column ranges ``[col0, col1)`` that any of the intervals touches (lost-event bars).
+
+    Examples:
+        >>> covered_columns(np.array([0, 35]), np.array([10, 36]), Span(0, 100), 10)
+        [(0, 1), (3, 4)]
+    """
+    touched = _coverage(starts, ends, span, columns) > 0
+    if starts.size:
+        zero = starts == ends
+        touched[np.clip((starts[zero] - span.t0) * columns // span.ns, 0, columns - 1)] = True
+    edges = np.flatnonzero(np.diff(np.r_[0, touched.astype(np.int8), 0]))
+    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
+
+
+def _merge_columns(dominant: I64, shade: I64, total: F64, names: Sequence[str]) -> list[Run]:
     key = np.where(shade > 0, dominant * (SHADES + 1) + shade, -1)
     breaks = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
     ends = np.r_[breaks[1:], key.size]
@@ -208,6 +217,5 @@ def _merge_columns(dominant: I64, shade: I64, total: F64, lost: npt.NDArray[np.b
     for b, e in zip(breaks.tolist(), ends.tolist(), strict=True):
         if key[b] < 0:
             continue
-        runs.append(Run(b, e, names[int(dominant[b])], int(shade[b]),
-                        float(total[b:e].sum()), bool(lost[b:e].any())))
+        runs.append(Run(b, e, names[int(dominant[b])], int(shade[b]), float(total[b:e].sum())))
     return runs

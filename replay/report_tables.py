@@ -24,6 +24,7 @@ from replay.report_series import (
     CdfPoints,
     Run,
     Span,
+    covered_columns,
     int_column,
     lane_runs,
     run_span,
@@ -66,7 +67,13 @@ class LaneRows:
 
     def runs(self, span: Span, columns: int) -> list[Run]:
         """The lane merged into at most ``columns`` runs."""
-        return lane_runs(self.starts, self.ends, self.codes, self.names, self.lost, span, columns)
+        return lane_runs(self.starts, self.ends, self.codes, self.names, span, columns)
+
+    def lost_columns(self, span: Span, columns: int) -> list[tuple[int, int]]:
+        """Column ranges touched by intervals flagged ``lost``."""
+        if self.lost is None:
+            return []
+        return covered_columns(self.starts[self.lost], self.ends[self.lost], span, columns)
 
 
 def check_runs(runs: Mapping[str, Mapping[str, pa.Table]]) -> list[RunTables]:

@@ -46,11 +46,13 @@ class CdfLine:
 
 @dataclass(frozen=True)
 class Lane:
-    """One timeline lane: its runs of columns and an optional marker ``(ts, text)``."""
+    """One timeline lane: its runs of columns, the column ranges touched by blocks in
+    lost-event windows, and an optional marker ``(ts, text)``."""
 
     name: str
     runs: Sequence[Run]
     marker: tuple[int, str] | None = None
+    lost: Sequence[tuple[int, int]] = ()
 
 
 def _f(v: float) -> str:
@@ -237,7 +239,7 @@ def steps_svg(label: str, title: str, ts: I64, values: I64, span: Span,
 def timeline_svg(label: str, lanes: Sequence[Lane], span: Span, columns: int,
                  others: Sequence[str] = ()) -> str:
     """Lanes of blocked time: one rect per :class:`Run`, coloured by cause, shaded by how
-    much of its columns is blocked; a red bar under runs overlapping lost events; a
+    much of its columns is blocked; a red bar under blocks overlapping lost events; a
     triangle at each lane's marker (its worst block)."""
     lane_h, top = 18, 24
     plot_h = lane_h * max(len(lanes), 1)
@@ -261,9 +263,10 @@ def timeline_svg(label: str, lanes: Sequence[Lane], span: Span, columns: int,
             body.append(f'<rect x="{_f(x)}" y="{y + 2}" width="{_f(w)}" height="{lane_h - 5}"'
                         f' fill="{cause_color(r.cause, others)}"'
                         f' fill-opacity="{r.shade / SHADES:g}"><title>{escape(tip)}</title></rect>')
-            if r.lost:
-                body.append(f'<rect x="{_f(x)}" y="{y + lane_h - 3}" width="{_f(w)}" height="2"'
-                            ' fill="#e00" class="lost"/>')
+        for c0, c1 in lane.lost:
+            body.append(f'<rect x="{_f(_LEFT + c0 * col_w)}" y="{y + lane_h - 3}"'
+                        f' width="{_f((c1 - c0) * col_w)}" height="2" fill="#e00" class="lost">'
+                        "<title>overlaps lost events</title></rect>")
         if lane.marker is not None:
             mx = _LEFT + (lane.marker[0] - span.t0) / span.ns * _PLOT_W
             body.append(f'<path d="M{_f(mx)} {y + 2}l-4 -6h8z" fill="#000">'
