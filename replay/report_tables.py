@@ -142,9 +142,10 @@ class RunTables:
 
     @cached_property
     def vcpus(self) -> list[int]:
-        """vCPUs with blocks or a summary row, sorted."""
-        summary_vcpus = int_column(self.summary, "vcpu").tolist()
-        return sorted(set(self.vcpu.tolist()) | set(summary_vcpus))
+        """vCPUs with blocks or a row in a given ``summary`` table, sorted."""
+        given = self.tables.get("summary")
+        listed = set(int_column(given, "vcpu").tolist()) if given is not None else set()
+        return sorted(set(np.unique(self.vcpu).tolist()) | listed)
 
     @cached_property
     def roots(self) -> dict[int, dict[str, Any]]:

@@ -25,17 +25,25 @@ from functools import cache
 from pathlib import Path
 from typing import Final
 
+import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 
 from parsers.atomic_file import atomic_file
-from parsers.perfetto_encode import len_field, varint_field
+from parsers.perfetto_bytecols import ByteColumn, concat, constant, varints
+from parsers.perfetto_encode import key, len_field, varint_field
 from parsers.perfetto_protos import field_number
+from parsers.perfetto_wire import LEN, VARINT
 from replay.errors import ReplayConfigError
 from replay.report_tables import RunTables, check_runs
-from replay.timeline_tracks import Slice, TrackPlan, plan_tracks
+from replay.timeline_tracks import Arg, TrackPlan, plan_tracks
 
 __all__ = ["write_timeline", "timeline_packets"]
 
+Bools = npt.NDArray[np.bool_]
+I64 = npt.NDArray[np.int64]
+#: Events encoded at once (bounds the memory of the NumPy encoding).
+EVENTS_PER_CHUNK: Final = 1 << 16
 _PID_BASE: Final = 1000
 _UUID_SHIFT: Final = 32
 
@@ -125,15 +133,15 @@ def write_timeline(runs: Mapping[str, Mapping[str, pa.Table]], path: str | Path)
         if run.span.t0 < 0:
             raise ReplayConfigError(f"run {run.label!r}: timestamp {run.span.t0} < 0; Perfetto"
                                     " timestamps are unsigned")
-    pb = _protos()
     with atomic_file(path) as fh:
-        for packet in timeline_packets(prepared):
-            fh.write(len_field(pb.packet, packet))
+        for chunk in timeline_packets(prepared):
+            fh.write(chunk)
     return Path(path)
 
 
 def timeline_packets(runs: list[RunTables]) -> Iterator[bytes]:
-    """The serialised ``TracePacket`` messages of the timeline, run after run."""
+    """The bytes of the trace in chunks: each run's track descriptors one ``packet`` field
+    at a time, then all its events at once (NumPy-encoded)."""
     for index, run in enumerate(runs):
         yield from _run_packets(index, run)
 
@@ -147,49 +155,99 @@ def _run_packets(index: int, run: RunTables) -> Iterator[bytes]:
             + varint_field(pb.first_on_seq, 1))
     process = (varint_field(pb.pd_pid, _PID_BASE + index)
                + len_field(pb.pd_name, run.label.encode()))
-    yield head + len_field(pb.track_descriptor, varint_field(pb.td_uuid, base)
-                           + len_field(pb.td_process, process)
-                           + varint_field(pb.td_ordering, pb.explicit))
+    yield len_field(pb.packet, head + len_field(
+        pb.track_descriptor, varint_field(pb.td_uuid, base) + len_field(pb.td_process, process)
+        + varint_field(pb.td_ordering, pb.explicit)))
     tail = varint_field(pb.seq_id, seq)
-    for rank, track in enumerate(plan.tracks):
+    for rank, spec in enumerate(plan.tracks):
         desc = (varint_field(pb.td_uuid, base + 1 + rank) + varint_field(pb.td_parent, base)
-                + len_field(pb.td_name, track.name.encode()) + varint_field(pb.td_rank, rank))
-        if track.counter:
+                + len_field(pb.td_name, spec.name.encode()) + varint_field(pb.td_rank, rank))
+        if spec.counter:
             desc += len_field(pb.td_counter, b"")
-        yield tail + len_field(pb.track_descriptor, desc)
-    events = _events(plan, base)
-    flags = tail + varint_field(pb.seq_flags, pb.needs_state)
-    for ts, _rank, _i, body in events:
-        yield varint_field(pb.timestamp, ts) + flags + len_field(pb.track_event, body)
+        yield len_field(pb.packet, tail + len_field(pb.track_descriptor, desc))
+    sequence = tail + varint_field(pb.seq_flags, pb.needs_state)
+    ts, track, kind, ref = _event_order(plan)
+    for lo in range(0, ts.size, EVENTS_PER_CHUNK):
+        hi = lo + EVENTS_PER_CHUNK
+        chunk = _event_packets(plan, base, sequence, ts[lo:hi], track[lo:hi], kind[lo:hi],
+                               ref[lo:hi])
+        yield chunk.flat.tobytes()
 
 
-def _events(plan: TrackPlan, base: int) -> list[tuple[int, int, int, bytes]]:
-    """``(ts, track rank, index in track, TrackEvent bytes)`` sorted by time, then track."""
+def _event_order(plan: TrackPlan) -> tuple[I64, I64, I64, I64]:
+    """``(ts, track, kind, ref)`` of every event sorted by time, then track, then position
+    on the track; kind 0/1/2 = slice begin/end/counter, ref = index of the slice/counter."""
+    sl, co = plan.slices, plan.counters
+    n_s, n_c = sl.start.size, co.ts.size
+    ts = np.r_[sl.start, sl.end, co.ts]
+    track = np.r_[sl.track, sl.track, co.track]
+    kind = np.r_[np.zeros(n_s, np.int64), np.ones(n_s, np.int64), np.full(n_c, 2, np.int64)]
+    sub = np.r_[2 * np.arange(n_s), 2 * np.arange(n_s) + 1, np.arange(n_c)]
+    ref = np.r_[np.arange(n_s), np.arange(n_s), np.arange(n_c)]
+    order = np.lexsort((sub, track, ts))
+    return ts[order], track[order], kind[order], ref[order]
+
+
+def _event_packets(plan: TrackPlan, base: int, sequence: bytes, ts: I64, track: I64,
+                   kind: I64, ref: I64) -> ByteColumn:
+    """Events (from :func:`_event_order`) as ``TracePacket`` fields of a ``Trace`` (tag and
+    length included), encoded with NumPy byte columns."""
     pb = _protos()
-    out: list[tuple[int, int, int, bytes]] = []
-    for rank, track in enumerate(plan.tracks):
-        uuid = varint_field(pb.ev_track, base + 1 + rank)
-        if track.counter:
-            ts, values = track.counter_values
-            begin = varint_field(pb.ev_type, pb.counter) + uuid
-            for i, (t, v) in enumerate(zip(ts.tolist(), values.tolist(), strict=True)):
-                out.append((t, rank, i, begin + varint_field(pb.ev_counter, v)))
-            continue
-        end = varint_field(pb.ev_type, pb.slice_end) + uuid
-        for i, sl in enumerate(track.slices):
-            out.append((sl.start, rank, 2 * i, _begin(sl, uuid)))
-            out.append((sl.end, rank, 2 * i + 1, end))
-    out.sort(key=lambda e: (e[0], e[1], e[2]))
+    sl, co = plan.slices, plan.counters
+    begin, end, counter = kind == 0, kind == 1, kind == 2
+    every = np.ones(ts.size, bool)
+    body = concat([
+        constant(varint_field(pb.ev_type, pb.slice_begin), begin),
+        constant(varint_field(pb.ev_type, pb.slice_end), end),
+        constant(varint_field(pb.ev_type, pb.counter), counter),
+        _varint_field(pb.ev_track, base + 1 + track, every),
+        _choose([len_field(pb.ev_name, n.encode()) for n in sl.names],
+                _take(sl.name, ref, begin), begin),
+        *(_arg(arg, ref, begin) for arg in sl.args),
+        _varint_field(pb.ev_counter, _take(co.value, ref, counter), counter),
+    ])
+    packet = concat([_varint_field(pb.timestamp, ts, every), constant(sequence, every),
+                     _len_prefixed(pb.track_event, body, every)])
+    return _len_prefixed(pb.packet, packet, every)
+
+
+def _varint_field(number: int, values: npt.NDArray[np.int64], present: Bools) -> ByteColumn:
+    return concat([constant(key(number, VARINT), present),
+                   varints(values.astype(np.uint64), present)])
+
+
+def _len_prefixed(number: int, payload: ByteColumn, present: Bools) -> ByteColumn:
+    return concat([constant(key(number, LEN), present),
+                   varints(payload.lengths.astype(np.uint64), present), payload])
+
+
+def _arg(arg: Arg, ref: npt.NDArray[np.int64], begin: Bools) -> ByteColumn:
+    """A ``debug_annotations`` entry on the begin events whose slice has the argument."""
+    pb = _protos()
+    present = begin & (_take(arg.present.astype(np.int64), ref, begin) > 0)
+    values = _take(arg.values, ref, present)
+    inner = concat([constant(len_field(pb.arg_name, arg.name.encode()), present),
+                    _varint_field(pb.arg_bool if arg.is_bool else pb.arg_int, values, present)])
+    return _len_prefixed(pb.ev_args, inner, present)
+
+
+def _take(values: npt.NDArray[np.int64], ref: npt.NDArray[np.int64],
+          present: Bools) -> npt.NDArray[np.int64]:
+    """``values[ref[i]]`` on present rows, 0 elsewhere."""
+    out = np.zeros(ref.size, np.int64)
+    out[present] = values[ref[present]]
     return out
 
 
-def _begin(sl: Slice, uuid: bytes) -> bytes:
-    pb = _protos()
-    body = varint_field(pb.ev_type, pb.slice_begin) + uuid + len_field(pb.ev_name, sl.name.encode())
-    for name, value in sl.args:
-        if isinstance(value, bool):
-            val = varint_field(pb.arg_bool, int(value))
-        else:
-            val = varint_field(pb.arg_int, value)
-        body += len_field(pb.ev_args, len_field(pb.arg_name, name.encode()) + val)
-    return body
+def _choose(table: list[bytes], codes: npt.NDArray[np.int64], present: Bools) -> ByteColumn:
+    """``table[codes[i]]`` on every present row."""
+    sizes = np.array([len(b) for b in table] or [0], np.int64)
+    starts = np.zeros(sizes.size, np.int64)
+    np.cumsum(sizes[:-1], out=starts[1:])
+    flat_table = np.frombuffer(b"".join(table) or b"\0", np.uint8)
+    lengths = np.where(present, sizes[codes], 0)
+    total = int(lengths.sum())
+    out_start = np.zeros(lengths.size, np.int64)
+    np.cumsum(lengths[:-1], out=out_start[1:])
+    idx = np.repeat(starts[codes] - out_start, lengths) + np.arange(total, dtype=np.int64)
+    return ByteColumn(flat_table[idx].copy(), lengths.astype(np.int64))

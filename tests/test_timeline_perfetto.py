@@ -203,3 +203,12 @@ def test_random_tables_give_valid_traces(tmp_path: Path, blocks: pa.Table, refs:
     dec = decode(data)
     assert sum(1 for _ in _vcpu_slices(dec, "observed")) == blocks.num_rows
     assert sum(len(v) for v in dec.counters.values()) == refs.num_rows
+
+
+def test_chunked_encoding_gives_the_same_bytes(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import replay.timeline_perfetto as tp
+
+    whole = write_timeline(mixed_runs(), tmp_path / "a.pftrace").read_bytes()
+    monkeypatch.setattr(tp, "EVENTS_PER_CHUNK", 3)
+    assert write_timeline(mixed_runs(), tmp_path / "b.pftrace").read_bytes() == whole
