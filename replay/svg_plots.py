@@ -239,7 +239,7 @@ def steps_svg(label: str, title: str, ts: I64, values: I64, span: Span,
 def timeline_svg(label: str, lanes: Sequence[Lane], span: Span, columns: int,
                  others: Sequence[str] = ()) -> str:
     """Lanes of blocked time: one rect per :class:`Run`, coloured by cause, shaded by how
-    much of its columns is blocked; a red bar under blocks overlapping lost events; a
+    much of its columns is blocked; a black bar under blocks overlapping lost events; a
     triangle at each lane's marker (its worst block)."""
     lane_h, top = 18, 24
     plot_h = lane_h * max(len(lanes), 1)
@@ -265,7 +265,7 @@ def timeline_svg(label: str, lanes: Sequence[Lane], span: Span, columns: int,
                         f' fill-opacity="{r.shade / SHADES:g}"><title>{escape(tip)}</title></rect>')
         for c0, c1 in lane.lost:
             body.append(f'<rect x="{_f(_LEFT + c0 * col_w)}" y="{y + lane_h - 3}"'
-                        f' width="{_f((c1 - c0) * col_w)}" height="2" fill="#e00" class="lost">'
+                        f' width="{_f((c1 - c0) * col_w)}" height="2" fill="#000" class="lost">'
                         "<title>overlaps lost events</title></rect>")
         if lane.marker is not None:
             mx = _LEFT + (lane.marker[0] - span.t0) / span.ns * _PLOT_W
