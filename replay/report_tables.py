@@ -81,7 +81,7 @@ def check_runs(runs: Mapping[str, Mapping[str, pa.Table]]) -> list[RunTables]:
 
     Raises:
         ReplayConfigError: a label is not a string, a run lacks ``blocks`` or one of
-            :data:`BLOCK_COLUMNS`, or a required value is null.
+            :data:`BLOCK_COLUMNS`, a required value is null, or a block ends before it starts.
     """
     out: list[RunTables] = []
     for label, tables in runs.items():
@@ -96,7 +96,14 @@ def check_runs(runs: Mapping[str, Mapping[str, pa.Table]]) -> list[RunTables]:
             nulls = tables["blocks"].column(name).null_count
             if nulls:
                 raise ReplayConfigError(f"run {label!r}: {nulls} blocks rows have no {name}")
-        out.append(RunTables(label, tables))
+        run = RunTables(label, tables)
+        backwards = np.flatnonzero(run.end < run.start)
+        if backwards.size:
+            i = int(backwards[0])
+            raise ReplayConfigError(
+                f"run {label!r}: {backwards.size} blocks rows end before they start (row {i}:"
+                f" vcpu {run.vcpu[i]}, start {run.start[i]}, end {run.end[i]})")
+        out.append(run)
     return out
 
 

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from report_runs import (
+    blocks_table,
     mixed_runs,
     observed_tables,
     random_blocks,
@@ -230,3 +231,17 @@ def test_renders_in_headless_chromium(tmp_path: Path) -> None:
                    capture_output=True, timeout=120, check=True)
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+
+
+def test_block_ending_before_its_start_is_named() -> None:
+    tables = observed_tables()
+    rows = tables["blocks"].to_pylist()
+    rows[1]["end"] = rows[1]["start"] - 1
+    tables["blocks"] = blocks_table(rows)
+    with pytest.raises(ReplayConfigError, match=r"1 blocks rows end before they start \(row 1:"):
+        render_report({"observed": tables}, title="t")
+
+
+def test_no_runs_is_a_page_with_no_sections() -> None:
+    page = Page(render_report({}, title="empty", warnings=["nothing recorded"]))
+    assert page.svgs == [] and page.warnings == ["nothing recorded"]
