@@ -221,6 +221,9 @@ class RunTables:
             if r.get("zap_start") is None:
                 continue
             end = r["zap_end"] if r.get("zap_end") is not None else self.span.t1
+            if end < r["zap_start"]:
+                raise ReplayConfigError(f"run {self.label!r}: root {root} zap ends at {end},"
+                                        f" before it starts at {r['zap_start']}")
             out.append(Zap(str(r.get("zapped_by") or "?"), int(r["zap_start"]), int(end), root,
                            r.get("leaves_zapped"), r.get("tables_zapped")))
         return out

@@ -141,7 +141,7 @@ def write_timeline(runs: Mapping[str, Mapping[str, pa.Table]], path: str | Path)
 
 def timeline_packets(runs: list[RunTables]) -> Iterator[bytes]:
     """The bytes of the trace in chunks: each run's track descriptors one ``packet`` field
-    at a time, then all its events at once (NumPy-encoded)."""
+    at a time, then its events :data:`EVENTS_PER_CHUNK` at a time (NumPy-encoded)."""
     for index, run in enumerate(runs):
         yield from _run_packets(index, run)
 
