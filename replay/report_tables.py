@@ -200,7 +200,8 @@ class RunTables:
                                               self._worst_marker(v, rows))))
         for name, (starts, ends) in sorted(self.zappers().items()):
             codes = np.zeros(starts.size, dtype=np.int64)
-            out.append((f"zap: {name}"[:22], LaneRows(starts, ends, codes, ("zap",), None)))
+            short = name if len(name) <= 16 else "…" + name[-15:]  # keep the tid at the end
+            out.append((f"zap: {short}", LaneRows(starts, ends, codes, ("zap",), None)))
         return out
 
     def _worst_marker(self, v: int, rows: npt.NDArray[np.intp]) -> tuple[int, str] | None:
