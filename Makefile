@@ -34,6 +34,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/parse_perfetto.py
 	$(BIN)/python benchmarks/replay_scenario.py
 	$(BIN)/python benchmarks/replay.py
+	$(BIN)/python benchmarks/report_outputs.py
 
 samples: $(VENV)/.installed  # needs root, /dev/kvm, tracefs (and trace-cmd for the .dat)
 	sample_traces/regenerate.sh

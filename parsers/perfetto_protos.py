@@ -89,6 +89,7 @@ _MESSAGES: Final = (
     "GenericFtraceEvent.Field", "FtraceStats", "FtraceCpuStats", "ProcessTree",
     "ProcessTree.Process", "ProcessTree.Thread", "TrackDescriptor", "ThreadDescriptor",
     "ProcessDescriptor", "SchedSwitchFtraceEvent", "SchedWakingFtraceEvent",
+    "TrackEvent", "CounterDescriptor", "DebugAnnotation",
 )
 
 

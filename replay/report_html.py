@@ -1,10 +1,10 @@
-"""A self-contained HTML report of observed and replayed runs (inline SVG, no scripts).
+"""One self-contained HTML page comparing observed and replayed runs (inline SVG, no scripts).
 
-Sections: the per-vCPU latency summary of every run, a block-latency CDF per run (one
-line per vCPU, count-weighted: a row standing for ``count`` blocks weighs ``count``), the
-refcount step plot of each root per run (the busiest :data:`MAX_ROOTS`; the rest are
-named), a timeline per run (a lane per vCPU and one per zapping thread), and the warnings.
-The page is deterministic: the same input gives the same bytes.
+For every run (``"observed"`` or a policy name) the page shows the per-vCPU latency summary,
+a count-weighted block-latency CDF per vCPU, a timeline with a lane per vCPU and per zapping
+thread, and the refcount step plot of its busiest roots; a table at the top puts every
+vCPU's worst block side by side across runs, and the warnings close the page. The output is
+bounded (thinned series, merged timeline columns) and deterministic.
 """
 
 from __future__ import annotations
@@ -14,30 +14,55 @@ from html import escape
 from pathlib import Path
 from typing import Final
 
-import numpy as np
 import pyarrow as pa
 
 from parsers.atomic_file import atomic_file
-from replay.result import summarize_blocks
+from replay.report_tables import RunTables, check_runs
 from replay.sizes import format_ns
-from replay.svg_plots import Lane, Series, cdf_svg, steps_svg, timeline_svg
+from replay.svg_plots import CdfLine, Lane, cdf_svg, steps_svg, timeline_svg
 
-__all__ = ["write_report", "render_report", "MAX_ROOTS", "MAX_CDF_POINTS"]
+__all__ = ["write_report", "render_report", "MAX_ROOTS", "MAX_CDF_POINTS", "TIMELINE_RECTS",
+           "REFCOUNT_COLUMNS"]
 
-#: Roots drawn per run (those with the most refcount changes).
+#: Roots drawn per run (those with the most refcount changes); the others are named.
 MAX_ROOTS: Final = 8
-#: Points per CDF line (quantiles of the weighted distribution).
+#: Points per CDF line at most (+2).
 MAX_CDF_POINTS: Final = 200
-_STYLE: Final = ("body{font-family:sans-serif;margin:2em;max-width:1100px}"
-                 "table{border-collapse:collapse;margin:1em 0}"
-                 "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}"
-                 "th{background:#f4f4f4}td.l{text-align:left}.warn{color:#a60}"
-                 "svg{display:block;margin:0.5em 0}")
+#: Timeline rects per run at most (lanes x columns, lost-event bars included).
+TIMELINE_RECTS: Final = 4000
+#: Pixel columns a refcount history is thinned to (four points each at most).
+REFCOUNT_COLUMNS: Final = 380
+_MAX_OMITTED_NAMED: Final = 40
+_STYLE: Final = (
+    "body{font-family:sans-serif;margin:1.5em;max-width:960px}"
+    "table{border-collapse:collapse;margin:.5em 0 1em}"
+    "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}"
+    "th{background:#f3f3f3}td.l,th.l{text-align:left}"
+    ".warnings li{color:#a50}svg{display:block;margin:.5em 0}"
+)
 
 
 def write_report(runs: Mapping[str, Mapping[str, pa.Table]], path: str | Path, *, title: str,
                  source: str | None = None, warnings: Sequence[str] = ()) -> Path:
-    """Write :func:`render_report` to ``path`` (temp file beside it, renamed when complete)."""
+    """Write the report of ``runs`` to ``path`` as one HTML file (temp file, then renamed).
+
+    Args:
+        runs: run label (``"observed"`` or a policy name) → tables: ``blocks`` (required,
+            ``BLOCKS_SCHEMA``, optionally with a bool ``lost`` column), ``refcounts``,
+            ``roots`` and ``summary`` (optional; recomputed from ``blocks`` when absent).
+            Runs appear in the mapping's order.
+        path: the HTML file to write.
+        title: page title.
+        source: the trace or scenario the runs come from (shown under the title).
+        warnings: shown as a list at the end of the page.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ReplayConfigError: a run lacks ``blocks`` or a required column.
+        KvmMmuError: the parent directory of ``path`` does not exist.
+    """
     page = render_report(runs, title=title, source=source, warnings=warnings)
     with atomic_file(path) as fh:
         fh.write(page.encode("utf-8"))
@@ -46,122 +71,111 @@ def write_report(runs: Mapping[str, Mapping[str, pa.Table]], path: str | Path, *
 
 def render_report(runs: Mapping[str, Mapping[str, pa.Table]], *, title: str,
                   source: str | None = None, warnings: Sequence[str] = ()) -> str:
-    """The HTML page as a string.
-
-    Args:
-        runs: run label (``"observed"`` or a policy) → tables ``blocks`` (required),
-            ``refcounts``, ``roots``, ``summary`` (optional) in the model's schemas.
-        title: page title.
-        source: the trace or scenario the runs come from.
-        warnings: shown in a list at the end.
-    """
-    parts = [f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{escape(title)}"
-             f"</title><style>{_STYLE}</style></head><body><h1>{escape(title)}</h1>"]
+    """The page :func:`write_report` writes, as a string."""
+    prepared = check_runs(runs)
+    others = sorted({c for r in prepared for c in r.causes} - set(_KNOWN))
+    parts = [f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+             f"<title>{escape(title)}</title><style>{_STYLE}</style></head><body>"
+             f"<h1>{escape(title)}</h1>"]
     if source:
-        parts.append(f"<p>source: <code>{escape(source)}</code></p>")
-    parts.append("<h2>Per-vCPU block latency</h2>" + _summary_table(runs))
-    parts.append("<h2>Block-latency CDF per run</h2>")
-    parts += [cdf_svg(f"{label}: block latency CDF per vCPU", _cdf_series(t["blocks"]))
-              for label, t in runs.items()]
-    parts.append("<h2>Root refcounts</h2>")
-    for label, tables in runs.items():
-        parts.append(_refcount_section(label, tables))
-    parts.append("<h2>Timeline of vCPU blocks and zaps</h2>")
-    for label, tables in runs.items():
-        parts.append(_timeline(label, tables))
-    if warnings:
-        parts.append("<h2>Warnings</h2><ul>" + "".join(
-            f'<li class="warn">{escape(w)}</li>' for w in warnings) + "</ul>")
+        parts.append(f'<p class="source">Source: <code>{escape(source)}</code></p>')
+    parts.append("<p>Runs: " + ", ".join(
+        f'<a href="#run-{i}">{escape(r.label)}</a>' for i, r in enumerate(prepared)) + "</p>")
+    parts.append(_worst_table(prepared))
+    for i, run in enumerate(prepared):
+        parts.append(f'<section class="run" id="run-{i}" data-label="{escape(run.label)}">'
+                     f"<h2>{escape(run.label)}</h2>")
+        parts.append(_summary_table(run))
+        parts.append(cdf_svg(run.label, [CdfLine(f"vcpu {v}", run.cdf(v, MAX_CDF_POINTS))
+                                         for v in run.vcpus]))
+        parts.append(_timeline(run, others))
+        parts.append(_refcounts(run))
+        parts.append("</section>")
+    parts.append(_warnings(warnings))
     parts.append("</body></html>\n")
-    return "\n".join(parts)
+    return "".join(parts)
 
 
-def _summary(tables: Mapping[str, pa.Table]) -> pa.Table:
-    if "summary" in tables:
-        return tables["summary"]
-    blocks = tables["blocks"]
-    return summarize_blocks(blocks, sorted(set(blocks.column("vcpu").to_pylist())))
+_KNOWN: Final = ("zap", "lock_wait", "root_alloc", "root_put", "fault", "exit", "userspace",
+                 "preempted", "unknown")
 
 
-def _summary_table(runs: Mapping[str, Mapping[str, pa.Table]]) -> str:
-    head = ("<table><tr><th>run</th><th>vcpu</th><th>blocks</th><th>p50</th><th>p99</th>"
-            "<th>max</th><th>max cause</th><th>total</th></tr>")
-    rows = []
-    for label, tables in runs.items():
-        for r in _summary(tables).to_pylist():
-            rows.append(
-                f'<tr><td class="l">{escape(label)}</td><td>{r["vcpu"]}</td><td>{r["blocks"]}'
-                f'</td><td>{format_ns(r["p50_ns"])}</td><td>{format_ns(r["p99_ns"])}</td>'
-                f'<td>{format_ns(r["max_ns"])}</td><td class="l">{escape(str(r["max_cause"] or "-"))}'
-                f'</td><td>{format_ns(r["total_ns"])}</td></tr>')
-    return head + "".join(rows) + "</table>"
+def _ns_cell(ns: int) -> str:
+    return f'<td data-ns="{ns}">{format_ns(ns)}</td>'
 
 
-def _cdf_series(blocks: pa.Table) -> list[Series]:
-    """Count-weighted CDF per vCPU, sampled at up to :data:`MAX_CDF_POINTS` quantiles."""
-    out = []
-    vcpu = blocks.column("vcpu").to_numpy()
-    each = blocks.column("each_ns").to_numpy()
-    count = blocks.column("count").to_numpy()
-    for v in sorted(set(vcpu.tolist())):
-        sel = vcpu == v
-        order = np.argsort(each[sel], kind="stable")
-        values, weights = each[sel][order], count[sel][order].astype(np.float64)
-        cum = np.cumsum(weights) / weights.sum()
-        # keep the last point of each distinct value, then thin to MAX_CDF_POINTS
-        last = np.r_[values[1:] != values[:-1], True]
-        values, cum = values[last], cum[last]
-        if values.size > MAX_CDF_POINTS:
-            pick = np.unique(np.searchsorted(cum, np.linspace(0, 1, MAX_CDF_POINTS),
-                                             side="left").clip(0, values.size - 1))
-            values, cum = values[pick], cum[pick]
-        out.append(Series(f"vcpu {v}", values.tolist(), cum.tolist()))
-    return out
+def _summary_table(run: RunTables) -> str:
+    lost = run.lost_blocks()
+    head = ["vcpu", "blocks", "p50", "p99", "max", "total", "max cause"]
+    if lost is not None:
+        head.append("in lost-event windows")
+    rows = ['<table class="summary" data-label="' + escape(run.label) + '"><tr>'
+            + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
+    for r in run.summary.to_pylist():
+        cells = [f'<td data-n="{r["vcpu"]}">{r["vcpu"]}</td>',
+                 f'<td data-n="{r["blocks"]}">{r["blocks"]:,}</td>']
+        cells += [_ns_cell(int(r[k] or 0)) for k in ("p50_ns", "p99_ns", "max_ns", "total_ns")]
+        cells.append(f'<td class="l">{escape(str(r["max_cause"] or ""))}</td>')
+        if lost is not None:
+            n = lost.get(int(r["vcpu"]), 0)
+            cells.append(f'<td data-n="{n}">{n:,}</td>')
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    if len(rows) == 1:
+        rows.append(f'<tr><td class="l" colspan="{len(head)}">no vCPU blocks</td></tr>')
+    return "".join(rows) + "</table>"
 
 
-def _refcount_section(label: str, tables: Mapping[str, pa.Table]) -> str:
-    history = tables.get("refcounts")
-    if history is None or history.num_rows == 0:
-        return f"<p>{escape(label)}: no refcount history.</p>"
-    roots = history.column("root").to_numpy()
-    ids, counts = np.unique(roots, return_counts=True)
-    busiest = ids[np.lexsort((ids, -counts))][:MAX_ROOTS]
-    ts = history.column("ts").to_numpy()
-    values = history.column("count").to_numpy()
-    t0, t1 = int(ts.min()), int(ts.max())
-    series = []
-    for root in sorted(busiest.tolist()):
-        sel = roots == root
-        series.append(Series(f"root {root}", ts[sel].tolist(), values[sel].tolist()))
-    omitted = sorted(set(ids.tolist()) - set(busiest.tolist()))
-    note = (f"<p>{len(omitted)} more roots not drawn: "
-            f"{escape(', '.join(map(str, omitted[:50])))}{' ...' if len(omitted) > 50 else ''}"
-            f"</p>" if omitted else "")
-    return steps_svg(f"{label}: refcount per root", series, t0, t1) + note
+def _worst_table(runs: Sequence[RunTables]) -> str:
+    vcpus = sorted({v for r in runs for v in r.vcpus})
+    worst = [{int(row["vcpu"]): row for row in r.summary.to_pylist()} for r in runs]
+    out = ['<h2>Worst block per vCPU</h2><table class="worst"><tr><th>vcpu</th>'
+           + "".join(f"<th>{escape(r.label)}</th>" for r in runs) + "</tr>"]
+    for v in vcpus:
+        cells = []
+        for per in worst:
+            row = per.get(v)
+            if row is None or not row["blocks"]:
+                cells.append("<td>–</td>")
+            else:
+                cells.append(f'<td data-ns="{int(row["max_ns"])}">{format_ns(int(row["max_ns"]))}'
+                             f' {escape(str(row["max_cause"] or ""))}</td>')
+        out.append(f"<tr><td>{v}</td>{''.join(cells)}</tr>")
+    return "".join(out) + "</table>"
 
 
-def _timeline(label: str, tables: Mapping[str, pa.Table]) -> str:
-    blocks = tables["blocks"]
-    lanes: list[Lane] = []
-    vcpu = blocks.column("vcpu").to_numpy()
-    start = blocks.column("start").to_numpy()
-    end = blocks.column("end").to_numpy()
-    cause = blocks.column("cause").cast(pa.string()).to_pylist()
-    for v in sorted(set(vcpu.tolist())):
-        idx = np.flatnonzero(vcpu == v)
-        lanes.append(Lane(f"vcpu {v}", [(int(start[i]), int(end[i]), str(cause[i]))
-                                         for i in idx.tolist()]))
-    roots = tables.get("roots")
-    if roots is not None and roots.num_rows:
-        zaps: dict[str, list[tuple[int, int, str]]] = {}
-        for r in roots.to_pylist():
-            if r["zap_start"] is not None and r["zapped_by"]:
-                end_ts = r["zap_end"] if r["zap_end"] is not None else r["zap_start"]
-                zaps.setdefault(str(r["zapped_by"]), []).append(
-                    (int(r["zap_start"]), int(end_ts), "zap work"))
-        lanes += [Lane(name, bars) for name, bars in sorted(zaps.items())]
-    times = [t for lane in lanes for s, e, _ in lane.bars for t in (s, e)]
-    if not times:
-        return f"<p>{escape(label)}: nothing to draw.</p>"
-    return timeline_svg(f"{label}: blocks per vCPU and zaps per thread", lanes,
-                        min(times), max(times))
+def _timeline(run: RunTables, others: Sequence[str]) -> str:
+    lanes_in = run.lanes()
+    per_lane = 2 if run.has_lost else 1
+    columns = max(50, min(760, TIMELINE_RECTS // max(1, len(lanes_in) * per_lane)))
+    lanes = [Lane(name, lane.runs(run.span, columns), lane.marker,
+                  lane.lost_columns(run.span, columns)) for name, lane in lanes_in]
+    return timeline_svg(run.label, lanes, run.span, columns, others)
+
+
+def _refcounts(run: RunTables) -> str:
+    histories = run.refcount_histories()
+    if not histories:
+        return "<h3>Refcounts</h3><p>No refcount history.</p>"
+    ranked = sorted(histories, key=lambda root: (-histories[root][0].size, root))
+    drawn = sorted(ranked[:MAX_ROOTS])
+    omitted = sorted(ranked[MAX_ROOTS:])
+    parts = [f"<h3>Refcounts ({len(histories)} roots)</h3>"]
+    for root in drawn:
+        ts, counts = histories[root]
+        t, c = run.thin_refcounts(ts, counts, REFCOUNT_COLUMNS)
+        title = run.root_title(root, ts.size, t.size)
+        parts.append(steps_svg(run.label, title, t, c, run.span, run.root_markers(root)))
+    if omitted:
+        named = ", ".join(str(r) for r in omitted[:_MAX_OMITTED_NAMED])
+        more = len(omitted) - _MAX_OMITTED_NAMED
+        tail = f" and {more} more" if more > 0 else ""
+        parts.append(f'<p class="omitted">Not drawn (fewer refcount changes; at most {MAX_ROOTS}'
+                     f" roots per run): roots {named}{tail}.</p>")
+    return "".join(parts)
+
+
+def _warnings(warnings: Sequence[str]) -> str:
+    if not warnings:
+        return '<h2>Warnings</h2><p class="warnings">None.</p>'
+    items = "".join(f"<li>{escape(w)}</li>" for w in warnings)
+    return f'<h2>Warnings</h2><ul class="warnings">{items}</ul>'
