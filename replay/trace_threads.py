@@ -156,12 +156,11 @@ def _work_items(trace: Trace, out: ThreadMap) -> list[WorkItem]:
                                        "workqueue_execute_end"]))
     rows = ev.filter(pc.fill_null(wanted, False)).select(["ts", "pid", "seq", "event", "args"])
     queued: dict[str, tuple[int, int, int, int, str]] = {}
-    open_: dict[int, tuple[str, int]] = {}
+    open_: dict[int, tuple[str, int, tuple[int, int, int, int, str]]] = {}
     items: list[WorkItem] = []
 
     def close(worker: int, end: int) -> None:
-        work, start = open_.pop(worker)
-        at, by, seq, vm, function = queued.pop(work)
+        work, start, (at, by, seq, vm, function) = open_.pop(worker)
         items.append(WorkItem(work, function, at, by, seq, vm, worker, start, max(start, end)))
 
     for ts, pid, seq, event, args in zip(*(rows.column(c).to_pylist() for c in (
@@ -178,7 +177,7 @@ def _work_items(trace: Trace, out: ThreadMap) -> list[WorkItem]:
         if pid in open_ and (event == "workqueue_execute_start" or open_[pid][0] == work):
             close(pid, ts)
         if event == "workqueue_execute_start" and work in queued:
-            open_[pid] = (work, ts)
+            open_[pid] = (work, ts, queued.pop(work))  # one queueing, one execution
     last = pc.max(ev.column("ts")).as_py() if ev.num_rows else None
     for worker in sorted(open_):
         close(worker, last if last is not None else open_[worker][1])

@@ -302,3 +302,21 @@ def test_calibration_from_a_trace(tmp_path) -> None:  # type: ignore[no-untyped-
     result = replay(path, policy=["6.6"], calibrate=True)
     assert result.cost.fault_ns == 3000.0
     assert any(w.startswith("calibrated fault_ns") for w in result.warnings)
+
+
+def test_work_item_without_execute_end(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A worker runs one item at a time: an item whose execute_end is missing (lost, or the
+    trace ended) ends at the worker's next execute_start or the trace's end, and the zaps
+    inside still belong to the VM that queued it (here: vCPU 1's defunct-root put)."""
+    lines = [ln for ln in (HW / "tdp_5.18_workqueue.txt").read_text().splitlines()
+             if "workqueue_execute_end: work struct 00000000a1b2c3d4" not in ln
+             and "workqueue_execute_end: work struct 00000000b5e6f708" not in ln]
+    path = tmp_path / "no_end.txt"
+    path.write_text("\n".join(lines) + "\n")
+    result = replay(path, policy=["5.18"])
+    items = [(i.work, i.worker, i.queued_by, i.start, i.end) for i in result.threads.work_items]
+    assert items == [("00000000a1b2c3d4", 300, 5002, t(502), t(1015)),   # trace end
+                     ("00000000b5e6f708", 298, 5000, t(1003), t(1015))]
+    roots = result.runs["observed"]["roots"].to_pylist()
+    assert [(r["invalidated"], r["zapped_by"]) for r in roots] == [
+        (t(500), "kworker/u16:3-300"), (t(1000), "kworker/u16:1-298"), (None, None)]
