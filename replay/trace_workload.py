@@ -366,6 +366,42 @@ def _with_first_loads(items: list[_Step]) -> list[_Step]:
     return out
 
 
+#: ``SHADOW_NONPRESENT_VALUE`` (bit 63, x86_64 ~6.10+): what a zapping iterator writes.
+_NONPRESENT_VALUE: Final = 1 << 63
+
+
+def _fast_zap_passes(trace: Trace, zaps: pd.DataFrame) -> str | None:
+    """``"one"`` or ``"multi"``: how the fast-zap task tore the invalidated roots down.
+
+    The iterator writes 0 (or ``SHADOW_NONPRESENT_VALUE``) into the entries it zaps;
+    ``handle_removed_pt`` writes the frozen value below them. <= 5.17 zaps at the root
+    level only (``zap_gfn_range`` over everything): the task's first zap after its
+    ``kvm_mmu_zap_all_fast`` is a top-level entry and every write below it is frozen.
+    5.18+ zap the 1 GiB level first (6.9+: 4K, 2M, 1G), then the root level: iterator
+    writes below the root level come first. ``None`` when no teardown follows a fast zap."""
+    level = _root_level(trace)
+    fast = _frame(trace, "kvm_mmu_zap_all_fast")
+    if level is None or fast.empty or zaps.empty:
+        return None
+    zaps = zaps.sort_values("seq", kind="stable")
+    new = zaps["new_spte"].fillna(0).astype(np.uint64).to_numpy()
+    iterator = (new & np.uint64(~_NONPRESENT_VALUE & (2**64 - 1))) == 0
+    votes: set[str] = set()
+    for seq, pid in zip(fast["seq"], fast["pid"], strict=True):
+        mine = (zaps["pid"].to_numpy() == pid) & (zaps["seq"].to_numpy() > seq)
+        later = fast[(fast["pid"] == pid) & (fast["seq"] > seq)]["seq"]
+        if len(later):
+            mine &= zaps["seq"].to_numpy() < int(later.min())
+        idx = np.flatnonzero(mine)
+        top = idx[zaps["level"].to_numpy()[idx] == level]
+        if not top.size:
+            continue
+        window = idx[idx <= top[0]]
+        below = zaps["level"].to_numpy()[window] < level
+        votes.add("multi" if (below & iterator[window]).any() else "one")
+    return "multi" if "multi" in votes else ("one" if votes else None)
+
+
 def detect_era(trace: Trace, threads: ThreadMap) -> tuple[str, str | None, str]:
     """(backend, era policy name or None, evidence): who zaps roots tells the era."""
     pages = _frame(trace, "kvm_mmu_get_page")
@@ -395,8 +431,13 @@ def detect_era(trace: Trace, threads: ThreadMap) -> tuple[str, str | None, str]:
                 "root tears it down inline (<= 5.17; from 5.18 the putter only queues the "
                 "zap, from 6.4 a valid root is never put to 0)")
     if zappers & fast:
+        if _fast_zap_passes(trace, changed[gone]) == "one":
+            return ("tdp", "sync", "SPTE zaps by the kvm_mmu_zap_all_fast task itself, in one "
+                    "root-level pass (top-level entry first, only frozen writes below it): "
+                    "<= 5.17 zaps gifted roots inline that way; 5.18+ zap the 1 GiB level "
+                    "first")
         return ("tdp", "6.6", "SPTE zaps by the kvm_mmu_zap_all_fast task itself: the invalidating "
-                "task zaps inline (6.6+; <= 5.17 looks the same for gifted roots)")
+                "task zaps inline (6.6+; the 1 GiB level first unless no teardown is traced)")
     if any(n.startswith("kworker") for n in names):
         return ("tdp", "5.18", "SPTE zaps by kworkers (5.18 .. 6.5)")
     if zappers & set(threads.vcpus):

@@ -320,3 +320,22 @@ def test_work_item_without_execute_end(tmp_path) -> None:  # type: ignore[no-unt
     roots = result.runs["observed"]["roots"].to_pylist()
     assert [(r["invalidated"], r["zapped_by"]) for r in roots] == [
         (t(500), "kworker/u16:3-300"), (t(1000), "kworker/u16:1-298"), (None, None)]
+
+
+def test_sync_era_from_the_fast_zap_alone(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Without a vCPU's teardown, <= 5.17 and 6.6 both zap invalidated roots in the fast-zap
+    task; the passes tell them apart: <= 5.17 zaps the top-level entry first and writes only
+    frozen values below it (zap_gfn_range at the root level), 5.18+ zap the 1 GiB level
+    first. Built from the 5.17 trace: its first 300 µs, then its fast zap zapping root A."""
+    lines = (HW / "tdp_5.17_sync.txt").read_text().splitlines()
+    body = [ln for ln in lines[12:] if float(ln.split(": ")[0].split()[-1]) < 100.0003
+            or float(ln.split(": ")[0].split()[-1]) >= 100.001]
+    body = [ln.replace("10b00", "10a00") for ln in body]  # root A's tables, not B's
+    path = tmp_path / "fast_only.txt"
+    path.write_text("\n".join(lines[:12] + body) + "\n")
+    result = replay(path, policy=["sync"])
+    assert result.derived.era == "sync" and "one root-level pass" in result.derived.era_evidence
+    first = result.runs["observed"]["roots"].to_pylist()[0]
+    assert (first["invalidated"], first["zap_start"], first["zapped_by"]) == (t(1000), t(1002), VMM)
+    # and the 6.6 trace, zapped 1 GiB level first by the same kind of task, stays 6.6
+    assert replay(HW / "tdp_6.6_inline.txt", policy=["6.6"]).derived.era == "6.6"
