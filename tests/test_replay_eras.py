@@ -51,7 +51,8 @@ class Lifecycle:
     roots: list[Root] = field(default_factory=list)
     holds: dict[int, Root | None] = field(default_factory=dict)
     blocks: list[tuple[int, int, int, str]] = field(default_factory=list)
-    ops: list[tuple[str, str, int]] = field(default_factory=list)
+    #: (op, actor, at, a phrase its evidence must hold)
+    ops: list[tuple[str, str, int, str]] = field(default_factory=list)
     last_user_exit: dict[int, int] = field(default_factory=dict)
 
     @property
@@ -72,7 +73,8 @@ class Lifecycle:
             assert root is not None, "a silent reuse needs a valid root"
             root.refs += 1
         self.holds[vcpu] = root
-        self.ops.append(("LoadRoot", f"vcpu{vcpu}", at))
+        self.ops.append(("LoadRoot", f"vcpu{vcpu}", at,
+                         "kvm_mmu_get_page new" if alloc else "reused a valid root"))
 
     def put(self, vcpu: int, at: int) -> None:
         """kvm_mmu_unload → kvm_tdp_mmu_put_root, per era (§1.6)."""
@@ -90,7 +92,7 @@ class Lifecycle:
 
     def fast_zap(self, at: int) -> None:
         """kvm_mmu_zap_all_fast: every valid root is invalidated; who zaps it per era."""
-        self.ops.append(("MemslotDelete", VMM, at))
+        self.ops.append(("MemslotDelete", VMM, at, "kvm_mmu_zap_all_fast gen"))
         for root in self.roots:
             if root.valid:
                 root.valid, root.invalidated = False, at
@@ -119,7 +121,8 @@ def walk(era: str, script: list[tuple[Any, ...]]) -> Lifecycle:
         if action in ("alloc", "reuse"):
             vcpu, at = args
             if vcpu in pending_unload:  # the reset is visible: a new root of the same role
-                life.ops.append(("Unload", f"vcpu{vcpu}", pending_unload.pop(vcpu)))
+                life.ops.append(("Unload", f"vcpu{vcpu}", pending_unload.pop(vcpu),
+                                 "after its exit to userspace"))
             life.load(vcpu, t(at), alloc=action == "alloc")
             if action == "alloc" and vcpu in exits:  # root_alloc outranks userspace/exit
                 exits[vcpu] = (exits[vcpu][0], "root_alloc")
@@ -129,7 +132,9 @@ def walk(era: str, script: list[tuple[Any, ...]]) -> Lifecycle:
             block_end(vcpu, t(at))
         elif action == "fault":
             vcpu, ex, install, entry = args
-            life.ops.append(("Populate", f"vcpu{vcpu}", t(install)))
+            # TDP: the spte_changed to a present leaf is the install (set_spte repeats it)
+            life.ops.append(("Populate", f"vcpu{vcpu}", t(install),
+                             "1 x kvm_tdp_mmu_spte_changed"))
             life.blocks.append((vcpu, t(ex), t(entry), "fault"))
         elif action == "user":
             vcpu, ex = args
@@ -141,7 +146,8 @@ def walk(era: str, script: list[tuple[Any, ...]]) -> Lifecycle:
             assert root is not None
             life.put(vcpu, t(at) if traced else life.last_user_exit[vcpu])
             if traced:  # its own zap (<= 5.17) or queue_work (5.18) shows the put
-                life.ops.append(("Unload", f"vcpu{vcpu}", t(at)))
+                life.ops.append(("Unload", f"vcpu{vcpu}", t(at), "zapped a whole root inline"
+                                 if era == "sync" else "queued tdp_mmu_zap_root_work"))
                 if root.zapper == V[vcpu]:
                     exits[vcpu] = (exits[vcpu][0], "zap")
             elif era != "6.6":  # seen later, by the new root of the same role
@@ -241,8 +247,10 @@ def test_observed_roots(case: tuple[str, Lifecycle, Any]) -> None:
 def test_derived_workload(case: tuple[str, Lifecycle, Any]) -> None:
     _, life, result = case
     rows = result.derived.evidence.to_pylist()
-    assert [(r["op"], r["actor"], r["at"]) for r in rows] == life.ops
-    assert {r["vm"] for r in rows} == {5000} and all(r["evidence"] for r in rows)
+    assert [(r["op"], r["actor"], r["at"]) for r in rows] == [o[:3] for o in life.ops]
+    for row, (*_, phrase) in zip(rows, life.ops, strict=True):
+        assert phrase in row["evidence"], (row, phrase)
+    assert {r["vm"] for r in rows} == {5000}
     populate = [op for op in result.derived.workloads[5000].ops if type(op).__name__ == "Populate"]
     assert all(op.size == 4096 and op.page == 4096 for op in populate)  # one 4K leaf each
 
@@ -339,3 +347,37 @@ def test_sync_era_from_the_fast_zap_alone(tmp_path) -> None:  # type: ignore[no-
     assert (first["invalidated"], first["zap_start"], first["zapped_by"]) == (t(1000), t(1002), VMM)
     # and the 6.6 trace, zapped 1 GiB level first by the same kind of task, stays 6.6
     assert replay(HW / "tdp_6.6_inline.txt", policy=["6.6"]).derived.era == "6.6"
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_handwritten_sptes_are_consistent(name: str) -> None:
+    """The hand-written SPTE history is one the kernel can print: every change's old value is
+    the entry's current value (handle_changed_spte is given the value it replaced), a
+    removed table's entries go to the frozen value and the table is gone, a child table is
+    traced (get_page new) before the entry that links it, and every prepare_zap_page is a
+    table some fault created."""
+    trace = read_trace(HW / name)
+    events = sorted(
+        [("changed", r) for r in trace.table("kvm_tdp_mmu_spte_changed").to_pylist()]
+        + [("get", r) for r in trace.table("kvm_mmu_get_page").to_pylist()]
+        + [("zap", r) for r in trace.table("kvm_mmu_prepare_zap_page").to_pylist()],
+        key=lambda e: e[1]["seq"])
+    value: dict[tuple[int, int], int] = {}
+    tables: dict[int, int] = {}  # level → live child tables (gfn 0 only in these traces)
+    for kind, row in events:
+        if kind == "get":
+            tables[row["level"]] = tables.get(row["level"], 0) + 1
+            continue
+        if kind == "zap":
+            assert tables.get(row["level"], 0) > 0, row
+            tables[row["level"]] -= 1
+            continue
+        key = (row["level"], row["gfn"])
+        assert row["old_spte"] == value.get(key, 0), row
+        if row["new_spte"] == 0x5A0:  # frozen: its table is being freed
+            value.pop(key, None)
+        else:
+            value[key] = row["new_spte"]
+        present_table = row["new_spte"] & (1 << 11) and row["level"] > 1
+        if present_table:  # linking a child table: traced by get_page just before
+            assert tables.get(row["level"] - 1, 0) > 0, row
