@@ -358,8 +358,10 @@ def _tdp_zaps(roots: pd.DataFrame, fast: pd.DataFrame, trace: Trace, threads: Th
     """TDP roots are never traced by their own zap: attribute the VM's SPTE zaps (to a
     non-present SPTE, and child-table ``prepare_zap_page``) to the newest root created
     before the last fast zap preceding them (the root that zap invalidated), or before the
-    zap itself when no fast zap precedes it. Returns rows ``root, ts, pid, seq`` in seq
-    order."""
+    zap itself when no fast zap precedes it. A kernel worker's zaps belong to the root its
+    work item was queued for: the reference time is the ``workqueue_queue_work`` (a defunct
+    root's zap can still run when a later fast zap flushes the workqueue). Returns rows
+    ``root, ts, pid, seq`` in seq order."""
     direct = roots[roots["direct"].fillna(False).astype(bool)]
     if direct.empty:
         return pd.DataFrame(columns=["root", "ts", "pid", "seq"])
@@ -375,6 +377,7 @@ def _tdp_zaps(roots: pd.DataFrame, fast: pd.DataFrame, trace: Trace, threads: Th
         ts = group["ts"].to_numpy(dtype=np.int64)
         k = np.searchsorted(fz, ts, side="right")
         ref = np.where(k > 0, fz[np.maximum(k - 1, 0)] if fz.size else ts, ts)
+        ref = _queued_at(group["pid"].to_numpy(), ts, ref, threads)
         idx = np.searchsorted(created, ref, side="left") - 1
         ok = idx >= 0
         parts.append(pd.DataFrame({"root": mine["root"].to_numpy()[idx[ok]],
@@ -383,6 +386,16 @@ def _tdp_zaps(roots: pd.DataFrame, fast: pd.DataFrame, trace: Trace, threads: Th
     out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
         columns=["root", "ts", "pid", "seq"])
     return out.sort_values("seq", kind="stable")[["root", "ts", "pid", "seq"]]
+
+
+def _queued_at(pids: np.ndarray, ts: np.ndarray, ref: np.ndarray, threads: ThreadMap
+               ) -> np.ndarray:
+    """``ref`` with the queueing time of the work item each (worker pid, ts) runs in."""
+    out = ref.copy()
+    for item in threads.work_items:
+        inside = (pids == item.worker) & (ts >= item.start) & (ts <= item.end)
+        out[inside] = item.queued_at
+    return out
 
 
 def _zap_summary(zaps: pd.DataFrame) -> pd.DataFrame:
@@ -441,20 +454,20 @@ def _teardowns(attributed: pd.DataFrame, first: pd.DataFrame, trace: Trace
 
 def _unlinked_before_fast_zap(inval: dict[int, int], torn: dict[int, tuple[int, int]],
                               threads: ThreadMap) -> None:
-    """A root torn down before the next fast zap of its VM was not invalidated by it: it
-    was the last put of a still-valid root. 5.18 .. 6.3 mark such a (defunct) root invalid
-    and queue its zap from the putting vCPU (``tdp_mmu_zap_root_work``): invalidated at that
-    ``workqueue_queue_work``. Up to 5.17 the putter unlinks and zaps it without marking it
-    invalid (``kvm_tdp_mmu_put_root``): never invalidated."""
+    """Roots the last put of a still-valid root made defunct or tore down. 5.18 .. 6.3 mark
+    such a root invalid and queue its zap from the putting vCPU (``tdp_mmu_zap_root_work``):
+    invalidated at that ``workqueue_queue_work``, even when its zap is still running at the
+    next fast zap (which skips invalid roots). Up to 5.17 the putter unlinks and zaps it
+    without marking it invalid (``kvm_tdp_mmu_put_root``): a root torn down before the
+    next fast zap was never invalidated."""
     for root, (ts, pid) in torn.items():
-        if root in inval and inval[root] <= ts:
-            continue
-        inval.pop(root, None)
-        for item in threads.work_items:
-            if item.worker == pid and item.start <= ts <= item.end \
-                    and item.queued_by in threads.vcpus:
-                inval[root] = item.queued_at
-                break
+        defunct = next((item.queued_at for item in threads.work_items
+                        if item.worker == pid and item.start <= ts <= item.end
+                        and item.queued_by in threads.vcpus), None)
+        if defunct is not None:
+            inval[root] = min(defunct, inval.get(root, defunct))
+        elif root in inval and inval[root] > ts:
+            del inval[root]
 
 
 def _root_table(roots: pd.DataFrame, trace: Trace, threads: ThreadMap) -> pa.Table:

@@ -381,3 +381,26 @@ def test_handwritten_sptes_are_consistent(name: str) -> None:
         present_table = row["new_spte"] & (1 << 11) and row["level"] > 1
         if present_table:  # linking a child table: traced by get_page just before
             assert tables.get(row["level"] - 1, 0) > 0, row
+
+
+def test_defunct_zap_still_running_at_the_fast_zap(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """5.18: kvm_mmu_zap_all_fast's flush_workqueue waits for every queued zap, including a
+    defunct root's queued earlier by a vCPU. Here root A's worker yields after its 1 GiB pass
+    and finishes its root-level pass after the fast zap (+1002): those zaps are still root
+    A's (its work item was queued at +500 by vCPU 1), not the root the fast zap
+    invalidated. Built from the 5.18 trace by moving that pass and its execute_end."""
+    lines = (HW / "tdp_5.18_workqueue.txt").read_text().splitlines()
+    late = [i for i, ln in enumerate(lines)
+            if "kworker/u16:3" in ln and ("100.000506" in ln or "100.000507" in ln)]
+    assert len(late) == 3
+    moved = [lines[i].replace("100.000506", "100.001002").replace("100.000507", "100.001003")
+             for i in late]
+    rest = [ln for i, ln in enumerate(lines) if i not in late]
+    at = next(i for i, ln in enumerate(rest) if "100.001003" in ln)
+    path = tmp_path / "late.txt"
+    path.write_text("\n".join(rest[:at] + moved + rest[at:]) + "\n")
+    roots = replay(path, policy=["5.18"]).runs["observed"]["roots"].to_pylist()
+    assert [(r["invalidated"], r["zap_start"], r["zap_end"], r["zapped_by"]) for r in roots] == [
+        (t(500), t(503), t(1002), "kworker/u16:3-300"),
+        (t(1000), t(1004), t(1007), "kworker/u16:1-298"),
+        (None, None, None, None)]
