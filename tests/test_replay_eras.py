@@ -266,6 +266,16 @@ def test_the_eras_own_policy_agrees(case: tuple[str, Lifecycle, Any]) -> None:
     for vcpu in (0, 1):
         assert (summary[("observed", vcpu)] == "zap") == (vcpu in zapping)
         assert (summary[(life.era, vcpu)] == "zap") == (vcpu in zapping)
+    # every MMU cause a vCPU was observed blocked by, the model blocks it by too; a zap
+    # only where the rules put one
+    causes: dict[str, dict[int, set[str]]] = {}
+    for run in ("observed", life.era):
+        for b in result.runs[run]["blocks"].to_pylist():
+            causes.setdefault(run, {}).setdefault(b["vcpu"], set()).add(str(b["cause"]))
+    for vcpu in (0, 1):
+        seen = causes["observed"][vcpu] & {"zap", "root_alloc", "fault"}
+        assert seen <= causes[life.era][vcpu], (vcpu, seen, causes[life.era][vcpu])
+        assert ("zap" in causes[life.era][vcpu]) == (vcpu in zapping)
     model = result.runs[life.era]["roots"].to_pylist()
     for root, row in zip(life.roots, model, strict=False):
         assert row["invalidated"] is not None or root.invalidated is None, (root, row)
