@@ -415,8 +415,13 @@ def detect_era(trace: Trace, threads: ThreadMap) -> tuple[str, str | None, str]:
     args = " ".join(a or "" for a in trace.events.column("args").to_pylist()
                     if a and "function=" in a)
     if "tdp_mmu_zap_root_work" in args:
+        defunct = any(i.queued_by in threads.vcpus for i in threads.work_items
+                      if i.function == "tdp_mmu_zap_root_work")
         return ("tdp", "5.18", "workqueue_queue_work function=tdp_mmu_zap_root_work: per-VM "
-                "workqueue zaps (5.18 .. 6.5)")
+                "workqueue zaps " + ("(5.18 .. 6.3: a vCPU queued one, a defunct root's put; "
+                                     "from 6.4 a valid root is never put to 0)" if defunct else
+                                     "(5.18 .. 6.5; no vCPU queued one, so 6.4/6.5, which "
+                                     "preserve roots, are not ruled out)"))
     if "tdp_mmu_zap_root_async" in args:
         return ("tdp", "async", "function=tdp_mmu_zap_root_async on the system workqueue")
     changed = _frame(trace, "kvm_tdp_mmu_spte_changed")

@@ -191,7 +191,8 @@ SCRIPTS: dict[str, tuple[str, list[tuple[Any, ...]]]] = {
         ("fast_zap", 2000), ("kick", 0, 2001), ("kick", 1, 2001), ("zap", 1, 2002, 2005),
         ("alloc", 1, 2010), ("reuse", 0, 2015)]),
 }
-EVIDENCE = {"sync": "vCPU threads zap top-level entries", "5.18": "tdp_mmu_zap_root_work",
+EVIDENCE = {"sync": "vCPU threads zap top-level entries",
+            "5.18": "tdp_mmu_zap_root_work: per-VM workqueue zaps (5.18 .. 6.3: a vCPU queued one",
             "6.6": "kvm_mmu_zap_all_fast task itself"}
 
 
