@@ -358,10 +358,13 @@ def _tdp_zaps(roots: pd.DataFrame, fast: pd.DataFrame, trace: Trace, threads: Th
     """TDP roots are never traced by their own zap: attribute the VM's SPTE zaps (to a
     non-present SPTE, and child-table ``prepare_zap_page``) to the newest root created
     before the last fast zap preceding them (the root that zap invalidated), or before the
-    zap itself when no fast zap precedes it. Returns rows ``root, ts, pid`` in seq order."""
+    zap itself when no fast zap precedes it. A kernel worker's zaps belong to the root its
+    work item was queued for: the reference time is the ``workqueue_queue_work`` (a defunct
+    root's zap can still run when a later fast zap flushes the workqueue). Returns rows
+    ``root, ts, pid, seq`` in seq order."""
     direct = roots[roots["direct"].fillna(False).astype(bool)]
     if direct.empty:
-        return pd.DataFrame(columns=["root", "ts", "pid"])
+        return pd.DataFrame(columns=["root", "ts", "pid", "seq"])
     ev = trace.events.select(["seq", "ts", "pid"]).to_pandas()
     ev = ev[ev["seq"].isin(_zap_seqs(trace))].copy()
     ev["vm"] = [_vm(threads, p, t) for p, t in zip(ev["pid"], ev["ts"], strict=True)]
@@ -374,6 +377,7 @@ def _tdp_zaps(roots: pd.DataFrame, fast: pd.DataFrame, trace: Trace, threads: Th
         ts = group["ts"].to_numpy(dtype=np.int64)
         k = np.searchsorted(fz, ts, side="right")
         ref = np.where(k > 0, fz[np.maximum(k - 1, 0)] if fz.size else ts, ts)
+        ref = _queued_at(group["pid"].to_numpy(), ts, ref, threads)
         idx = np.searchsorted(created, ref, side="left") - 1
         ok = idx >= 0
         parts.append(pd.DataFrame({"root": mine["root"].to_numpy()[idx[ok]],
@@ -381,7 +385,17 @@ def _tdp_zaps(roots: pd.DataFrame, fast: pd.DataFrame, trace: Trace, threads: Th
                                    "seq": group["seq"].to_numpy()[ok]}))
     out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
         columns=["root", "ts", "pid", "seq"])
-    return out.sort_values("seq", kind="stable")[["root", "ts", "pid"]]
+    return out.sort_values("seq", kind="stable")[["root", "ts", "pid", "seq"]]
+
+
+def _queued_at(pids: np.ndarray, ts: np.ndarray, ref: np.ndarray, threads: ThreadMap
+               ) -> np.ndarray:
+    """``ref`` with the queueing time of the work item each (worker pid, ts) runs in."""
+    out = ref.copy()
+    for item in threads.work_items:
+        inside = (pids == item.worker) & (ts >= item.start) & (ts <= item.end)
+        out[inside] = item.queued_at
+    return out
 
 
 def _zap_summary(zaps: pd.DataFrame) -> pd.DataFrame:
@@ -423,6 +437,39 @@ def _invalidations(made: pd.DataFrame, fast: pd.DataFrame) -> dict[int, int]:
     return out
 
 
+def _teardowns(attributed: pd.DataFrame, first: pd.DataFrame, trace: Trace
+               ) -> dict[int, tuple[int, int]]:
+    """root → (ts, pid) of the first zap of one of its top-level entries (a
+    ``kvm_tdp_mmu_spte_changed`` at the root's own level): the root's teardown, not a leaf
+    zap (mmu_notifier unmaps and faults never zap a top-level entry)."""
+    if attributed.empty or "kvm_tdp_mmu_spte_changed" not in trace.names:
+        return {}
+    levels = trace.table("kvm_tdp_mmu_spte_changed").select(["seq", "level"]).to_pandas()
+    rows = attributed.merge(levels, on="seq", how="inner")
+    rows = rows[rows["level"].to_numpy() == first["level"].reindex(rows["root"]).to_numpy()]
+    rows = rows.drop_duplicates("root", keep="first")
+    return {int(r): (int(t), int(p)) for r, t, p in zip(rows["root"], rows["ts"], rows["pid"],
+                                                        strict=True)}
+
+
+def _unlinked_before_fast_zap(inval: dict[int, int], torn: dict[int, tuple[int, int]],
+                              threads: ThreadMap) -> None:
+    """Roots the last put of a still-valid root made defunct or tore down. 5.18 .. 6.3 mark
+    such a root invalid and queue its zap from the putting vCPU (``tdp_mmu_zap_root_work``):
+    invalidated at that ``workqueue_queue_work``, even when its zap is still running at the
+    next fast zap (which skips invalid roots). Up to 5.17 the putter unlinks and zaps it
+    without marking it invalid (``kvm_tdp_mmu_put_root``): a root torn down before the
+    next fast zap was never invalidated."""
+    for root, (ts, pid) in torn.items():
+        defunct = next((item.queued_at for item in threads.work_items
+                        if item.worker == pid and item.start <= ts <= item.end
+                        and item.queued_by in threads.vcpus), None)
+        if defunct is not None:
+            inval[root] = min(defunct, inval.get(root, defunct))
+        elif root in inval and inval[root] > ts:
+            del inval[root]
+
+
 def _root_table(roots: pd.DataFrame, trace: Trace, threads: ThreadMap) -> pa.Table:
     fast = trace.table("kvm_mmu_zap_all_fast").to_pandas() if "kvm_mmu_zap_all_fast" in \
         trace.names else pd.DataFrame(columns=["ts", "pid", "mmu_valid_gen"])
@@ -435,9 +482,15 @@ def _root_table(roots: pd.DataFrame, trace: Trace, threads: ThreadMap) -> pa.Tab
     own = roots.loc[roots["event"] == "kvm_mmu_prepare_zap_page", ["root", "ts", "pid"]]
     attributed = _tdp_zaps(roots, fast, trace, threads)
     attributed = attributed[~attributed["root"].isin(set(own["root"]))]
-    zaps = _zap_summary(pd.concat([own, attributed], ignore_index=True)
+    zaps = _zap_summary(pd.concat([own, attributed[["root", "ts", "pid"]]], ignore_index=True)
                         if len(attributed) else own).reindex(first.index)
+    # TDP MMU roots print generation 0 whatever the VM's mmu_valid_gen (tdp_mmu_init_sp
+    # leaves it zeroed): only shadow roots are matched to fast zaps of their generation
+    tdp = (first["direct"].fillna(False).astype(bool)
+           & (roots.groupby("root")["root_count"].max().reindex(first.index).fillna(0) == 0))
+    made = made.assign(mmu_valid_gen=made["mmu_valid_gen"].where(~tdp))
     inval = _invalidations(made, fast)
+    _unlinked_before_fast_zap(inval, _teardowns(attributed, first, trace), threads)
 
     def opt_int(v: object) -> int | None:
         return None if pd.isna(v) else int(v)  # type: ignore[call-overload]

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 from parsers.trace import Trace
 from replay.vm_generations import assign_by_generation
 
-__all__ = ["Confidence", "ThreadMap", "VcpuThread", "identify_threads", "VCPU_THREAD_RE",
+__all__ = ["WorkItem", "Confidence", "ThreadMap", "VcpuThread", "identify_threads", "VCPU_THREAD_RE",
            "VCPU_TABLE_SCHEMA"]
 
 Confidence = Literal["high", "medium", "low"]
@@ -56,6 +56,25 @@ class VcpuThread:
     confidence: Confidence
 
 
+@dataclass(frozen=True)
+class WorkItem:
+    """One execution of a work item a VM thread queued (``workqueue_queue_work`` →
+    ``workqueue_execute_start``/``_end`` of the same ``work`` address).
+
+    ``end`` is the worker's ``execute_end``, else its next ``execute_start`` (a worker runs
+    one item at a time), else the trace's last timestamp."""
+
+    work: str
+    function: str
+    queued_at: int
+    queued_by: int
+    queued_seq: int
+    vm: int
+    worker: int
+    start: int
+    end: int
+
+
 @dataclass
 class ThreadMap:
     """VMs and threads of a trace.
@@ -77,6 +96,8 @@ class ThreadMap:
     #: kernel worker pid → (start, end, VM) of each work item a VM thread queued
     #: (``workqueue_queue_work`` → ``workqueue_execute_start``/``_end`` of the same work).
     work: dict[int, list[tuple[int, int, int]]] = field(default_factory=dict)
+    #: the same executions with who queued them and when, in execution order.
+    work_items: list[WorkItem] = field(default_factory=list)
 
     def vm_at(self, pid: int, ts: int) -> int | None:
         """The VM thread ``pid`` works for at ``ts``: its own, or for a kernel worker the
@@ -120,36 +141,47 @@ def identify_threads(trace: Trace) -> ThreadMap:
     kernel = {p for p in kvm_pids if KERNEL_THREAD_RE.match(out.comms.get(p, ""))}
     _group_vms(out, [p for p in kvm_pids if p not in kernel], ids, tgids, parents, trace)
     _number_vcpus(out, ids)
-    out.work = _work_windows(trace, out)
+    out.work_items = _work_items(trace, out)
+    for item in out.work_items:
+        out.work.setdefault(item.worker, []).append((item.start, item.end, item.vm))
     return out
 
 
-def _work_windows(trace: Trace, out: ThreadMap) -> dict[int, list[tuple[int, int, int]]]:
+def _work_items(trace: Trace, out: ThreadMap) -> list[WorkItem]:
     """Which VM's work each kernel worker runs, from the workqueue events' ``work`` address:
     queued by a thread of a known VM, executed (start..end) by a worker."""
     ev = trace.events
     names = ev.column("event").cast(pa.string())
     wanted = pc.is_in(names, pa.array(["workqueue_queue_work", "workqueue_execute_start",
                                        "workqueue_execute_end"]))
-    rows = ev.filter(pc.fill_null(wanted, False)).select(["ts", "pid", "event", "args"])
-    owner: dict[str, int] = {}
-    open_: dict[tuple[int, str], int] = {}
-    windows: dict[int, list[tuple[int, int, int]]] = {}
-    for ts, pid, event, args in zip(*(rows.column(c).to_pylist()
-                                      for c in ("ts", "pid", "event", "args")), strict=True):
+    rows = ev.filter(pc.fill_null(wanted, False)).select(["ts", "pid", "seq", "event", "args"])
+    queued: dict[str, tuple[int, int, int, int, str]] = {}
+    open_: dict[int, tuple[str, int, tuple[int, int, int, int, str]]] = {}
+    items: list[WorkItem] = []
+
+    def close(worker: int, end: int) -> None:
+        work, start, (at, by, seq, vm, function) = open_.pop(worker)
+        items.append(WorkItem(work, function, at, by, seq, vm, worker, start, max(start, end)))
+
+    for ts, pid, seq, event, args in zip(*(rows.column(c).to_pylist() for c in (
+            "ts", "pid", "seq", "event", "args")), strict=True):
         m = (_QUEUE_RE if event == "workqueue_queue_work" else _EXEC_RE).search(args or "")
-        if not m:
+        if not m or ts is None or pid is None:
             continue
         work = m[1]
         if event == "workqueue_queue_work":
             vm = out.vm_of.get(pid)
             if vm is not None:
-                owner[work] = vm
-        elif event == "workqueue_execute_start" and work in owner:
-            open_[(pid, work)] = ts
-        elif (pid, work) in open_:
-            windows.setdefault(pid, []).append((open_.pop((pid, work)), ts, owner[work]))
-    return windows
+                queued[work] = (ts, pid, seq, vm, m[2])
+            continue
+        if pid in open_ and (event == "workqueue_execute_start" or open_[pid][0] == work):
+            close(pid, ts)
+        if event == "workqueue_execute_start" and work in queued:
+            open_[pid] = (work, ts, queued.pop(work))  # one queueing, one execution
+    last = pc.max(ev.column("ts")).as_py() if ev.num_rows else None
+    for worker in sorted(open_):
+        close(worker, last if last is not None else open_[worker][1])
+    return sorted(items, key=lambda i: (i.start, i.worker))
 
 
 def _kvm_pids(trace: Trace) -> list[int]:

@@ -87,6 +87,7 @@ def derive_workloads(trace: Trace, threads: ThreadMap) -> DerivedWorkloads:
     """
     warnings: list[str] = []
     steps: dict[int, list[_Step]] = {vm: [] for vm in threads.vms}
+    _resets(trace, threads, steps)
     _root_loads(trace, threads, steps)
     _reloads_at_entry(trace, threads, steps)
     _populates(trace, threads, steps)
@@ -138,21 +139,29 @@ def _root_loads(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]])
     fast_ts = {vm: sorted(int(t) for t, p in zip(fast.get("ts", []), fast.get("pid", []),
                                                  strict=True) if threads.vm_of.get(int(p)) == vm)
                for vm in threads.vms}
+    user = _frame(trace, "kvm_userspace_exit")
     last_load: dict[int, int] = {}
     for row in pages[pages["level"] == top].itertuples():
         vcpu = threads.vcpus[int(row.pid)]
         new = "new" if row.created is True else "existing"
         prev = last_load.get(vcpu.vcpu)
         last_load[vcpu.vcpu] = int(row.ts)
-        if row.direct is True and new == "new" and prev is not None and not any(
+        unloaded = any(isinstance(s.op, Unload) and s.op.vcpu == vcpu.vcpu
+                       and prev is not None and prev < s.op.at <= row.ts for s in steps[vcpu.vm])
+        if row.direct is True and new == "new" and prev is not None and not unloaded and not any(
                 prev < z <= row.ts for z in fast_ts.get(vcpu.vm, [])):
             # TDP: a vCPU allocates a root of a role it already had, with no fast zap
-            # in between: its MMU context was reset (kvm_mmu_reset_context → unload)
+            # in between: its MMU context was reset (kvm_mmu_reset_context → unload), by
+            # an ioctl from userspace: after its last exit to userspace, if traced
+            out = user[(user["pid"] == row.pid) & (user["ts"] > prev) & (user["ts"] < row.ts)] \
+                if not user.empty else user
+            at, seq = (int(out["ts"].iloc[-1]), int(out["seq"].iloc[-1])) if len(out) \
+                else (int(row.ts), int(row.seq))
             steps[vcpu.vm].append(_Step(
-                Unload(vcpu=vcpu.vcpu, at=int(row.ts)), int(row.seq),
+                Unload(vcpu=vcpu.vcpu, at=at), seq,
                 f"a new root by {threads.thread_name(int(row.pid))} with no fast zap since "
-                f"its previous load: an MMU reset (KVM_SET_SREGS, CPUID, SMM) unloaded it",
-                "medium"))
+                f"its previous load: an MMU reset (KVM_SET_SREGS, CPUID, SMM) unloaded it"
+                + (" after its exit to userspace" if len(out) else ""), "medium"))
         steps[vcpu.vm].append(_Step(
             LoadRoot(vcpu=vcpu.vcpu, at=int(row.ts)), int(row.seq),
             f"kvm_mmu_get_page {new} level {row.level} gfn {row.gfn:#x} by "
@@ -175,20 +184,83 @@ def _reloads_at_entry(trace: Trace, threads: ThreadMap, steps: dict[int, list[_S
                                               strict=True) if threads.vm_of.get(int(p)) == vcpu.vm)
         ts = group["ts"].to_numpy(dtype=np.int64)
         seq = group["seq"].to_numpy(dtype=np.int64)
-        marks = [(int(ts[0]), int(seq[0]), -1)]
-        for z in zaps:
+        resets = sorted(s.op.at for s in steps.get(vcpu.vm, [])
+                        if isinstance(s.op, Unload) and s.op.vcpu == vcpu.vcpu)
+        marks = [(int(ts[0]), int(seq[0]), -1, "")]
+        for z, what in [(z, "the fast zap") for z in zaps] + [(u, "its unload") for u in resets]:
             k = int(np.searchsorted(ts, z, side="right"))
             if k < ts.size:
-                marks.append((int(ts[k]), int(seq[k]), z))
-        for at, sq, since in marks:
-            if any(since < t <= at for t in mine):
+                marks.append((int(ts[k]), int(seq[k]), z, what))
+        for at, sq, since, what in sorted(set(marks)):
+            if any(since < t <= at for t in mine) or any(
+                    m[0] == at and m[2] < since for m in marks):
                 continue
             why = ("first kvm_entry" if since < 0 else
-                   f"first kvm_entry after the fast zap at {since}")
+                   f"first kvm_entry after {what} at {since}")
             steps[vcpu.vm].append(_Step(LoadRoot(vcpu=vcpu.vcpu, at=at), sq,
                                         f"{why} with no root get_page by this vCPU: it "
                                         f"reused a valid root (not traced)", "medium"))
 
+
+
+def _root_level(trace: Trace) -> int | None:
+    """The TDP root level: the highest level of a direct ``kvm_mmu_get_page``, else the
+    highest level of a ``kvm_tdp_mmu_spte_changed``."""
+    pages = _frame(trace, "kvm_mmu_get_page")
+    if not pages.empty and (pages["direct"] == True).any():  # noqa: E712
+        return int(pages.loc[pages["direct"] == True, "level"].max())  # noqa: E712
+    changed = _frame(trace, "kvm_tdp_mmu_spte_changed")
+    level = changed["level"].max() if not changed.empty else None
+    return None if level is None or pd.isna(level) else int(level)
+
+
+def _root_teardowns(trace: Trace) -> pd.DataFrame:
+    """``kvm_tdp_mmu_spte_changed`` rows that zap a top-level entry (present → non-present
+    at the root level): only a root's teardown does that (``tdp_mmu_zap_root``, or ≤ 5.17
+    ``zap_gfn_range`` over the whole root); mmu_notifier unmaps zap leaves, faults at most
+    the level of the huge page they install."""
+    changed = _frame(trace, "kvm_tdp_mmu_spte_changed")
+    level = _root_level(trace)
+    if changed.empty or level is None:
+        return pd.DataFrame(columns=["seq", "ts", "pid"])
+    old = changed["old_spte"].fillna(0).astype(np.uint64)
+    new = changed["new_spte"].fillna(0).astype(np.uint64)
+    gone = ((old & SPTE_PRESENT) != 0) & ((new & SPTE_PRESENT) == 0) & (changed["level"] == level)
+    return changed.loc[gone, ["seq", "ts", "pid"]]
+
+
+def _resets(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]]) -> None:
+    """A vCPU that itself put the last reference of its still-valid root was reset (an
+    ``Unload``; the next entry reloads): up to 5.17 it tore the root down inline (its own
+    top-level zaps), 5.18 .. 6.3 it queued the defunct root's ``tdp_mmu_zap_root_work``.
+    Not after a fast zap since its previous ``kvm_entry``: that put is the request's."""
+    evidence: list[tuple[int, int, int, str]] = []
+    for seq, ts, pid in _root_teardowns(trace).itertuples(index=False):
+        evidence.append((int(pid), int(ts), int(seq), "zapped a whole root inline (<= 5.17 "
+                         "last put of a valid root)"))
+    for item in threads.work_items:
+        if "zap_root" in item.function:
+            evidence.append((item.queued_by, item.queued_at, item.queued_seq,
+                             f"queued {item.function} ({item.work}): the defunct-root put of "
+                             f"5.18 .. 6.3"))
+    entries = _frame(trace, "kvm_entry")
+    fast = _frame(trace, "kvm_mmu_zap_all_fast")
+    done: set[tuple[int, int]] = set()
+    for pid, ts, seq, why in sorted(evidence, key=lambda e: (e[1], e[2])):
+        vcpu = threads.vcpus.get(pid)
+        if vcpu is None:
+            continue
+        before = entries.loc[(entries["pid"] == pid) & (entries["ts"] <= ts), "ts"] \
+            if not entries.empty else pd.Series(dtype=np.int64)
+        since = int(before.max()) if len(before) else -1
+        zapped = any(since < int(t) <= ts and threads.vm_of.get(int(p)) == vcpu.vm
+                     for t, p in zip(fast.get("ts", []), fast.get("pid", []), strict=True))
+        if zapped or (pid, since) in done:
+            continue
+        done.add((pid, since))
+        steps[vcpu.vm].append(_Step(Unload(vcpu=vcpu.vcpu, at=ts), seq,
+                                    f"{threads.thread_name(pid)} {why}: an MMU reset put its "
+                                    f"root's last reference", "high"))
 
 
 def _leaf_rows(trace: Trace, threads: ThreadMap) -> pd.DataFrame:
@@ -294,6 +366,42 @@ def _with_first_loads(items: list[_Step]) -> list[_Step]:
     return out
 
 
+#: ``SHADOW_NONPRESENT_VALUE`` (bit 63, x86_64 ~6.10+): what a zapping iterator writes.
+_NONPRESENT_VALUE: Final = 1 << 63
+
+
+def _fast_zap_passes(trace: Trace, zaps: pd.DataFrame) -> str | None:
+    """``"one"`` or ``"multi"``: how the fast-zap task tore the invalidated roots down.
+
+    The iterator writes 0 (or ``SHADOW_NONPRESENT_VALUE``) into the entries it zaps;
+    ``handle_removed_pt`` writes the frozen value below them. <= 5.17 zaps at the root
+    level only (``zap_gfn_range`` over everything): the task's first zap after its
+    ``kvm_mmu_zap_all_fast`` is a top-level entry and every write below it is frozen.
+    5.18+ zap the 1 GiB level first (6.9+: 4K, 2M, 1G), then the root level: iterator
+    writes below the root level come first. ``None`` when no teardown follows a fast zap."""
+    level = _root_level(trace)
+    fast = _frame(trace, "kvm_mmu_zap_all_fast")
+    if level is None or fast.empty or zaps.empty:
+        return None
+    zaps = zaps.sort_values("seq", kind="stable")
+    new = zaps["new_spte"].fillna(0).astype(np.uint64).to_numpy()
+    iterator = (new & np.uint64(~_NONPRESENT_VALUE & (2**64 - 1))) == 0
+    votes: set[str] = set()
+    for seq, pid in zip(fast["seq"], fast["pid"], strict=True):
+        mine = (zaps["pid"].to_numpy() == pid) & (zaps["seq"].to_numpy() > seq)
+        later = fast[(fast["pid"] == pid) & (fast["seq"] > seq)]["seq"]
+        if len(later):
+            mine &= zaps["seq"].to_numpy() < int(later.min())
+        idx = np.flatnonzero(mine)
+        top = idx[zaps["level"].to_numpy()[idx] == level]
+        if not top.size:
+            continue
+        window = idx[idx <= top[0]]
+        below = zaps["level"].to_numpy()[window] < level
+        votes.add("multi" if (below & iterator[window]).any() else "one")
+    return "multi" if "multi" in votes else ("one" if votes else None)
+
+
 def detect_era(trace: Trace, threads: ThreadMap) -> tuple[str, str | None, str]:
     """(backend, era policy name or None, evidence): who zaps roots tells the era."""
     pages = _frame(trace, "kvm_mmu_get_page")
@@ -307,8 +415,13 @@ def detect_era(trace: Trace, threads: ThreadMap) -> tuple[str, str | None, str]:
     args = " ".join(a or "" for a in trace.events.column("args").to_pylist()
                     if a and "function=" in a)
     if "tdp_mmu_zap_root_work" in args:
+        defunct = any(i.queued_by in threads.vcpus for i in threads.work_items
+                      if i.function == "tdp_mmu_zap_root_work")
         return ("tdp", "5.18", "workqueue_queue_work function=tdp_mmu_zap_root_work: per-VM "
-                "workqueue zaps (5.18 .. 6.5)")
+                "workqueue zaps " + ("(5.18 .. 6.3: a vCPU queued one, a defunct root's put; "
+                                     "from 6.4 a valid root is never put to 0)" if defunct else
+                                     "(5.18 .. 6.5; no vCPU queued one, so 6.4/6.5, which "
+                                     "preserve roots, are not ruled out)"))
     if "tdp_mmu_zap_root_async" in args:
         return ("tdp", "async", "function=tdp_mmu_zap_root_async on the system workqueue")
     changed = _frame(trace, "kvm_tdp_mmu_spte_changed")
@@ -317,9 +430,19 @@ def detect_era(trace: Trace, threads: ThreadMap) -> tuple[str, str | None, str]:
     zappers = set(changed.loc[gone, "pid"].dropna().astype(int))
     fast = set(_frame(trace, "kvm_mmu_zap_all_fast").get("pid", pd.Series(dtype=int)))
     names = {threads.comms.get(p, "") for p in zappers}
+    torn = set(_root_teardowns(trace)["pid"].dropna().astype(int))
+    if torn & set(threads.vcpus):
+        return ("tdp", "sync", "vCPU threads zap top-level entries: the last put of a valid "
+                "root tears it down inline (<= 5.17; from 5.18 the putter only queues the "
+                "zap, from 6.4 a valid root is never put to 0)")
     if zappers & fast:
+        if _fast_zap_passes(trace, changed[gone]) == "one":
+            return ("tdp", "sync", "SPTE zaps by the kvm_mmu_zap_all_fast task itself, in one "
+                    "root-level pass (top-level entry first, only frozen writes below it): "
+                    "<= 5.17 zaps gifted roots inline that way; 5.18+ zap the 1 GiB level "
+                    "first")
         return ("tdp", "6.6", "SPTE zaps by the kvm_mmu_zap_all_fast task itself: the invalidating "
-                "task zaps inline (6.6+; <= 5.17 looks the same for gifted roots)")
+                "task zaps inline (6.6+; the 1 GiB level first unless no teardown is traced)")
     if any(n.startswith("kworker") for n in names):
         return ("tdp", "5.18", "SPTE zaps by kworkers (5.18 .. 6.5)")
     if zappers & set(threads.vcpus):
