@@ -139,6 +139,15 @@ def _root_loads(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]])
     fast_ts = {vm: sorted(int(t) for t, p in zip(fast.get("ts", []), fast.get("pid", []),
                                                  strict=True) if threads.vm_of.get(int(p)) == vm)
                for vm in threads.vms}
+    fast_arr = {vm: np.asarray(t, dtype=np.int64) for vm, t in fast_ts.items()}
+    # Unloads derived before this pass (a vCPU's own last put); those added below lie before
+    # the load that adds them, so they never fall in a later load's window
+    found: dict[int, list[int]] = {}
+    for items in steps.values():
+        for st in items:
+            if isinstance(st.op, Unload):
+                found.setdefault(st.op.vcpu, []).append(st.op.at)
+    unloads = {v: np.sort(np.asarray(a, dtype=np.int64)) for v, a in found.items()}
     user = _frame(trace, "kvm_userspace_exit")
     last_load: dict[int, int] = {}
     for row in pages[pages["level"] == top].itertuples():
@@ -146,10 +155,9 @@ def _root_loads(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]])
         new = "new" if row.created is True else "existing"
         prev = last_load.get(vcpu.vcpu)
         last_load[vcpu.vcpu] = int(row.ts)
-        unloaded = any(isinstance(s.op, Unload) and s.op.vcpu == vcpu.vcpu
-                       and prev is not None and prev < s.op.at <= row.ts for s in steps[vcpu.vm])
-        if row.direct is True and new == "new" and prev is not None and not unloaded and not any(
-                prev < z <= row.ts for z in fast_ts.get(vcpu.vm, [])):
+        if row.direct is True and new == "new" and prev is not None \
+                and not _any_in(unloads.get(vcpu.vcpu), prev, int(row.ts)) \
+                and not _any_in(fast_arr.get(vcpu.vm), prev, int(row.ts)):
             # TDP: a vCPU allocates a root of a role it already had, with no fast zap
             # in between: its MMU context was reset (kvm_mmu_reset_context → unload), by
             # an ioctl from userspace: after its last exit to userspace, if traced
@@ -166,6 +174,14 @@ def _root_loads(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]])
             LoadRoot(vcpu=vcpu.vcpu, at=int(row.ts)), int(row.seq),
             f"kvm_mmu_get_page {new} level {row.level} gfn {row.gfn:#x} by "
             f"{threads.thread_name(int(row.pid))}", "high"))
+
+
+def _any_in(times: np.ndarray | None, lo: int, hi: int) -> bool:
+    """Whether sorted ``times`` holds a value in ``(lo, hi]``."""
+    if times is None or not times.size:
+        return False
+    k = int(np.searchsorted(times, lo, side="right"))
+    return k < times.size and int(times[k]) <= hi
 
 
 def _reloads_at_entry(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]]) -> None:
