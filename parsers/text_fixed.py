@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["FixedFields", "FIXED_TGID_RE", "FIXED_PLAIN_RE", "match_fixed"]
+__all__ = ["FixedFields", "FIXED_TGID_RE", "FIXED_PLAIN_RE", "match_fixed", "pieces"]
 
 #: record-tgid layout: ``comm(16)-pid(7) (tgid(7)) [cpu(3)] flags ts: event:``.
 FIXED_TGID_RE: Final = (r"^[ -~]{16}-[0-9][0-9 ]{6} \([ 0-9-]{7}\) \[[0-9]{3}\] [^ ]{4,5} +"
@@ -49,7 +49,7 @@ class FixedFields:
     payload_start: np.ndarray
 
 
-def _pieces(lines: pa.StringArray, a: np.ndarray, b: np.ndarray) -> pa.Array:
+def pieces(lines: pa.StringArray, a: np.ndarray, b: np.ndarray) -> pa.Array:
     """Strings ``[a, b)`` (byte offsets into the chunk buffer, increasing row by row)."""
     data = lines.buffers()[2]
     offsets = np.empty(2 * a.size + 1, dtype=np.int32)
@@ -98,22 +98,22 @@ def match_fixed(lines: pa.StringArray, starts: np.ndarray, ends: np.ndarray,
     comm_grid = _grid(data, s, 16)
     lead = np.argmax(comm_grid != _SPACE, axis=1)
     lead = np.where((comm_grid == _SPACE).all(axis=1), 16, lead)
-    comm = _pieces(lines, s + lead, s + 16)
+    comm = pieces(lines, s + lead, s + 16)
     pid_grid = _grid(data, s + 17, 7)
     pid_len = np.cumprod((pid_grid >= 48) & (pid_grid <= 57), axis=1).sum(axis=1)
-    pid = _ints(_pieces(lines, s + 17, s + 17 + pid_len), pa.int64())
+    pid = _ints(pieces(lines, s + 17, s + 17 + pid_len), pa.int64())
     tg_grid = _grid(data, s + 26, 7)
     tg_digit = (tg_grid >= 48) & (tg_grid <= 57)
     tg_lead = np.argmax(tg_grid != _SPACE, axis=1)
     tgid_ok = has_tgid & tg_digit.any(axis=1) & (tg_digit.sum(axis=1) == 7 - tg_lead)
     tg_from = np.where(tgid_ok, s + 26 + tg_lead, s + 17)
     tg_to = np.where(tgid_ok, s + 33, s + 18)  # a pid digit stands in for absent tgids
-    tgid_v = _ints(_pieces(lines, tg_from, tg_to), pa.int64())
+    tgid_v = _ints(pieces(lines, tg_from, tg_to), pa.int64())
     cpu_at = np.where(has_tgid, s + 36, s + 26)
-    cpu = _ints(_pieces(lines, cpu_at, cpu_at + 3), pa.int64())
+    cpu = _ints(pieces(lines, cpu_at, cpu_at + 3), pa.int64())
     flag_at = cpu_at + 5
     flag_len = np.where(data[np.minimum(flag_at + 4, data.size - 1)] == _SPACE, 4, 5)
-    flags = _pieces(lines, flag_at, flag_at + flag_len)
+    flags = pieces(lines, flag_at, flag_at + flag_len)
     ts_grid = _grid(data, flag_at + flag_len, _TS_SCAN)
     first = np.argmax(ts_grid != _SPACE, axis=1)
     dot = np.argmax(ts_grid == _DOT, axis=1)
@@ -124,9 +124,9 @@ def match_fixed(lines: pa.StringArray, starts: np.ndarray, ends: np.ndarray,
     # rows that fail read a validated cpu digit instead, and are dropped below
     sec_from = np.where(ok, ts_start + first, cpu_at)
     sec_to = np.where(ok, ts_start + dot, cpu_at + 1)
-    sec_text = _pieces(lines, sec_from, sec_to)
+    sec_text = pieces(lines, sec_from, sec_to)
     sec = _ints(sec_text, pa.int64())
-    frac = _ints(_pieces(lines, np.where(ok, ts_start + dot + 1, cpu_at),
+    frac = _ints(pieces(lines, np.where(ok, ts_start + dot + 1, cpu_at),
                          np.where(ok, ts_start + colon, cpu_at + 1)), pa.int64())
     digits = (colon - dot - 1).astype(np.int64)
     scale = 10 ** np.clip(9 - digits, 0, 9)
@@ -149,7 +149,7 @@ def match_fixed(lines: pa.StringArray, starts: np.ndarray, ends: np.ndarray,
         ev_start, ev_len = ev_start[keep], ev_len[keep]
         if not rows.size:
             return None
-    event = _pieces(lines, ev_start, ev_start + ev_len)
+    event = pieces(lines, ev_start, ev_start + ev_len)
     return FixedFields(rows, comm, pid.astype(np.int32), tgid_v.astype(np.int32), tgid_ok,
                        cpu.astype(np.int32), flags, sec_text, digits, ts.astype(np.int64), event,
                        pay)

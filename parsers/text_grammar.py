@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from parsers.numeric_text import dec_to_int
-from parsers.text_fixed import FixedFields, match_fixed
+from parsers.text_fixed import FixedFields, match_fixed, pieces
 
 __all__ = ["EventLines", "split_event_lines", "TS_FIND_RE", "CTX_RE", "TAIL_RE"]
 
@@ -205,14 +205,7 @@ def split_event_lines(lines: pa.StringArray) -> EventLines:
 
 
 def _from_fixed(lines: pa.StringArray, f: FixedFields, content_end: np.ndarray) -> EventLines:
-    end = np.maximum(content_end[f.rows], f.payload_start)
-    data = lines.buffers()[2]
-    offsets = np.empty(2 * f.rows.size + 1, dtype=np.int32)
-    offsets[0:-1:2] = f.payload_start
-    offsets[1::2] = end
-    offsets[-1] = end[-1]
-    tiled = pa.Array.from_buffers(pa.string(), 2 * f.rows.size, [None, pa.py_buffer(offsets), data])
-    payload = tiled.take(pa.array(np.arange(0, 2 * f.rows.size, 2)))
+    payload = pieces(lines, f.payload_start, np.maximum(content_end[f.rows], f.payload_start))
     return EventLines(
         rows=f.rows, comm=f.comm, pid=pa.array(f.pid, pa.int32()),
         tgid=pa.array(f.tgid, pa.int32(), mask=~f.tgid_valid), cpu=pa.array(f.cpu, pa.int32()),

@@ -190,6 +190,17 @@ class WorkqueueZap(ZapPolicy):
         rp.queue_zap(rp.vm_wq, root, "zap_work", putter)
         yield from ()
 
+    def invalidate_section(self, rp: Replay, actor: ActorId) -> Wait:
+        """The fast zap's ``mmu_lock`` write section: flip the generation, invalidate the
+        roots (:meth:`invalidate_all`), request every vCPU to drop obsolete roots."""
+        def section() -> None:
+            rp.mmu_valid_gen ^= 1
+            self.invalidate_all(rp, actor)
+            rp.request_all()
+
+        live = len(rp.live_roots())
+        yield from rp.write_section(actor, section, live * rp.cost.invalidate_root_ns)
+
     def invalidate_all(self, rp: Replay, actor: ActorId) -> None:
         """``kvm_tdp_mmu_invalidate_all_roots``: valid roots only, one work item each."""
         for root in rp.live_roots():
@@ -198,13 +209,7 @@ class WorkqueueZap(ZapPolicy):
                 rp.queue_zap(rp.vm_wq, root, "zap_work", actor)
 
     def fast_zap(self, rp: Replay, actor: ActorId) -> Wait:
-        def section() -> None:
-            rp.mmu_valid_gen ^= 1
-            self.invalidate_all(rp, actor)
-            rp.request_all()
-
-        live = len(rp.live_roots())
-        yield from rp.write_section(actor, section, live * rp.cost.invalidate_root_ns)
+        yield from self.invalidate_section(rp, actor)
         yield rp.vm_wq.flush()
 
     def uninit(self, rp: Replay, actor: ActorId) -> Wait:
@@ -278,13 +283,7 @@ class InlineZap(PreservedRootsZap):
         rp.release(actor, mode)
 
     def fast_zap(self, rp: Replay, actor: ActorId) -> Wait:
-        def section() -> None:
-            rp.mmu_valid_gen ^= 1
-            self.invalidate_all(rp, actor)
-            rp.request_all()
-
-        live = len(rp.live_roots())
-        yield from rp.write_section(actor, section, live * rp.cost.invalidate_root_ns)
+        yield from self.invalidate_section(rp, actor)
         yield from self.zap_invalidated(rp, actor, READ)
 
     def uninit(self, rp: Replay, actor: ActorId) -> Wait:

@@ -18,6 +18,7 @@ Times are the trace's own nanoseconds, so replayed tables line up with observed 
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -125,8 +126,27 @@ def _has_event(trace: Trace, name: str) -> bool:
     return False
 
 
+#: Typed tables as DataFrames, converted once per trace (derive reads several of them in
+#: several passes; the frames are only read, never modified).
+_FRAMES: weakref.WeakKeyDictionary[Trace, dict[str, pd.DataFrame]] = weakref.WeakKeyDictionary()
+
+
 def _frame(trace: Trace, name: str) -> pd.DataFrame:
-    return trace.table(name).to_pandas() if name in trace.names else pd.DataFrame()
+    frames = _FRAMES.setdefault(trace, {})
+    if name not in frames:
+        frames[name] = trace.table(name).to_pandas() if name in trace.names else pd.DataFrame()
+    return frames[name]
+
+
+def _fast_zaps_by_vm(trace: Trace, threads: ThreadMap) -> dict[int, np.ndarray]:
+    """Sorted ``kvm_mmu_zap_all_fast`` times of each VM."""
+    fast = _frame(trace, "kvm_mmu_zap_all_fast")
+    out: dict[int, list[int]] = {vm: [] for vm in threads.vms}
+    for t, p in zip(fast.get("ts", []), fast.get("pid", []), strict=True):
+        vm = threads.vm_of.get(int(p))
+        if vm is not None:
+            out.setdefault(vm, []).append(int(t))
+    return {vm: np.sort(np.asarray(ts, dtype=np.int64)) for vm, ts in out.items()}
 
 
 def _root_loads(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]]) -> None:
@@ -135,11 +155,7 @@ def _root_loads(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]])
         return
     pages = pages[pages["pid"].isin(list(threads.vcpus))]
     top = pages["level"].max()
-    fast = _frame(trace, "kvm_mmu_zap_all_fast")
-    fast_ts = {vm: sorted(int(t) for t, p in zip(fast.get("ts", []), fast.get("pid", []),
-                                                 strict=True) if threads.vm_of.get(int(p)) == vm)
-               for vm in threads.vms}
-    fast_arr = {vm: np.asarray(t, dtype=np.int64) for vm, t in fast_ts.items()}
+    fast_arr = _fast_zaps_by_vm(trace, threads)
     # Unloads derived before this pass (a vCPU's own last put); those added below lie before
     # the load that adds them, so they never fall in a later load's window
     found: dict[int, list[int]] = {}
@@ -191,13 +207,12 @@ def _reloads_at_entry(trace: Trace, threads: ThreadMap, steps: dict[int, list[_S
     entries = _frame(trace, "kvm_entry")
     if entries.empty:
         return
-    fast = _frame(trace, "kvm_mmu_zap_all_fast")
+    fast_by_vm = _fast_zaps_by_vm(trace, threads)
     for pid, group in entries[entries["pid"].isin(list(threads.vcpus))].groupby("pid"):
         vcpu = threads.vcpus[int(pid)]
         mine = sorted(s.op.at for s in steps.get(vcpu.vm, [])
                       if isinstance(s.op, LoadRoot) and s.op.actor == f"vcpu{vcpu.vcpu}")
-        zaps = sorted(int(t) for t, p in zip(fast.get("ts", []), fast.get("pid", []),
-                                              strict=True) if threads.vm_of.get(int(p)) == vcpu.vm)
+        zaps = fast_by_vm.get(vcpu.vm, np.zeros(0, np.int64)).tolist()
         ts = group["ts"].to_numpy(dtype=np.int64)
         seq = group["seq"].to_numpy(dtype=np.int64)
         resets = sorted(s.op.at for s in steps.get(vcpu.vm, [])
@@ -260,7 +275,7 @@ def _resets(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]]) -> 
                              f"queued {item.function} ({item.work}): the defunct-root put of "
                              f"5.18 .. 6.3"))
     entries = _frame(trace, "kvm_entry")
-    fast = _frame(trace, "kvm_mmu_zap_all_fast")
+    fast_by_vm = _fast_zaps_by_vm(trace, threads)
     done: set[tuple[int, int]] = set()
     for pid, ts, seq, why in sorted(evidence, key=lambda e: (e[1], e[2])):
         vcpu = threads.vcpus.get(pid)
@@ -269,9 +284,7 @@ def _resets(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]]) -> 
         before = entries.loc[(entries["pid"] == pid) & (entries["ts"] <= ts), "ts"] \
             if not entries.empty else pd.Series(dtype=np.int64)
         since = int(before.max()) if len(before) else -1
-        zapped = any(since < int(t) <= ts and threads.vm_of.get(int(p)) == vcpu.vm
-                     for t, p in zip(fast.get("ts", []), fast.get("pid", []), strict=True))
-        if zapped or (pid, since) in done:
+        if _any_in(fast_by_vm.get(vcpu.vm), since, int(ts)) or (pid, since) in done:
             continue
         done.add((pid, since))
         steps[vcpu.vm].append(_Step(Unload(vcpu=vcpu.vcpu, at=ts), seq,
