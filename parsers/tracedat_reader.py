@@ -266,7 +266,9 @@ def _typed_batches(
     for name, chunks in rows.items():
         at = np.concatenate(chunks)
         order = np.argsort(at, kind="stable")
-        fields = {k: pa.array(np.concatenate(v)[order]) for k, v in cols[name].items()}
+        # an event whose embedded format declares none of its typed fields (a damaged or
+        # foreign format) still gets its typed rows, fields null
+        fields = {k: pa.array(np.concatenate(v)[order]) for k, v in cols.get(name, {}).items()}
         out[name] = _typed(name, at[order], cat, seq, cpu, fields)
     return out
 
