@@ -120,7 +120,7 @@ def _peak_rss_mib() -> float:
 
 def read_child(path: str, mode: str, batch: int) -> None:
     """Run in the child: read ``path`` and print events/s and peak RSS."""
-    from parsers.perfetto_reader import iter_perfetto, read_perfetto
+    from parsers.perfetto.reader import iter_perfetto, read_perfetto
 
     before = _peak_rss_mib()
     c0 = time.process_time()
@@ -151,7 +151,7 @@ def main() -> None:
     if a.read_child:
         read_child(a.read_child[0], a.read_child[1], int(a.read_child[2]))
         return
-    from parsers.perfetto_writer import write_perfetto
+    from parsers.perfetto.writer import write_perfetto
 
     if not SOURCE.exists():
         sys.exit(f"{SOURCE} is absent: the benchmark needs ../shared/traces")

@@ -26,8 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from parsers.tracedat_header import read_info  # noqa: E402
-from parsers.tracedat_reader import iter_tracedat, read_tracedat  # noqa: E402
+from parsers.tracedat.header import read_info  # noqa: E402
+from parsers.tracedat.reader import iter_tracedat, read_tracedat  # noqa: E402
 
 SOURCE = ROOT.parent / "shared" / "traces" / "real" / "tc_kvm.v6.dat"
 EVENTS_PER_COPY = 18836

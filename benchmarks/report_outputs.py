@@ -22,9 +22,9 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
 from replay import run_scenario  # noqa: E402
-from replay.recorders import BLOCKS_SCHEMA  # noqa: E402
-from replay.report_html import write_report  # noqa: E402
-from replay.timeline_perfetto import write_timeline  # noqa: E402
+from replay.model.recorders import BLOCKS_SCHEMA  # noqa: E402
+from replay.render.html import write_report  # noqa: E402
+from replay.render.timeline import write_timeline  # noqa: E402
 
 HTML_TARGET = 2_000_000
 

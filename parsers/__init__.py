@@ -19,15 +19,15 @@ from parsers.errors import (
     TraceTruncatedError,
     UnknownEventError,
 )
-from parsers.ftrace_text import iter_ftrace_text, read_ftrace_text
-from parsers.perfetto_reader import iter_perfetto, read_perfetto
-from parsers.perfetto_sql import query_perfetto, query_trace
-from parsers.perfetto_writer import write_perfetto
-from parsers.record import RecordReport, record
+from parsers.perfetto.reader import iter_perfetto, read_perfetto
+from parsers.perfetto.sql import query_perfetto, query_trace
+from parsers.perfetto.writer import write_perfetto
+from parsers.recording.record import RecordReport, record
 from parsers.schema import EVENTS_SCHEMA, typed_event_names, typed_schema
 from parsers.table_files import write_tables
+from parsers.text.reader import iter_ftrace_text, read_ftrace_text
 from parsers.trace import Trace, TraceBatch, TraceMetadata, TraceStream
-from parsers.tracedat_reader import iter_tracedat, read_tracedat
+from parsers.tracedat.reader import iter_tracedat, read_tracedat
 
 __all__ = [
     "ConvertReport",

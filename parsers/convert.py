@@ -16,7 +16,7 @@ from typing import Final, Literal
 
 from parsers.detect import read_trace
 from parsers.errors import KvmMmuError
-from parsers.perfetto_writer import write_perfetto
+from parsers.perfetto.writer import write_perfetto
 from parsers.table_files import TABLE_FORMATS, write_tables
 
 __all__ = ["CONVERT_TARGETS", "ConvertReport", "convert_trace", "target_for"]

@@ -7,14 +7,14 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 
 from parsers.errors import TraceFormatError
-from parsers.ftrace_text import iter_ftrace_text
-from parsers.perfetto_reader import is_perfetto, iter_perfetto
-from parsers.text_grammar import CTX_RE, TAIL_RE
-from parsers.text_markers import LineKind, classify_line
-from parsers.text_source import open_raw, sniff
+from parsers.perfetto.reader import is_perfetto, iter_perfetto
+from parsers.text.grammar import CTX_RE, TAIL_RE
+from parsers.text.markers import LineKind, classify_line
+from parsers.text.reader import iter_ftrace_text
+from parsers.text.source import open_raw, sniff
 from parsers.trace import Trace, TraceStream
-from parsers.tracedat_header import is_tracedat
-from parsers.tracedat_reader import iter_tracedat
+from parsers.tracedat.header import is_tracedat
+from parsers.tracedat.reader import iter_tracedat
 
 __all__ = ["detect_format", "read_trace", "iter_trace", "FORMATS"]
 

@@ -8,9 +8,9 @@ under each policy. See docs/model.md and docs/replay.md.
 """
 
 from replay.compare import Comparison, run_scenario
-from replay.cost import COST_SOURCES, DEFAULT_COST, CostModel, apply_overrides, load_cost_file
 from replay.errors import ReplayConfigError, ReplayInvariantError, WorkloadError
-from replay.policies import (
+from replay.model.cost import COST_SOURCES, DEFAULT_COST, CostModel, apply_overrides, load_cost_file
+from replay.model.policies import (
     AsyncZap,
     InlineZap,
     LeafGranularZap,
@@ -21,14 +21,15 @@ from replay.policies import (
     get_policy,
     policy_names,
 )
-from replay.recorders import Anomalies, BlockLatency, Recorder, RefcountHistory, RootLifecycle
-from replay.records import BlockInterval, RefChange, Root
+from replay.model.recorders import Anomalies, BlockLatency, Recorder, RefcountHistory, RootLifecycle
+from replay.model.records import BlockInterval, RefChange, Root
+from replay.model.runner import default_recorders, run
+from replay.model.scenarios import SCENARIOS, build_scenario
+from replay.model.workload import Workload
+from replay.render.kernel_text import KernelTextTrace
 from replay.result import ReplayResult
-from replay.runner import default_recorders, run
-from replay.scenarios import SCENARIOS, build_scenario
-from replay.trace_emit import KernelTextTrace
-from replay.trace_replay import TraceReplayResult, replay
-from replay.workload import Workload
+from replay.trace_replay import replay
+from replay.trace_result import TraceReplayResult
 
 __all__ = [
     "Anomalies",

@@ -21,15 +21,16 @@ from rich.table import Table
 from parsers import KvmMmuError, Trace, TraceBatch, TraceStream
 from parsers.convert import CONVERT_TARGETS, ConvertReport, convert_trace
 from parsers.detect import iter_trace
-from parsers.perfetto_sql import query_trace
-from parsers.record import RecordReport, record
-from parsers.record_presets import PRESETS
+from parsers.perfetto.sql import query_trace
+from parsers.recording.presets import PRESETS
+from parsers.recording.record import RecordReport, record
 from parsers.table_files import write_tables
 from replay.compare import run_scenario
-from replay.cost import DEFAULT_COST, apply_overrides, load_cost_file
-from replay.replay_render import render_replay
+from replay.model.cost import DEFAULT_COST, apply_overrides, load_cost_file
+from replay.render.terminal import render_replay
 from replay.sizes import format_ns, parse_size
-from replay.trace_replay import TraceReplayResult, load_for_replay, replay
+from replay.trace_replay import load_for_replay, replay
+from replay.trace_result import TraceReplayResult
 
 __all__ = ["app", "main"]
 

@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from replay.cost import DEFAULT_COST, CostModel
-from replay.policies import ALL, get_policy, policy_names
-from replay.recorders import Recorder
+from replay.model.cost import DEFAULT_COST, CostModel
+from replay.model.policies import ALL, get_policy, policy_names
+from replay.model.recorders import Recorder
+from replay.model.runner import default_recorders, run
+from replay.model.scenarios import SELFTEST_BINARIES, build_scenario
+from replay.model.workload import Populate, Workload
 from replay.result import ReplayResult
-from replay.runner import default_recorders, run
-from replay.scenarios import SELFTEST_BINARIES, build_scenario
-from replay.workload import Populate, Workload
 
 __all__ = ["Comparison", "run_scenario", "expand_policies"]
 
@@ -92,7 +92,7 @@ def run_scenario(
     (``PATH`` for one policy, ``<stem>.<policy><suffix>`` for several), sampling per-SPTE
     events one in ``sample_every`` (None: about 20,000 sampled leaves per run).
     """
-    from replay.trace_emit import KernelTextTrace
+    from replay.render.kernel_text import KernelTextTrace
 
     names = expand_policies(policies)
     workload = build_scenario(

@@ -11,7 +11,7 @@ from conftest import ROOT
 
 import parsers
 
-MODULES = sorted(m.name for m in pkgutil.iter_modules(parsers.__path__, "parsers."))
+MODULES = sorted(m.name for m in pkgutil.walk_packages(parsers.__path__, "parsers.") if not m.ispkg)
 
 
 def test_package_exports_are_documented() -> None:

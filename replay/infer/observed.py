@@ -1,0 +1,515 @@
+"""What a trace itself shows: per-vCPU block intervals and the refcount history of roots.
+
+Rules (../shared/docs/kernel-semantics.md §3.3, from the kernel's tracepoints):
+
+* A vCPU is blocked from ``kvm_exit`` to its next ``kvm_entry`` (``vcpu_enter_guest``).
+  Traces without those events (a kvm_pvm host) give only the thread's windows outside
+  the guest: ``kvm_userspace_exit`` → the thread's next event (``userspace``), and bursts
+  of host-side events no more than ``burst_gap_ns`` apart (a lower bound of the time spent
+  in KVM; each such block carries ``confidence`` ``low``).
+* Each block's cause comes from the same thread's events inside it: zap events
+  (``kvm_mmu_prepare_zap_page``, ``kvm_tdp_mmu_spte_changed`` to a non-present SPTE) ⇒
+  ``zap``; a root ``kvm_mmu_get_page`` ⇒ ``root_alloc``; ``kvm_userspace_exit`` ⇒
+  ``userspace``; ``sched_switch`` away ⇒ ``preempted``; fault handling ⇒ ``fault``; else
+  ``exit``.
+* A block that overlaps a lost-events window (from the previous event on that CPU to the
+  marker) is flagged ``lost``: events inside it may be missing.
+* Shadow-MMU roots print their live ``root_count`` in ``kvm_mmu_get_page``,
+  ``kvm_mmu_prepare_zap_page``, ``kvm_mmu_sync_page`` and ``kvm_mmu_unsync_page``; roots are
+  keyed by (VM, gfn, role, generation) and their history is exactly those fields.
+  ``get_page ... existing`` prints the count *before* the caller's get (``kvm_mmu_get_page``
+  traces before ``mmu_alloc_root`` bumps ``root_count``). TDP MMU roots print 0: their
+  refcount is not observable, only creation and zap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from parsers.schema import LOST_EVENTS
+from parsers.trace import Trace
+from replay.infer.threads import ThreadMap
+from replay.model.recorders import BLOCKS_SCHEMA, REFCOUNT_SCHEMA, ROOTS_SCHEMA
+from replay.result import summarize_blocks
+
+__all__ = ["ObservedTables", "observe", "OBSERVED_BLOCKS_SCHEMA", "OBSERVED_ROOTS_SCHEMA",
+           "BURST_GAP_NS", "CAUSES", "SPTE_PRESENT", "root_keys"]
+
+#: Host-side events of a vCPU closer than this belong to one stay in KVM (no entry/exit).
+BURST_GAP_NS: Final = 20_000
+#: Causes, strongest first.
+CAUSES: Final = ("zap", "root_alloc", "userspace", "preempted", "fault", "exit")
+#: ``SPTE_MMU_PRESENT_MASK`` (bit 11, arch/x86/kvm/mmu/spte.h).
+SPTE_PRESENT: Final = 1 << 11
+_FAULT_EVENTS: Final = frozenset({
+    "kvm_page_fault", "kvm_mmu_spte_requested", "kvm_mmu_set_spte", "kvm_mmu_pagetable_walk",
+    "kvm_mmu_paging_element", "fast_page_fault", "kvm_mmu_get_page", "kvm_mmu_set_accessed_bit",
+    "kvm_mmu_set_dirty_bit", "kvm_mmu_split_huge_page", "handle_mmio_page_fault"})
+_ROOT_COUNT_EVENTS: Final = ("kvm_mmu_get_page", "kvm_mmu_prepare_zap_page", "kvm_mmu_sync_page",
+                             "kvm_mmu_unsync_page")
+_ROLE_KEY: Final = ("level", "has_4_byte_gpte", "quadrant", "direct", "access", "efer_nx",
+                    "ad_disabled", "guest_mode", "passthrough", "as_id")
+
+OBSERVED_BLOCKS_SCHEMA: Final = BLOCKS_SCHEMA.append(pa.field("lost", pa.bool_())).append(
+    pa.field("confidence", pa.string()))
+OBSERVED_ROOTS_SCHEMA: Final = pa.schema([
+    *ROOTS_SCHEMA, pa.field("vm", pa.int64()), pa.field("gfn", pa.int64()),
+    pa.field("level", pa.int32()), pa.field("mmu_valid_gen", pa.int64()),
+    pa.field("direct", pa.bool_()),
+])
+
+
+@dataclass
+class ObservedTables:
+    """Observed ``blocks``, ``summary``, ``refcounts`` and ``roots`` (the replay's shapes, so
+    observed and replayed compare column for column), and the words for what is unknown."""
+
+    tables: dict[str, pa.Table]
+    warnings: list[str] = field(default_factory=list)
+
+    def to_arrow(self, name: str) -> pa.Table:
+        """One table by name."""
+        return self.tables[name]
+
+
+def observe(trace: Trace, threads: ThreadMap, *, burst_gap_ns: int = BURST_GAP_NS
+            ) -> ObservedTables:
+    """The observed tables of ``trace`` given its thread map.
+
+    Examples:
+        >>> from parsers import read_trace
+        >>> from replay.infer.threads import identify_threads
+        >>> t = read_trace("sample_traces/tracefs_record_tgid.txt")
+        >>> obs = observe(t, identify_threads(t))
+        >>> obs.to_arrow("refcounts").num_rows > 0, obs.to_arrow("blocks").num_rows > 0
+        (True, True)
+    """
+    warnings: list[str] = []
+    frame = _vcpu_event_frame(trace, threads)
+    blocks = _blocks(frame, trace, threads, burst_gap_ns, warnings)
+    refcounts, roots = _roots(trace, threads, warnings)
+    vcpus = sorted(v.vcpu for v in threads.vcpus.values())
+    summary = summarize_blocks(blocks.select(BLOCKS_SCHEMA.names), vcpus)
+    return ObservedTables({"blocks": blocks, "summary": summary, "refcounts": refcounts,
+                           "roots": roots}, warnings)
+
+
+#: Category codes of a vCPU thread's events; codes 0..5 index :data:`CAUSES` (strongest
+#: first), so the cause of a window is the minimum code inside it.
+_ZAP, _ROOT, _USER, _PREEMPT, _FAULT, _OTHER, _ENTRY, _EXIT = range(8)
+
+
+def _vcpu_event_frame(trace: Trace, threads: ThreadMap) -> pd.DataFrame:
+    """Events of vCPU threads with a category code per row, sorted by (pid, ts, seq)."""
+    ev = trace.events.select(["seq", "ts", "pid", "event"])
+    keep = pc.is_in(ev.column("pid"), pa.array(sorted(threads.vcpus), pa.int32()))
+    ev = ev.filter(pc.fill_null(keep, False))
+    df = ev.select(["seq", "ts", "pid"]).to_pandas()
+    df["cat"] = _categories(ev, trace)
+    return df.sort_values(["pid", "ts", "seq"], kind="stable").reset_index(drop=True)
+
+
+def _categories(ev: pa.Table, trace: Trace) -> np.ndarray:
+    names = ev.column("event").combine_chunks()
+    if not pa.types.is_dictionary(names.type):
+        names = names.dictionary_encode()
+    words = names.dictionary.to_pylist()
+    by_word = np.array([_word_code(w) for w in words] or [_OTHER], dtype=np.int8)
+    cat: np.ndarray = by_word[names.indices.to_numpy(zero_copy_only=False)]
+    seq = ev.column("seq").to_numpy()
+    cat[np.isin(seq, _root_alloc_seqs(trace))] = _ROOT
+    cat[np.isin(seq, _zap_seqs(trace))] = _ZAP
+    return cat
+
+
+def _word_code(name: str) -> int:
+    if name == "kvm_entry":
+        return _ENTRY
+    if name == "kvm_exit":
+        return _EXIT
+    if name == "kvm_userspace_exit":
+        return _USER
+    if name == "sched_switch":
+        return _PREEMPT
+    return _FAULT if name in _FAULT_EVENTS else _OTHER
+
+
+def _zap_seqs(trace: Trace) -> np.ndarray:
+    out: list[int] = []
+    if "kvm_mmu_prepare_zap_page" in trace.names:
+        out += trace.table("kvm_mmu_prepare_zap_page").column("seq").to_pylist()
+    if "kvm_tdp_mmu_spte_changed" in trace.names:
+        t = trace.table("kvm_tdp_mmu_spte_changed")
+        old = pc.fill_null(t.column("old_spte"), 0).to_numpy(zero_copy_only=False)
+        new = pc.fill_null(t.column("new_spte"), 0).to_numpy(zero_copy_only=False)
+        gone = ((old.astype(np.uint64) & SPTE_PRESENT) != 0) & \
+            ((new.astype(np.uint64) & SPTE_PRESENT) == 0)
+        out += t.column("seq").to_numpy()[gone].tolist()
+    return np.asarray(out, dtype=np.int64)
+
+
+def _root_alloc_seqs(trace: Trace) -> np.ndarray:
+    if "kvm_mmu_get_page" not in trace.names:
+        return np.zeros(0, dtype=np.int64)
+    t = trace.table("kvm_mmu_get_page").select(["seq", "level", "created"]).to_pandas()
+    if t.empty:
+        return np.zeros(0, dtype=np.int64)
+    new = t["created"].fillna(False).astype(bool) & (t["level"] == t["level"].max())
+    seqs: np.ndarray = t.loc[new, "seq"].to_numpy(dtype=np.int64)
+    return seqs
+
+
+def _blocks(df: pd.DataFrame, trace: Trace, threads: ThreadMap, gap: int,
+            warnings: list[str]) -> pa.Table:
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]] = []
+    no_entry: list[str] = []
+    pids = df["pid"].to_numpy()
+    bounds = np.flatnonzero(np.diff(pids)) + 1
+    for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(pids)], strict=True):
+        if hi <= lo:
+            continue
+        pid = int(pids[lo])
+        index = threads.vcpus[pid].vcpu
+        ts = df["ts"].to_numpy()[lo:hi]
+        cat = df["cat"].to_numpy()[lo:hi]
+        if (cat == _ENTRY).any() and (cat == _EXIT).any():
+            s, e, c = _exit_to_entry(ts, cat)
+            parts.append((np.full(s.size, index), s, e, c, "high"))
+        else:
+            no_entry.append(threads.thread_name(pid))
+            s, e, c = _host_windows(ts, cat, gap)
+            parts.append((np.full(s.size, index), s, e, c, "low"))
+    if no_entry:
+        warnings.append(
+            f"no kvm_entry/kvm_exit for {len(no_entry)} vCPU threads ({', '.join(no_entry[:4])}"
+            f"{', ...' if len(no_entry) > 4 else ''}): their blocks are windows outside the "
+            f"guest (kvm_userspace_exit → next event, and host-side bursts with gaps <= "
+            f"{gap} ns), a lower bound with confidence 'low'")
+    vcpu = np.concatenate([p[0] for p in parts] or [np.zeros(0)]).astype(np.int32)
+    start = np.concatenate([p[1] for p in parts] or [np.zeros(0)]).astype(np.int64)
+    end = np.concatenate([p[2] for p in parts] or [np.zeros(0)]).astype(np.int64)
+    code = np.concatenate([p[3] for p in parts] or [np.zeros(0)]).astype(np.int8)
+    conf = np.concatenate([np.full(p[1].size, p[4], dtype=object) for p in parts]
+                          or [np.zeros(0, dtype=object)])
+    order = np.lexsort((code, end, start, vcpu))
+    vcpu, start, end, code, conf = vcpu[order], start[order], end[order], code[order], conf[order]
+    lost = _lost_flags(start, end, trace)
+    if lost.any():
+        warnings.append(f"{int(lost.sum())} observed blocks overlap lost-events windows "
+                        f"(column 'lost'): events inside them may be missing")
+    cause = pa.DictionaryArray.from_arrays(pa.array(code, pa.int8()), pa.array(CAUSES))
+    return pa.Table.from_arrays([
+        pa.array(vcpu, pa.int32()), pa.array(start), pa.array(end), cause,
+        pa.array(np.ones(start.size, dtype=np.int64)), pa.array(end - start),
+        pa.nulls(start.size, pa.int64()), pa.array(lost, pa.bool_()),
+        pa.array(conf.tolist(), pa.string()),
+    ], schema=OBSERVED_BLOCKS_SCHEMA)
+
+
+def _window_cause(cat: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Strongest cause code in each ``cat[lo:hi]`` (``_OTHER`` for empty windows); windows
+    are sorted and disjoint."""
+    codes = np.minimum(cat, _OTHER)
+    out = np.full(lo.size, _OTHER, dtype=np.int8)
+    full = hi > lo
+    if full.any():
+        idx = np.stack([lo[full], hi[full]], axis=1).ravel()
+        padded = np.append(codes, _OTHER)
+        out[full] = np.minimum.reduceat(padded, idx)[::2]
+    return out
+
+
+def _exit_to_entry(ts: np.ndarray, cat: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """kvm_exit → next kvm_entry; an exit followed by another exit first (a lost entry)
+    opens no block."""
+    exits = np.flatnonzero(cat == _EXIT)
+    entries = np.flatnonzero(cat == _ENTRY)
+    k = np.searchsorted(entries, exits, side="right")
+    ok = k < entries.size
+    exits, j = exits[ok], entries[k[ok]]
+    next_exit = np.append(exits[1:], np.iinfo(np.int64).max)
+    ok = next_exit > j
+    exits, j = exits[ok], j[ok]
+    return ts[exits], ts[j], _window_cause(cat, exits + 1, j)
+
+
+def _host_windows(ts: np.ndarray, cat: np.ndarray, gap: int
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``userspace`` windows (kvm_userspace_exit → next event) and bursts of host-side
+    events at most ``gap`` apart, split after each userspace exit."""
+    n = ts.size
+    user = np.flatnonzero(cat[:-1] == _USER) if n > 1 else np.zeros(0, dtype=np.int64)
+    cut = np.flatnonzero((cat[:-1] == _USER) | (np.diff(ts) > gap)) if n > 1 else \
+        np.zeros(0, dtype=np.int64)
+    first = np.r_[0, cut + 1]
+    last = np.r_[cut, n - 1]
+    keep = ts[last] > ts[first]
+    first, last = first[keep], last[keep]
+    no_user = np.where(cat == _USER, _OTHER, cat)
+    burst_cause = _window_cause(no_user, first, last + 1)
+    start = np.r_[ts[user], ts[first]]
+    end = np.r_[ts[user + 1], ts[last]]
+    code = np.r_[np.full(user.size, _USER, dtype=np.int8), burst_cause]
+    return start, end, code
+
+
+def _lost_flags(start: np.ndarray, end: np.ndarray, trace: Trace) -> np.ndarray:
+    flags = np.zeros(start.size, dtype=bool)
+    if LOST_EVENTS not in trace.names or not start.size:
+        return flags
+    lost = trace.table(LOST_EVENTS).to_pandas()
+    ev = trace.events.select(["ts", "cpu", "event"]).to_pandas()
+    ev = ev[ev["event"].astype(str) != LOST_EVENTS]
+    first = int(ev["ts"].min()) if len(ev) else 0
+    for ts, cpu in zip(lost["ts"], lost["cpu"], strict=True):
+        hi = int(ts) if pd.notna(ts) else int(ev["ts"].max())
+        before = ev[(ev["cpu"] == cpu) & (ev["ts"] < hi)]["ts"]
+        lo = int(before.max()) if len(before) else first
+        flags |= (start < hi) & (end > lo)
+    return flags
+
+
+def root_keys(table: pd.DataFrame) -> pd.Series:
+    """Hashable root key per row: (gfn, role fields present, generation)."""
+    cols = ["gfn", *[c for c in _ROLE_KEY if c in table], "mmu_valid_gen"]
+    parts = table[cols].astype("Int64").fillna(-1).astype(np.int64)
+    return pd.Series(list(map(tuple, parts.to_numpy().tolist())), index=table.index)
+
+
+def _vm(threads: ThreadMap, pid: object, ts: object) -> int:
+    if pd.isna(pid):
+        return -1
+    vm = threads.vm_at(int(pid), int(ts))  # type: ignore[call-overload]
+    return -1 if vm is None else vm
+
+
+def _sp_events(trace: Trace, threads: ThreadMap) -> pd.DataFrame:
+    frames = []
+    for name in _ROOT_COUNT_EVENTS:
+        if name in trace.names:
+            t = trace.table(name).to_pandas()
+            t["event"] = name
+            frames.append(t)
+    if not frames:
+        return pd.DataFrame()
+    df = pd.concat(frames, ignore_index=True).sort_values("seq", kind="stable")
+    for col in ("created", "role", "mmu_valid_gen", "direct", "level", "gfn", "root_count"):
+        if col not in df:
+            df[col] = pd.NA
+    df["vm"] = [_vm(threads, p, t) for p, t in zip(df["pid"], df["ts"], strict=True)]
+    df = df.reset_index(drop=True)
+    base = root_keys(df)
+    # a "new" page is a new page even when (gfn, role, gen) repeat: the old one was zapped
+    # (TDP roots always print gen 0; the shadow generation is a single bit since 5.x)
+    new = ((df["event"] == "kvm_mmu_get_page") & (df["created"] == True)).astype(int)  # noqa: E712
+    instance = new.groupby([df["vm"], base]).cumsum()
+    df["key"] = [(*k, int(i)) for k, i in zip(base, instance, strict=True)]
+    return df
+
+
+def _roots(trace: Trace, threads: ThreadMap, warnings: list[str]) -> tuple[pa.Table, pa.Table]:
+    df = _sp_events(trace, threads)
+    if df.empty:
+        return REFCOUNT_SCHEMA.empty_table(), OBSERVED_ROOTS_SCHEMA.empty_table()
+    df = df[df["vm"] != -1] if (df["vm"] != -1).any() else df
+    page = pd.Series(pd.factorize(pd.Series(list(zip(df["vm"], df["key"], strict=True)),
+                                            index=df.index))[0], index=df.index)
+    top = df.groupby(["vm", "direct"], dropna=False)["level"].transform("max")
+    counted = (df["root_count"].fillna(0) > 0).groupby(page).transform("any")
+    roots = df[counted | (df["level"] == top)].copy()
+    roots["root"] = pd.factorize(page[roots.index])[0]
+    tdp = roots["direct"].fillna(False).astype(bool) & (roots["root_count"].fillna(0) == 0)
+    if len(roots) and tdp.all():
+        warnings.append("TDP MMU roots print root_count 0: their refcount is not traced, so "
+                        "the observed history holds creation and zaps only")
+    traced = (roots["root_count"].fillna(0) > 0).groupby(roots["root"]).transform("any")
+    history = _history(roots[traced & roots["root_count"].notna()], threads)
+    table = _root_table(roots, trace, threads)
+    return history, table
+
+
+def _history(rows: pd.DataFrame, threads: ThreadMap) -> pa.Table:
+    count = rows["root_count"].astype(np.int64).to_numpy()
+    delta = count - rows.groupby("root")["root_count"].shift(1).fillna(0).astype(np.int64).to_numpy()
+    created = rows["created"] if "created" in rows else pd.Series(dtype=object)
+    reasons = []
+    for ev, new in zip(rows["event"], created.reindex(rows.index), strict=True):
+        if ev == "kvm_mmu_get_page":
+            reasons.append("get_page new" if new is True else
+                           "get_page existing (count before the caller's get)")
+        else:
+            reasons.append(ev.removeprefix("kvm_mmu_"))
+    return pa.Table.from_pydict({
+        "ts": rows["ts"].astype(np.int64).to_numpy(), "root": rows["root"].astype(np.int64).to_numpy(),
+        "count": count.astype(np.int32), "delta": delta.astype(np.int32),
+        "holder": [threads.thread_name(int(p)) for p in rows["pid"]], "reason": reasons,
+    }, schema=REFCOUNT_SCHEMA)
+
+
+def _tdp_zaps(roots: pd.DataFrame, fast: pd.DataFrame, trace: Trace, threads: ThreadMap
+              ) -> pd.DataFrame:
+    """TDP roots are never traced by their own zap: attribute the VM's SPTE zaps (to a
+    non-present SPTE, and child-table ``prepare_zap_page``) to the newest root created
+    before the last fast zap preceding them (the root that zap invalidated), or before the
+    zap itself when no fast zap precedes it. A kernel worker's zaps belong to the root its
+    work item was queued for: the reference time is the ``workqueue_queue_work`` (a defunct
+    root's zap can still run when a later fast zap flushes the workqueue). Returns rows
+    ``root, ts, pid, seq`` in seq order."""
+    direct = roots[roots["direct"].fillna(False).astype(bool)]
+    if direct.empty:
+        return pd.DataFrame(columns=["root", "ts", "pid", "seq"])
+    ev = trace.events.select(["seq", "ts", "pid"]).to_pandas()
+    ev = ev[ev["seq"].isin(_zap_seqs(trace))].copy()
+    ev["vm"] = [_vm(threads, p, t) for p, t in zip(ev["pid"], ev["ts"], strict=True)]
+    born = direct.groupby("root").agg(vm=("vm", "first"), created=("ts", "min")).reset_index()
+    parts = []
+    for vm, group in ev.groupby("vm"):
+        mine = born[born["vm"] == vm].sort_values(["created", "root"], kind="stable")
+        created = mine["created"].to_numpy(dtype=np.int64)
+        fz = np.sort(fast.loc[fast["vm"] == vm, "ts"].to_numpy(dtype=np.int64))
+        ts = group["ts"].to_numpy(dtype=np.int64)
+        k = np.searchsorted(fz, ts, side="right")
+        ref = np.where(k > 0, fz[np.maximum(k - 1, 0)] if fz.size else ts, ts)
+        ref = _queued_at(group["pid"].to_numpy(), ts, ref, threads)
+        idx = np.searchsorted(created, ref, side="left") - 1
+        ok = idx >= 0
+        parts.append(pd.DataFrame({"root": mine["root"].to_numpy()[idx[ok]],
+                                   "ts": ts[ok], "pid": group["pid"].to_numpy()[ok],
+                                   "seq": group["seq"].to_numpy()[ok]}))
+    out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+        columns=["root", "ts", "pid", "seq"])
+    return out.sort_values("seq", kind="stable")[["root", "ts", "pid", "seq"]]
+
+
+def _queued_at(pids: np.ndarray, ts: np.ndarray, ref: np.ndarray, threads: ThreadMap
+               ) -> np.ndarray:
+    """``ref`` with the queueing time of the work item each (worker pid, ts) runs in."""
+    out = ref.copy()
+    for item in threads.work_items:
+        inside = (pids == item.worker) & (ts >= item.start) & (ts <= item.end)
+        out[inside] = item.queued_at
+    return out
+
+
+def _zap_summary(zaps: pd.DataFrame) -> pd.DataFrame:
+    """Per root: first and last zap time (event order) and the thread with most zaps."""
+    if zaps.empty:
+        return pd.DataFrame(columns=["zap_start", "zap_end", "zapper"])
+    first = zaps.drop_duplicates("root", keep="first").set_index("root")["ts"]
+    last = zaps.drop_duplicates("root", keep="last").set_index("root")["ts"]
+    counts = zaps.groupby(["root", "pid"]).size().reset_index(name="n")
+    top = counts.sort_values(["root", "n", "pid"], ascending=[True, False, True],
+                             kind="stable").drop_duplicates("root").set_index("root")["pid"]
+    return pd.DataFrame({"zap_start": first, "zap_end": last, "zapper": top})
+
+
+def _invalidations(made: pd.DataFrame, fast: pd.DataFrame) -> dict[int, int]:
+    """root → the first fast zap of its VM at or after its creation (of its generation when
+    both are known)."""
+    by_vm: dict[int, np.ndarray] = {}
+    by_gen: dict[tuple[int, int], np.ndarray] = {}
+    has_gen: set[int] = set()
+    for vm, g in fast.groupby("vm"):
+        by_vm[int(vm)] = np.sort(g["ts"].to_numpy(dtype=np.int64))
+        known = g[g["mmu_valid_gen"].notna()]
+        if len(known):
+            has_gen.add(int(vm))
+        for gen, gg in known.groupby("mmu_valid_gen"):
+            by_gen[(int(vm), int(gen))] = np.sort(gg["ts"].to_numpy(dtype=np.int64))
+    out: dict[int, int] = {}
+    empty = np.zeros(0, dtype=np.int64)
+    for root, vm, ts, gen in zip(made.index, made["vm"], made["ts"], made["mmu_valid_gen"],
+                                 strict=True):
+        if int(vm) not in by_vm:
+            continue
+        times = by_gen.get((int(vm), int(gen)), empty) if pd.notna(gen) and int(vm) in has_gen \
+            else by_vm[int(vm)]
+        k = int(np.searchsorted(times, int(ts), side="left"))
+        if k < times.size:
+            out[int(root)] = int(times[k])
+    return out
+
+
+def _teardowns(attributed: pd.DataFrame, first: pd.DataFrame, trace: Trace
+               ) -> dict[int, tuple[int, int]]:
+    """root → (ts, pid) of the first zap of one of its top-level entries (a
+    ``kvm_tdp_mmu_spte_changed`` at the root's own level): the root's teardown, not a leaf
+    zap (mmu_notifier unmaps and faults never zap a top-level entry)."""
+    if attributed.empty or "kvm_tdp_mmu_spte_changed" not in trace.names:
+        return {}
+    levels = trace.table("kvm_tdp_mmu_spte_changed").select(["seq", "level"]).to_pandas()
+    rows = attributed.merge(levels, on="seq", how="inner")
+    rows = rows[rows["level"].to_numpy() == first["level"].reindex(rows["root"]).to_numpy()]
+    rows = rows.drop_duplicates("root", keep="first")
+    return {int(r): (int(t), int(p)) for r, t, p in zip(rows["root"], rows["ts"], rows["pid"],
+                                                        strict=True)}
+
+
+def _unlinked_before_fast_zap(inval: dict[int, int], torn: dict[int, tuple[int, int]],
+                              threads: ThreadMap) -> None:
+    """Roots the last put of a still-valid root made defunct or tore down. 5.18 .. 6.3 mark
+    such a root invalid and queue its zap from the putting vCPU (``tdp_mmu_zap_root_work``):
+    invalidated at that ``workqueue_queue_work``, even when its zap is still running at the
+    next fast zap (which skips invalid roots). Up to 5.17 the putter unlinks and zaps it
+    without marking it invalid (``kvm_tdp_mmu_put_root``): a root torn down before the
+    next fast zap was never invalidated."""
+    for root, (ts, pid) in torn.items():
+        defunct = next((item.queued_at for item in threads.work_items
+                        if item.worker == pid and item.start <= ts <= item.end
+                        and item.queued_by in threads.vcpus), None)
+        if defunct is not None:
+            inval[root] = min(defunct, inval.get(root, defunct))
+        elif root in inval and inval[root] > ts:
+            del inval[root]
+
+
+def _root_table(roots: pd.DataFrame, trace: Trace, threads: ThreadMap) -> pa.Table:
+    fast = trace.table("kvm_mmu_zap_all_fast").to_pandas() if "kvm_mmu_zap_all_fast" in \
+        trace.names else pd.DataFrame(columns=["ts", "pid", "mmu_valid_gen"])
+    fast["vm"] = [threads.vm_of.get(int(p), -1) for p in fast["pid"]]
+    first = roots.drop_duplicates("root", keep="first").set_index("root").sort_index()
+    news = roots[(roots["event"] == "kvm_mmu_get_page") & (roots["created"] == True)]  # noqa: E712
+    made = news.drop_duplicates("root", keep="first").set_index("root")[["ts", "pid"]]
+    made = made.reindex(first.index).fillna(first[["ts", "pid"]])
+    made = made.assign(vm=first["vm"], mmu_valid_gen=first["mmu_valid_gen"])
+    own = roots.loc[roots["event"] == "kvm_mmu_prepare_zap_page", ["root", "ts", "pid"]]
+    attributed = _tdp_zaps(roots, fast, trace, threads)
+    attributed = attributed[~attributed["root"].isin(set(own["root"]))]
+    zaps = _zap_summary(pd.concat([own, attributed[["root", "ts", "pid"]]], ignore_index=True)
+                        if len(attributed) else own).reindex(first.index)
+    # TDP MMU roots print generation 0 whatever the VM's mmu_valid_gen (tdp_mmu_init_sp
+    # leaves it zeroed): only shadow roots are matched to fast zaps of their generation
+    tdp = (first["direct"].fillna(False).astype(bool)
+           & (roots.groupby("root")["root_count"].max().reindex(first.index).fillna(0) == 0))
+    made = made.assign(mmu_valid_gen=made["mmu_valid_gen"].where(~tdp))
+    inval = _invalidations(made, fast)
+    _unlinked_before_fast_zap(inval, _teardowns(attributed, first, trace), threads)
+
+    def opt_int(v: object) -> int | None:
+        return None if pd.isna(v) else int(v)  # type: ignore[call-overload]
+
+    cols: dict[str, list[object]] = {
+        "root": [int(r) for r in first.index],
+        "role": [opt_int(v) for v in first["role"]],
+        "created": [int(v) for v in made["ts"]],
+        "created_by": [threads.thread_name(int(p)) for p in made["pid"]],
+        "invalidated": [inval.get(int(r)) for r in first.index],
+        "zap_start": [opt_int(v) for v in zaps["zap_start"]],
+        "zap_end": [opt_int(v) for v in zaps["zap_end"]],
+        "zapped_by": [None if pd.isna(p) else threads.thread_name(int(p)) for p in zaps["zapper"]],
+        "vm": [int(v) for v in first["vm"]],
+        "gfn": [opt_int(v) for v in first["gfn"]],
+        "level": [opt_int(v) for v in first["level"]],
+        "mmu_valid_gen": [opt_int(v) for v in first["mmu_valid_gen"]],
+        "direct": [None if pd.isna(v) else bool(v) for v in first["direct"]],
+    }
+    for name in ("leaves_zapped", "tables_zapped", "unlinked", "freed"):
+        cols[name] = [None] * len(first)
+    return pa.Table.from_pydict(cols, schema=OBSERVED_ROOTS_SCHEMA)

@@ -1,0 +1,479 @@
+"""Derive model workloads (one per VM) from a trace, every step with its evidence.
+
+Mapping (../shared/docs/kernel-semantics.md §3.3; the kernel paths are in docs/model.md):
+
+* a root ``kvm_mmu_get_page`` (the VM's top level) by a vCPU thread, ``new`` or ``existing``
+  → :class:`~replay.model.workload.LoadRoot` at its time (silent reuse of a TDP root is not
+  traced; the model reuses a valid root by itself);
+* leaf installs by a vCPU (``kvm_mmu_set_spte``; ``kvm_tdp_mmu_spte_changed`` to a present
+  leaf) → :class:`~replay.model.workload.Populate` of the page that level maps, adjacent pages
+  merged;
+* ``kvm_mmu_zap_all_fast`` by a VMM thread → :class:`~replay.model.workload.MemslotDelete` (the
+  fast zap: memslot delete/move, or an ``nx_huge_pages`` write; the trace does not say which);
+* root zaps by a VMM thread after the VM's last vCPU event, with no fast zap before them
+  → :class:`~replay.model.workload.VmDestroy`.
+
+Times are the trace's own nanoseconds, so replayed tables line up with observed ones.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+from typing import Final
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from parsers.trace import Trace
+from replay.infer.observed import BURST_GAP_NS, SPTE_PRESENT
+from replay.infer.threads import Confidence, ThreadMap
+from replay.model.ids import PAGE_1G, PAGE_2M, PAGE_4K
+from replay.model.workload import (
+    LoadRoot,
+    MemslotDelete,
+    Op,
+    Populate,
+    Unload,
+    VmDestroy,
+    Workload,
+)
+
+__all__ = ["DerivedWorkloads", "derive_workloads", "EVIDENCE_SCHEMA", "detect_era"]
+
+_PAGE_OF_LEVEL: Final = {1: PAGE_4K, 2: PAGE_2M, 3: PAGE_1G}
+#: Leaf bit of a non-4K SPTE (``PT_PAGE_SIZE_MASK``, bit 7).
+_HUGE_BIT: Final = 1 << 7
+
+EVIDENCE_SCHEMA: Final = pa.schema([
+    ("vm", pa.int64()), ("index", pa.int32()), ("op", pa.string()), ("actor", pa.string()),
+    ("at", pa.int64()), ("seq", pa.int64()), ("evidence", pa.string()),
+    ("confidence", pa.string()),
+])
+
+
+@dataclass
+class DerivedWorkloads:
+    """The per-VM workloads, the evidence of each operation, and what the trace tells of
+    the recording kernel."""
+
+    workloads: dict[int, Workload]
+    evidence: pa.Table
+    backend: str
+    era: str | None
+    era_evidence: str
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Step:
+    op: Op
+    seq: int
+    evidence: str
+    confidence: Confidence
+
+
+def derive_workloads(trace: Trace, threads: ThreadMap) -> DerivedWorkloads:
+    """One :class:`~replay.model.workload.Workload` per VM of ``trace``.
+
+    Examples:
+        >>> from parsers import read_trace
+        >>> from replay.infer.threads import identify_threads
+        >>> t = read_trace("sample_traces/tracefs_record_tgid.txt")
+        >>> d = derive_workloads(t, identify_threads(t))
+        >>> sorted(d.workloads), d.backend
+        ([17504, 17505], 'shadow')
+    """
+    warnings: list[str] = []
+    steps: dict[int, list[_Step]] = {vm: [] for vm in threads.vms}
+    _resets(trace, threads, steps)
+    _root_loads(trace, threads, steps)
+    _reloads_at_entry(trace, threads, steps)
+    _populates(trace, threads, steps)
+    _fast_zaps(trace, threads, steps)
+    _teardowns(trace, threads, steps)
+    backend, era, why = detect_era(trace, threads)
+    workloads: dict[int, Workload] = {}
+    rows: list[dict[str, object]] = []
+    for vm, items in sorted(steps.items()):
+        items = _with_first_loads(sorted(items, key=lambda s: (s.op.at, s.seq)))
+        if not any(isinstance(s.op, LoadRoot) for s in items):
+            continue
+        workloads[vm] = Workload.of([s.op for s in items], name=f"{trace.metadata.source}:vm{vm}")
+        rows += [{"vm": vm, "index": i, "op": type(s.op).__name__, "actor": s.op.actor,
+                  "at": s.op.at, "seq": s.seq, "evidence": s.evidence,
+                  "confidence": s.confidence} for i, s in enumerate(items)]
+    skipped = [vm for vm in threads.vms if vm not in workloads]
+    if skipped:
+        warnings.append(f"VMs {skipped} show no root load by a vCPU: nothing to replay there")
+    if _has_event(trace, "kvm_unmap_hva_range"):
+        warnings.append("kvm_unmap_hva_range (mmu_notifier) events are not replayed: the trace "
+                        "gives host virtual ranges, not the guest ranges the model zaps")
+    return DerivedWorkloads(workloads, pa.Table.from_pylist(rows, schema=EVIDENCE_SCHEMA),
+                            backend, era, why, warnings)
+
+
+def _has_event(trace: Trace, name: str) -> bool:
+    """Whether any row of ``trace`` is event ``name`` (compares dictionary codes)."""
+    if name in trace.names:
+        return bool(trace.table(name).num_rows > 0)
+    for chunk in trace.events.column("event").chunks:
+        code = chunk.dictionary.index(name).as_py()
+        if code >= 0 and bool(pc.any(pc.equal(chunk.indices, code)).as_py()):
+            return True
+    return False
+
+
+#: Typed tables as DataFrames, converted once per trace (derive reads several of them in
+#: several passes; the frames are only read, never modified).
+_FRAMES: weakref.WeakKeyDictionary[Trace, dict[str, pd.DataFrame]] = weakref.WeakKeyDictionary()
+
+
+def _frame(trace: Trace, name: str) -> pd.DataFrame:
+    frames = _FRAMES.setdefault(trace, {})
+    if name not in frames:
+        frames[name] = trace.table(name).to_pandas() if name in trace.names else pd.DataFrame()
+    return frames[name]
+
+
+def _fast_zaps_by_vm(trace: Trace, threads: ThreadMap) -> dict[int, np.ndarray]:
+    """Sorted ``kvm_mmu_zap_all_fast`` times of each VM."""
+    fast = _frame(trace, "kvm_mmu_zap_all_fast")
+    out: dict[int, list[int]] = {vm: [] for vm in threads.vms}
+    for t, p in zip(fast.get("ts", []), fast.get("pid", []), strict=True):
+        vm = threads.vm_of.get(int(p))
+        if vm is not None:
+            out.setdefault(vm, []).append(int(t))
+    return {vm: np.sort(np.asarray(ts, dtype=np.int64)) for vm, ts in out.items()}
+
+
+def _root_loads(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]]) -> None:
+    pages = _frame(trace, "kvm_mmu_get_page")
+    if pages.empty:
+        return
+    pages = pages[pages["pid"].isin(list(threads.vcpus))]
+    top = pages["level"].max()
+    fast_arr = _fast_zaps_by_vm(trace, threads)
+    # Unloads derived before this pass (a vCPU's own last put); those added below lie before
+    # the load that adds them, so they never fall in a later load's window
+    found: dict[int, list[int]] = {}
+    for items in steps.values():
+        for st in items:
+            if isinstance(st.op, Unload):
+                found.setdefault(st.op.vcpu, []).append(st.op.at)
+    unloads = {v: np.sort(np.asarray(a, dtype=np.int64)) for v, a in found.items()}
+    user = _frame(trace, "kvm_userspace_exit")
+    last_load: dict[int, int] = {}
+    for row in pages[pages["level"] == top].itertuples():
+        vcpu = threads.vcpus[int(row.pid)]
+        new = "new" if row.created is True else "existing"
+        prev = last_load.get(vcpu.vcpu)
+        last_load[vcpu.vcpu] = int(row.ts)
+        if row.direct is True and new == "new" and prev is not None \
+                and not _any_in(unloads.get(vcpu.vcpu), prev, int(row.ts)) \
+                and not _any_in(fast_arr.get(vcpu.vm), prev, int(row.ts)):
+            # TDP: a vCPU allocates a root of a role it already had, with no fast zap
+            # in between: its MMU context was reset (kvm_mmu_reset_context → unload), by
+            # an ioctl from userspace: after its last exit to userspace, if traced
+            out = user[(user["pid"] == row.pid) & (user["ts"] > prev) & (user["ts"] < row.ts)] \
+                if not user.empty else user
+            at, seq = (int(out["ts"].iloc[-1]), int(out["seq"].iloc[-1])) if len(out) \
+                else (int(row.ts), int(row.seq))
+            steps[vcpu.vm].append(_Step(
+                Unload(vcpu=vcpu.vcpu, at=at), seq,
+                f"a new root by {threads.thread_name(int(row.pid))} with no fast zap since "
+                f"its previous load: an MMU reset (KVM_SET_SREGS, CPUID, SMM) unloaded it"
+                + (" after its exit to userspace" if len(out) else ""), "medium"))
+        steps[vcpu.vm].append(_Step(
+            LoadRoot(vcpu=vcpu.vcpu, at=int(row.ts)), int(row.seq),
+            f"kvm_mmu_get_page {new} level {row.level} gfn {row.gfn:#x} by "
+            f"{threads.thread_name(int(row.pid))}", "high"))
+
+
+def _any_in(times: np.ndarray | None, lo: int, hi: int) -> bool:
+    """Whether sorted ``times`` holds a value in ``(lo, hi]``."""
+    if times is None or not times.size:
+        return False
+    k = int(np.searchsorted(times, lo, side="right"))
+    return k < times.size and int(times[k]) <= hi
+
+
+def _reloads_at_entry(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]]) -> None:
+    """Silent reuse (§3.3 rules 3 and 5): a vCPU's first ``kvm_entry``, and its first
+    ``kvm_entry`` after each fast zap of its VM, load a root; when no root ``get_page`` by
+    that vCPU lies in between, it reused a valid root without a trace of it."""
+    entries = _frame(trace, "kvm_entry")
+    if entries.empty:
+        return
+    fast_by_vm = _fast_zaps_by_vm(trace, threads)
+    for pid, group in entries[entries["pid"].isin(list(threads.vcpus))].groupby("pid"):
+        vcpu = threads.vcpus[int(pid)]
+        mine = sorted(s.op.at for s in steps.get(vcpu.vm, [])
+                      if isinstance(s.op, LoadRoot) and s.op.actor == f"vcpu{vcpu.vcpu}")
+        zaps = fast_by_vm.get(vcpu.vm, np.zeros(0, np.int64)).tolist()
+        ts = group["ts"].to_numpy(dtype=np.int64)
+        seq = group["seq"].to_numpy(dtype=np.int64)
+        resets = sorted(s.op.at for s in steps.get(vcpu.vm, [])
+                        if isinstance(s.op, Unload) and s.op.vcpu == vcpu.vcpu)
+        marks = [(int(ts[0]), int(seq[0]), -1, "")]
+        for z, what in [(z, "the fast zap") for z in zaps] + [(u, "its unload") for u in resets]:
+            k = int(np.searchsorted(ts, z, side="right"))
+            if k < ts.size:
+                marks.append((int(ts[k]), int(seq[k]), z, what))
+        for at, sq, since, what in sorted(set(marks)):
+            if any(since < t <= at for t in mine) or any(
+                    m[0] == at and m[2] < since for m in marks):
+                continue
+            why = ("first kvm_entry" if since < 0 else
+                   f"first kvm_entry after {what} at {since}")
+            steps[vcpu.vm].append(_Step(LoadRoot(vcpu=vcpu.vcpu, at=at), sq,
+                                        f"{why} with no root get_page by this vCPU: it "
+                                        f"reused a valid root (not traced)", "medium"))
+
+
+
+def _root_level(trace: Trace) -> int | None:
+    """The TDP root level: the highest level of a direct ``kvm_mmu_get_page``, else the
+    highest level of a ``kvm_tdp_mmu_spte_changed``."""
+    pages = _frame(trace, "kvm_mmu_get_page")
+    if not pages.empty and (pages["direct"] == True).any():  # noqa: E712
+        return int(pages.loc[pages["direct"] == True, "level"].max())  # noqa: E712
+    changed = _frame(trace, "kvm_tdp_mmu_spte_changed")
+    level = changed["level"].max() if not changed.empty else None
+    return None if level is None or pd.isna(level) else int(level)
+
+
+def _root_teardowns(trace: Trace) -> pd.DataFrame:
+    """``kvm_tdp_mmu_spte_changed`` rows that zap a top-level entry (present → non-present
+    at the root level): only a root's teardown does that (``tdp_mmu_zap_root``, or ≤ 5.17
+    ``zap_gfn_range`` over the whole root); mmu_notifier unmaps zap leaves, faults at most
+    the level of the huge page they install."""
+    changed = _frame(trace, "kvm_tdp_mmu_spte_changed")
+    level = _root_level(trace)
+    if changed.empty or level is None:
+        return pd.DataFrame(columns=["seq", "ts", "pid"])
+    old = changed["old_spte"].fillna(0).astype(np.uint64)
+    new = changed["new_spte"].fillna(0).astype(np.uint64)
+    gone = ((old & SPTE_PRESENT) != 0) & ((new & SPTE_PRESENT) == 0) & (changed["level"] == level)
+    return changed.loc[gone, ["seq", "ts", "pid"]]
+
+
+def _resets(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]]) -> None:
+    """A vCPU that itself put the last reference of its still-valid root was reset (an
+    ``Unload``; the next entry reloads): up to 5.17 it tore the root down inline (its own
+    top-level zaps), 5.18 .. 6.3 it queued the defunct root's ``tdp_mmu_zap_root_work``.
+    Not after a fast zap since its previous ``kvm_entry``: that put is the request's."""
+    evidence: list[tuple[int, int, int, str]] = []
+    for seq, ts, pid in _root_teardowns(trace).itertuples(index=False):
+        evidence.append((int(pid), int(ts), int(seq), "zapped a whole root inline (<= 5.17 "
+                         "last put of a valid root)"))
+    for item in threads.work_items:
+        if "zap_root" in item.function:
+            evidence.append((item.queued_by, item.queued_at, item.queued_seq,
+                             f"queued {item.function} ({item.work}): the defunct-root put of "
+                             f"5.18 .. 6.3"))
+    entries = _frame(trace, "kvm_entry")
+    fast_by_vm = _fast_zaps_by_vm(trace, threads)
+    done: set[tuple[int, int]] = set()
+    for pid, ts, seq, why in sorted(evidence, key=lambda e: (e[1], e[2])):
+        vcpu = threads.vcpus.get(pid)
+        if vcpu is None:
+            continue
+        before = entries.loc[(entries["pid"] == pid) & (entries["ts"] <= ts), "ts"] \
+            if not entries.empty else pd.Series(dtype=np.int64)
+        since = int(before.max()) if len(before) else -1
+        if _any_in(fast_by_vm.get(vcpu.vm), since, int(ts)) or (pid, since) in done:
+            continue
+        done.add((pid, since))
+        steps[vcpu.vm].append(_Step(Unload(vcpu=vcpu.vcpu, at=ts), seq,
+                                    f"{threads.thread_name(pid)} {why}: an MMU reset put its "
+                                    f"root's last reference", "high"))
+
+
+def _leaf_rows(trace: Trace, threads: ThreadMap) -> pd.DataFrame:
+    frames = []
+    sets = _frame(trace, "kvm_mmu_set_spte")
+    if not sets.empty:
+        frames.append(sets[["seq", "ts", "pid", "gfn", "level"]].assign(src="kvm_mmu_set_spte"))
+    changed = _frame(trace, "kvm_tdp_mmu_spte_changed")
+    if not changed.empty:
+        new = changed["new_spte"].fillna(0).astype(np.uint64)
+        old = changed["old_spte"].fillna(0).astype(np.uint64)
+        leaf = (changed["level"] == 1) | ((new & _HUGE_BIT) != 0)
+        installed = ((new & SPTE_PRESENT) != 0) & ((old & SPTE_PRESENT) == 0) & leaf
+        frames.append(changed.loc[installed, ["seq", "ts", "pid", "gfn", "level"]]
+                      .assign(src="kvm_tdp_mmu_spte_changed"))
+    if not frames:
+        return pd.DataFrame()
+    if len(frames) == 2 and not frames[1].empty:
+        frames = frames[1:]  # TDP: spte_changed is the install; set_spte repeats it
+    rows = pd.concat(frames, ignore_index=True)
+    rows = rows[rows["pid"].isin(list(threads.vcpus)) & rows["gfn"].notna()
+                & rows["level"].isin(list(_PAGE_OF_LEVEL))]
+    return rows.sort_values(["pid", "ts", "seq"], kind="stable")
+
+
+def _populates(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]]) -> None:
+    rows = _leaf_rows(trace, threads)
+    if rows.empty:
+        return
+    pid = rows["pid"].to_numpy(dtype=np.int64)
+    page = np.vectorize(_PAGE_OF_LEVEL.__getitem__, otypes=[np.int64])(
+        rows["level"].to_numpy(dtype=np.int64))
+    start = (rows["gfn"].to_numpy(dtype=np.int64) << 12) // page * page
+    # a run continues while the same thread maps the next page of the same size
+    ts = rows["ts"].to_numpy(dtype=np.int64)
+    cont = np.r_[False, (pid[1:] == pid[:-1]) & (page[1:] == page[:-1])
+                 & (start[1:] == start[:-1] + page[:-1]) & (ts[1:] - ts[:-1] <= BURST_GAP_NS)]
+    run = np.cumsum(~cont) - 1
+    first = np.flatnonzero(~cont)
+    count = np.bincount(run)
+    seq = rows["seq"].to_numpy(dtype=np.int64)
+    src = rows["src"].to_numpy()
+    for i, c in zip(first.tolist(), count.tolist(), strict=True):
+        vcpu = threads.vcpus[int(pid[i])]
+        size = int(page[i]) * c
+        steps[vcpu.vm].append(_Step(
+            Populate(vcpu=vcpu.vcpu, start=int(start[i]), size=size, page=int(page[i]),
+                     at=int(ts[i])), int(seq[i]),
+            f"{c} x {src[i]} from gfn {int(start[i]) >> 12:#x}", "high"))
+
+
+def _fast_zaps(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]]) -> None:
+    fast = _frame(trace, "kvm_mmu_zap_all_fast")
+    for row in fast.itertuples():
+        vm = threads.vm_of.get(int(row.pid))
+        if vm is None or vm not in steps:
+            continue
+        actor = threads.thread_name(int(row.pid))
+        steps[vm].append(_Step(MemslotDelete(actor=actor, at=int(row.ts)), int(row.seq),
+                               f"kvm_mmu_zap_all_fast gen {row.mmu_valid_gen} by {actor} "
+                               f"(memslot delete/move or nx_huge_pages: not told apart)",
+                               "medium"))
+
+
+def _teardowns(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]]) -> None:
+    zaps = _frame(trace, "kvm_mmu_prepare_zap_page")
+    if zaps.empty:
+        return
+    fast = _frame(trace, "kvm_mmu_zap_all_fast")
+    for vm, items in steps.items():
+        vcpu_ends = [s.op.at for s in items if isinstance(s.op, (LoadRoot, Populate))]
+        if not vcpu_ends:
+            continue
+        last = max(vcpu_ends)
+        in_vm = zaps["pid"].map(lambda p: threads.vm_of.get(int(p))) == vm
+        mine = zaps[in_vm & ~zaps["pid"].isin(list(threads.vcpus)) & (zaps["ts"] > last)]
+        if mine.empty:
+            continue
+        first = mine.iloc[0]
+        prior_fast = fast[(fast["pid"] == first["pid"]) & (fast["ts"] <= first["ts"])
+                          & (fast["ts"] > last)] if not fast.empty else fast
+        if len(prior_fast):
+            continue
+        actor = threads.thread_name(int(first["pid"]))
+        items.append(_Step(VmDestroy(actor=actor, at=int(first["ts"])), int(first["seq"]),
+                           f"{len(mine)} kvm_mmu_prepare_zap_page by {actor} after the VM's last "
+                           f"vCPU event, with no fast zap: kvm_mmu_zap_all at VM exit", "medium"))
+
+
+def _with_first_loads(items: list[_Step]) -> list[_Step]:
+    """A vCPU whose first traced step is not a root load loaded its root before the trace
+    began: add that load (at its first step's time)."""
+    loaded: set[str] = set()
+    out: list[_Step] = []
+    for s in items:
+        if isinstance(s.op, Populate) and s.op.actor not in loaded:
+            out.append(_Step(LoadRoot(vcpu=s.op.vcpu, at=s.op.at), s.seq,
+                             "root loaded before the trace began (first traced step is a fault)",
+                             "low"))
+        if isinstance(s.op, (LoadRoot, Populate)):
+            loaded.add(s.op.actor)
+        out.append(s)
+    return out
+
+
+#: ``SHADOW_NONPRESENT_VALUE`` (bit 63, x86_64 ~6.10+): what a zapping iterator writes.
+_NONPRESENT_VALUE: Final = 1 << 63
+
+
+def _fast_zap_passes(trace: Trace, zaps: pd.DataFrame) -> str | None:
+    """``"one"`` or ``"multi"``: how the fast-zap task tore the invalidated roots down.
+
+    The iterator writes 0 (or ``SHADOW_NONPRESENT_VALUE``) into the entries it zaps;
+    ``handle_removed_pt`` writes the frozen value below them. <= 5.17 zaps at the root
+    level only (``zap_gfn_range`` over everything): the task's first zap after its
+    ``kvm_mmu_zap_all_fast`` is a top-level entry and every write below it is frozen.
+    5.18+ zap the 1 GiB level first (6.9+: 4K, 2M, 1G), then the root level: iterator
+    writes below the root level come first. ``None`` when no teardown follows a fast zap."""
+    level = _root_level(trace)
+    fast = _frame(trace, "kvm_mmu_zap_all_fast")
+    if level is None or fast.empty or zaps.empty:
+        return None
+    zaps = zaps.sort_values("seq", kind="stable")
+    new = zaps["new_spte"].fillna(0).astype(np.uint64).to_numpy()
+    iterator = (new & np.uint64(~_NONPRESENT_VALUE & (2**64 - 1))) == 0
+    votes: set[str] = set()
+    for seq, pid in zip(fast["seq"], fast["pid"], strict=True):
+        mine = (zaps["pid"].to_numpy() == pid) & (zaps["seq"].to_numpy() > seq)
+        later = fast[(fast["pid"] == pid) & (fast["seq"] > seq)]["seq"]
+        if len(later):
+            mine &= zaps["seq"].to_numpy() < int(later.min())
+        idx = np.flatnonzero(mine)
+        top = idx[zaps["level"].to_numpy()[idx] == level]
+        if not top.size:
+            continue
+        window = idx[idx <= top[0]]
+        below = zaps["level"].to_numpy()[window] < level
+        votes.add("multi" if (below & iterator[window]).any() else "one")
+    return "multi" if "multi" in votes else ("one" if votes else None)
+
+
+def detect_era(trace: Trace, threads: ThreadMap) -> tuple[str, str | None, str]:
+    """(backend, era policy name or None, evidence): who zaps roots tells the era."""
+    pages = _frame(trace, "kvm_mmu_get_page")
+    shadow = not pages.empty and ((pages["root_count"].fillna(0) > 0).any()
+                                  or (pages["direct"] == False).any())  # noqa: E712
+    if shadow and not _has_event(trace, "kvm_tdp_mmu_spte_changed"):
+        return ("shadow", None, "kvm_mmu_get_page shows live root_count / indirect roots and "
+                "no kvm_tdp_mmu_spte_changed: the shadow MMU (kvm.tdp_mmu=N); no TDP era applies")
+    if not _has_event(trace, "kvm_tdp_mmu_spte_changed"):
+        return ("unknown", None, "no kvm_tdp_mmu_spte_changed and no shadow pages: backend unknown")
+    args = " ".join(a or "" for a in trace.events.column("args").to_pylist()
+                    if a and "function=" in a)
+    if "tdp_mmu_zap_root_work" in args:
+        defunct = any(i.queued_by in threads.vcpus for i in threads.work_items
+                      if i.function == "tdp_mmu_zap_root_work")
+        return ("tdp", "5.18", "workqueue_queue_work function=tdp_mmu_zap_root_work: per-VM "
+                "workqueue zaps " + ("(5.18 .. 6.3: a vCPU queued one, a defunct root's put; "
+                                     "from 6.4 a valid root is never put to 0)" if defunct else
+                                     "(5.18 .. 6.5; no vCPU queued one, so 6.4/6.5, which "
+                                     "preserve roots, are not ruled out)"))
+    if "tdp_mmu_zap_root_async" in args:
+        return ("tdp", "async", "function=tdp_mmu_zap_root_async on the system workqueue")
+    changed = _frame(trace, "kvm_tdp_mmu_spte_changed")
+    gone = ((changed["old_spte"].fillna(0).astype(np.uint64) & SPTE_PRESENT) != 0) & \
+        ((changed["new_spte"].fillna(0).astype(np.uint64) & SPTE_PRESENT) == 0)
+    zappers = set(changed.loc[gone, "pid"].dropna().astype(int))
+    fast = set(_frame(trace, "kvm_mmu_zap_all_fast").get("pid", pd.Series(dtype=int)))
+    names = {threads.comms.get(p, "") for p in zappers}
+    torn = set(_root_teardowns(trace)["pid"].dropna().astype(int))
+    if torn & set(threads.vcpus):
+        return ("tdp", "sync", "vCPU threads zap top-level entries: the last put of a valid "
+                "root tears it down inline (<= 5.17; from 5.18 the putter only queues the "
+                "zap, from 6.4 a valid root is never put to 0)")
+    if zappers & fast:
+        if _fast_zap_passes(trace, changed[gone]) == "one":
+            return ("tdp", "sync", "SPTE zaps by the kvm_mmu_zap_all_fast task itself, in one "
+                    "root-level pass (top-level entry first, only frozen writes below it): "
+                    "<= 5.17 zaps gifted roots inline that way; 5.18+ zap the 1 GiB level "
+                    "first")
+        return ("tdp", "6.6", "SPTE zaps by the kvm_mmu_zap_all_fast task itself: the invalidating "
+                "task zaps inline (6.6+; the 1 GiB level first unless no teardown is traced)")
+    if any(n.startswith("kworker") for n in names):
+        return ("tdp", "5.18", "SPTE zaps by kworkers (5.18 .. 6.5)")
+    if zappers & set(threads.vcpus):
+        return ("tdp", "sync", "SPTE zaps by vCPU threads: the last put zaps inline (<= 5.17)")
+    return ("tdp", None, "no root zap in the trace: the era is not determined")

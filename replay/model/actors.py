@@ -1,0 +1,334 @@
+"""Operation handlers: what each workload operation does to the model, as processes.
+
+vCPU operations run in the vCPU's thread (``kvm_mmu_reload`` on entry, faults, MMU
+resets); VMM operations in the VMM thread that issued the ioctl or parameter write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from replay.errors import WorkloadError
+from replay.model.engine import Signal, Wait
+from replay.model.ids import ActorId, Nanos
+from replay.model.lifecycle import Replay, VcpuState
+from replay.model.lock import READ, WRITE
+from replay.model.population import (
+    Extent,
+    Segment,
+    WorkCursor,
+    add_extent,
+    counts_of,
+    remove_range,
+    split_extents,
+    unmapped_parts,
+)
+from replay.model.workload import (
+    LoadRoot,
+    MemslotCreate,
+    MemslotDelete,
+    MemslotMove,
+    Op,
+    Populate,
+    Rendezvous,
+    Run,
+    SetNxHugePages,
+    SetSregs,
+    Sleep,
+    Unload,
+    VcpuOp,
+    VmDestroy,
+    Workload,
+    WriteProtect,
+    ZapLeafs,
+)
+
+__all__ = ["start_actors"]
+
+
+class _Driver:
+    """Starts one process per actor and runs each actor's operations in order."""
+
+    def __init__(self, rp: Replay, workload: Workload) -> None:
+        self.rp = rp
+        self.workload = workload
+        self.barriers: dict[str, tuple[list[int], Signal]] = {}
+        self.vcpu_done: list[Signal] = []
+        self.slots_lock_free = True
+        self.slots_waiters: list[Signal] = []
+
+    def start(self) -> None:
+        per_actor: dict[str, list[tuple[int, Op]]] = {}
+        for i, op in enumerate(self.workload.ops):
+            per_actor.setdefault(op.actor, []).append((i, op))
+            if isinstance(op, VcpuOp) and op.vcpu not in self.rp.vcpus:
+                self.rp.vcpus[op.vcpu] = VcpuState(op.vcpu, ActorId(op.actor), self.rp.sim)
+        for actor, ops in per_actor.items():
+            proc = self.rp.sim.process(self._actor(ActorId(actor), ops), actor)
+            if actor.startswith("vcpu"):
+                self.vcpu_done.append(proc.done)
+
+    def _actor(self, actor: ActorId, ops: list[tuple[int, Op]]) -> Wait:
+        rp = self.rp
+        for index, op in ops:
+            if op.at > rp.sim.now:
+                yield rp.sim.timeout(op.at - rp.sim.now)
+            handler = _HANDLERS.get(type(op))
+            if handler is None:
+                raise WorkloadError(index, actor, f"no handler for {type(op).__name__}")
+            yield from handler(self, index, op)
+            rp.end_ts = max(rp.end_ts, rp.sim.now)
+
+    # ------------------------------------------------------------ vCPU side
+    def vcpu(self, index: int, op: Op) -> VcpuState:
+        assert isinstance(op, VcpuOp)
+        v = self.rp.vcpus[op.vcpu]
+        if v.gone:
+            raise WorkloadError(index, op.actor, "vCPU used after VM destroy")
+        return v
+
+    def enter_guest(self, v: VcpuState) -> Wait:
+        """``kvm_mmu_reload``: service the request (drop an obsolete root), load a root."""
+        rp = self.rp
+        while v.root is None or v.root.invalid or v.request:
+            v.request = False
+            if v.root is not None and v.root.invalid:
+                yield from self.unload(v, "free obsolete root (KVM_REQ_MMU_FREE_OBSOLETE_ROOTS)")
+            if v.root is None:
+                yield from self.load(v)
+        if v.root.invalid:
+            rp.violate("vCPU enters the guest on an invalid root", root=v.root,
+                       holder=v.actor, invariant=8)
+
+    def load(self, v: VcpuState) -> Wait:
+        """``mmu_alloc_direct_roots``: reuse a valid root with the role, or allocate one."""
+        rp = self.rp
+        mode = rp.policy.root_lock
+        yield from rp.acquire(v.actor, mode)
+        t0 = rp.sim.now
+        role = rp.vcpu_root_role(v)
+        root = None
+        for r in rp.live_roots():
+            if not r.invalid and r.role == role and rp.get(r, v.actor, "reuse"):
+                root = r
+                break
+        if root is None:
+            root = rp.new_root(role, v.actor)
+        yield rp.sim.timeout(round(rp.cost.root_alloc_ns))
+        rp.block(v.actor, t0, "root_alloc", root=root)
+        rp.release(v.actor, mode)
+        v.root = root
+
+    def unload(self, v: VcpuState, reason: str, by: str | None = None) -> Wait:
+        """``kvm_mmu_unload`` → ``kvm_mmu_free_roots``: put the current root.
+
+        ``by`` is the thread doing it when not the vCPU's own (vCPU destroy at VM exit):
+        then nothing is charged to the vCPU as a block.
+        """
+        rp = self.rp
+        root = v.root
+        if root is None:
+            return
+        actor = by or v.actor
+        mode = rp.policy.root_lock
+        yield from rp.acquire(actor, mode)
+        t0 = rp.sim.now
+        yield rp.sim.timeout(round(rp.cost.root_put_ns))
+        rp.block(actor, t0, "root_put", root=root)
+        v.root = None
+        yield from rp.put(root, v.actor, reason, mode, by=actor)
+        rp.release(actor, mode)
+
+    def populate(self, index: int, op: Op) -> Wait:
+        assert isinstance(op, Populate)
+        v = self.vcpu(index, op)
+        todo = [Extent(op.start, op.size, op.page)]
+        while todo:
+            yield from self.enter_guest(v)
+            root = v.root
+            assert root is not None
+            fresh: list[Extent] = []
+            for e in todo:
+                fresh.extend(unmapped_parts(root.population, e))
+            n = counts_of(fresh).leaves
+            if n == 0:
+                return
+            todo = yield from self._fault(v, root, fresh, n)
+
+    def _fault(self, v: VcpuState, root: Any, fresh: list[Extent], n: int) -> Wait:
+        """Fault ``fresh`` into ``root`` under ``mmu_lock`` read, one fault per unit;
+        returns what is left when the root became invalid."""
+        rp = self.rp
+        each = round(rp.cost.fault_ns)
+        cur = WorkCursor([Segment(n, float(each))])
+        yield from rp.acquire(v.actor, READ)
+        while not root.invalid:
+            t0, u0 = rp.sim.now, cur.units_done
+            done = yield from rp.run_cursor(cur, yieldable=True)
+            head, fresh = split_extents(fresh, cur.units_done - u0)
+            installed: list[Extent] = []
+            for e in head:  # another vCPU may have installed some meanwhile: spurious faults
+                installed += add_extent(root.population, e)
+            rp.block(v.actor, t0, "fault", count=cur.units_done - u0, each=each, root=root)
+            for r in rp.recorders:
+                r.populated(Nanos(t0), rp.now, v.actor, root.id, installed)
+            if done:
+                fresh = []
+                break
+            rp.release(v.actor, READ)  # the fault ends; the next one takes the lock again
+            yield from rp.acquire(v.actor, READ)
+        rp.release(v.actor, READ)
+        return fresh
+
+    def run(self, index: int, op: Op) -> Wait:
+        assert isinstance(op, Run)
+        v = self.vcpu(index, op)
+        end = self.rp.sim.now + op.duration
+        while True:
+            yield from self.enter_guest(v)
+            left = end - self.rp.sim.now
+            if left <= 0:
+                return
+            yield self.rp.sim.first_of(self.rp.sim.timeout(left), v.kick)
+
+    def load_root(self, index: int, op: Op) -> Wait:
+        assert isinstance(op, LoadRoot)
+        v = self.vcpu(index, op)
+        if op.role is not None:
+            v.role_override = op.role
+        yield from self.enter_guest(v)
+
+    def set_sregs(self, index: int, op: Op) -> Wait:
+        assert isinstance(op, SetSregs)
+        v = self.vcpu(index, op)
+        v.cr0_wp = op.cr0_wp
+        yield from self.unload(v, "KVM_SET_SREGS: kvm_mmu_reset_context")
+
+    def mmu_reset(self, index: int, op: Op) -> Wait:
+        v = self.vcpu(index, op)
+        yield from self.unload(v, "MMU reset")
+
+    # ------------------------------------------------------------ VMM side
+    def slots_lock(self) -> Wait:
+        while not self.slots_lock_free:
+            sig = Signal(self.rp.sim)
+            self.slots_waiters.append(sig)
+            yield sig
+        self.slots_lock_free = False
+
+    def slots_unlock(self) -> None:
+        self.slots_lock_free = True
+        if self.slots_waiters:
+            self.slots_waiters.pop(0).fire(None)
+
+    def fast_zap(self, index: int, op: Op) -> Wait:
+        """``kvm_mmu_zap_all_fast`` under ``slots_lock``; checks §5 item 7 on return."""
+        rp = self.rp
+        yield from self.slots_lock()
+        if rp.fast_zap_busy:
+            rp.violate("two fast zaps at once", holder=op.actor, invariant=10)
+        rp.fast_zap_busy = True
+        for r in rp.recorders:
+            r.fast_zap(rp.now, ActorId(op.actor), rp.mmu_valid_gen)
+        existing = len(rp.roots)  # roots created meanwhile cannot map the deleted slot
+        yield from rp.policy.fast_zap(rp, ActorId(op.actor))
+        for root in rp.roots[:existing]:
+            if root.invalid and root.population:
+                rp.violate("fast zap returned with SPTEs of an invalidated root left",
+                           root=root, holder=op.actor, invariant=7)
+        rp.fast_zap_busy = False
+        self.slots_unlock()
+
+    def memslot_create(self, index: int, op: Op) -> Wait:
+        yield from ()
+
+    def sleep(self, index: int, op: Op) -> Wait:
+        assert isinstance(op, Sleep)
+        yield self.rp.sim.timeout(op.duration)
+
+    def rendezvous(self, index: int, op: Op) -> Wait:
+        assert isinstance(op, Rendezvous)
+        arrived, sig = self.barriers.setdefault(op.name, ([0], Signal(self.rp.sim)))
+        arrived[0] += 1
+        if arrived[0] >= op.parties:
+            sig.fire(None)
+        yield sig
+
+    def zap_leafs(self, index: int, op: Op) -> Wait:
+        """mmu_notifier unmap: ``mmu_lock`` write, every valid root, leaves in the range."""
+        assert isinstance(op, ZapLeafs)
+        yield from self._range_walk(op.actor, op.start, op.size, WRITE, remove=True)
+
+    def write_protect(self, index: int, op: Op) -> Wait:
+        """Dirty-log write protection / clear: ``mmu_lock`` read, valid roots, yielding."""
+        assert isinstance(op, WriteProtect)
+        yield from self._range_walk(op.actor, op.start, op.size, READ, remove=False)
+
+    def _range_walk(self, actor: str, start: int, size: int, mode: Any, *, remove: bool) -> Wait:
+        rp = self.rp
+        iterator = f"iter:{actor}"
+        yield from rp.acquire(actor, mode)
+        for root in rp.live_roots():
+            if root.invalid or not rp.get(root, iterator, "range iterator"):
+                continue
+            if remove:
+                touched = remove_range(root.population, start, start + size)
+            else:
+                touched = remove_range(list(root.population), start, start + size)
+            leaves = counts_of(touched).leaves
+            shared = mode == READ
+            cur = WorkCursor([Segment(leaves, rp.cost.leaf_ns(shared))])
+            while not (yield from rp.run_cursor(cur, yieldable=rp.cost.yield_on_contention)):
+                yield from rp.relock(actor, mode)
+            yield from rp.put(root, iterator, "range iterator advances", mode, by=actor)
+        rp.release(actor, mode)
+
+    def vm_destroy(self, index: int, op: Op) -> Wait:
+        """mmu_notifier release → ``kvm_mmu_zap_all``; vCPU destroy; uninit; ``rcu_barrier``."""
+        rp = self.rp
+        actor = ActorId(op.actor)
+        for done in self.vcpu_done:  # noqa: UP028 (each is resumed with a value via send)
+            yield done
+        rp.vm_dying = True
+        iterator = f"iter:{actor}"
+        yield from rp.acquire(actor, WRITE)
+        for root in rp.live_roots():
+            if rp.get(root, iterator, "kvm_tdp_mmu_zap_all iterator"):
+                yield from rp.zap(root, actor, WRITE, granularity=rp.policy.granularity,
+                                  yieldable=True)
+                yield from rp.put(root, iterator, "zap_all iterator advances", WRITE, by=actor)
+        rp.release(actor, WRITE)
+        for v in rp.vcpus.values():
+            yield from self.unload(v, "vCPU destroy", by=actor)
+            v.gone = True
+        yield from rp.policy.uninit(rp, actor)
+        yield rp.rcu_barrier()
+        for root in rp.roots:
+            if root.freed is None:
+                rp.violate("VM destroyed but the root was never freed", root=root,
+                           holder=actor, invariant=9)
+
+
+_Handler = Callable[[_Driver, int, Op], Wait]
+_HANDLERS: dict[type, _Handler] = {
+    Populate: _Driver.populate,
+    Run: _Driver.run,
+    LoadRoot: _Driver.load_root,
+    SetSregs: _Driver.set_sregs,
+    Unload: _Driver.mmu_reset,
+    MemslotCreate: _Driver.memslot_create,
+    MemslotDelete: _Driver.fast_zap,
+    MemslotMove: _Driver.fast_zap,
+    SetNxHugePages: _Driver.fast_zap,
+    ZapLeafs: _Driver.zap_leafs,
+    WriteProtect: _Driver.write_protect,
+    Sleep: _Driver.sleep,
+    Rendezvous: _Driver.rendezvous,
+    VmDestroy: _Driver.vm_destroy,
+}
+
+
+def start_actors(rp: Replay, workload: Workload) -> None:
+    """Create one process per actor of ``workload`` in ``rp``."""
+    _Driver(rp, workload).start()

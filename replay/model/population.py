@@ -1,0 +1,344 @@
+"""What a root maps, as counts per extent (never one object per SPTE), and its zap work.
+
+A root's population is a sorted list of non-overlapping :class:`Extent` (guest-physical
+byte ranges mapped with one page size). From it follow the counts of kernel-semantics §2.1:
+leaves per level and page tables per level (4K-level tables cover 2 MiB, 2M-level tables
+1 GiB, 1G-level tables 512 GiB). A zap becomes a short list of :class:`Segment` runs of
+identical non-yieldable units, whose size depends on the era's zap granularity (§1.5).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+
+from replay.model.cost import CostModel
+from replay.model.ids import PAGE_1G, PAGE_2M, PAGE_4K, PAGE_512G
+
+__all__ = [
+    "Extent",
+    "Counts",
+    "Segment",
+    "Granularity",
+    "WorkCursor",
+    "add_extent",
+    "counts_of",
+    "zap_segments",
+    "split_extents",
+    "unmapped_parts",
+    "remove_range",
+]
+
+_ENTRIES = 512
+
+
+@dataclass(frozen=True, order=True)
+class Extent:
+    """``[start, start + size)`` guest-physical bytes mapped by leaves of ``page`` bytes."""
+
+    start: int
+    size: int
+    page: int
+
+    @property
+    def end(self) -> int:
+        """First byte after the extent."""
+        return self.start + self.size
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Leaves and page tables of a population (the root page itself is not counted)."""
+
+    leaves_4k: int = 0
+    leaves_2m: int = 0
+    leaves_1g: int = 0
+    tables_l1: int = 0
+    tables_l2: int = 0
+    tables_l3: int = 0
+
+    @property
+    def leaves(self) -> int:
+        """All leaf SPTEs."""
+        return self.leaves_4k + self.leaves_2m + self.leaves_1g
+
+    @property
+    def tables(self) -> int:
+        """All child page tables."""
+        return self.tables_l1 + self.tables_l2 + self.tables_l3
+
+    def __add__(self, other: Counts) -> Counts:
+        return Counts(
+            self.leaves_4k + other.leaves_4k,
+            self.leaves_2m + other.leaves_2m,
+            self.leaves_1g + other.leaves_1g,
+            self.tables_l1 + other.tables_l1,
+            self.tables_l2 + other.tables_l2,
+            self.tables_l3 + other.tables_l3,
+        )
+
+
+def _blocks(start: int, end: int, block: int) -> int:
+    return 0 if end <= start else (end - 1) // block - start // block + 1
+
+
+def _extent_counts(e: Extent) -> Counts:
+    leaves = e.size // e.page
+    return Counts(
+        leaves_4k=leaves if e.page == PAGE_4K else 0,
+        leaves_2m=leaves if e.page == PAGE_2M else 0,
+        leaves_1g=leaves if e.page == PAGE_1G else 0,
+        tables_l1=_blocks(e.start, e.end, PAGE_2M) if e.page == PAGE_4K else 0,
+        tables_l2=_blocks(e.start, e.end, PAGE_1G) if e.page <= PAGE_2M else 0,
+        tables_l3=_blocks(e.start, e.end, PAGE_512G),
+    )
+
+
+def counts_of(extents: list[Extent]) -> Counts:
+    """Total counts of a population."""
+    total = Counts()
+    for e in extents:
+        total = total + _extent_counts(e)
+    return total
+
+
+def add_extent(extents: list[Extent], new: Extent) -> list[Extent]:
+    """Add ``new`` to the sorted population ``extents`` in place; return the parts not yet mapped.
+
+    Bytes already mapped (at any page size) are not mapped again: a guest touching them
+    takes no fault.
+    """
+    fresh: list[Extent] = []
+    cursor = new.start
+    for e in extents:
+        if e.end <= cursor or e.start >= new.end:
+            continue
+        if e.start > cursor:
+            fresh.append(Extent(cursor, e.start - cursor, new.page))
+        cursor = max(cursor, e.end)
+    if cursor < new.end:
+        fresh.append(Extent(cursor, new.end - cursor, new.page))
+    if fresh:
+        merged = sorted(extents + fresh)
+        extents[:] = _coalesce(merged)
+    return fresh
+
+
+def _coalesce(extents: list[Extent]) -> list[Extent]:
+    out: list[Extent] = []
+    for e in extents:
+        if out and out[-1].end == e.start and out[-1].page == e.page:
+            last = out.pop()
+            e = Extent(last.start, last.size + e.size, e.page)
+        out.append(e)
+    return out
+
+
+class Granularity(enum.Enum):
+    """Largest non-yieldable unit of a zap (kernel-semantics §1.5)."""
+
+    #: ≤5.17 last put: the entire root, ``can_yield=false``.
+    WHOLE_ROOT = "whole-root"
+    #: ≤5.17 fast zap: one top-level entry (512 GiB with 4-level paging).
+    TOP_LEVEL = "top-level"
+    #: 5.18–6.8 two passes: one 1 GiB subtree, then root level (1b6043e8e584).
+    GIB = "1GiB"
+    #: 6.9+ four passes 4K → 2M → 1G → root: one leaf or one emptied table (8ca983631f3c).
+    LEAF = "4KiB"
+
+
+@dataclass(frozen=True)
+class Segment:
+    """``count`` consecutive non-yieldable units of ``unit_ns`` each."""
+
+    count: int
+    unit_ns: float
+
+    @property
+    def total_ns(self) -> int:
+        """Duration of the whole run, rounded once."""
+        return round(self.count * self.unit_ns)
+
+
+@dataclass(frozen=True)
+class _TableCost:
+    leaf: float
+    table: float
+    frozen: float
+    tlb: float
+
+    def removal(self, present_children: float) -> float:
+        return self.table + self.tlb + self.frozen * max(0.0, _ENTRIES - present_children)
+
+
+def zap_segments(
+    extents: list[Extent],
+    granularity: Granularity,
+    cost: CostModel,
+    *,
+    shared: bool,
+    tlb_per_table: bool,
+) -> list[Segment]:
+    """The zap of a root mapping ``extents`` as runs of non-yieldable units."""
+    tc = _TableCost(
+        leaf=cost.leaf_ns(shared),
+        table=cost.page_table_ns,
+        frozen=cost.frozen_entry_ns if shared else 0.0,
+        tlb=cost.tlb_flush_ns if tlb_per_table else 0.0,
+    )
+    root_scan = Segment(1, _ENTRIES * cost.scan_entry_ns)
+    if granularity is Granularity.LEAF:
+        return _leaf_passes(extents, tc) + [root_scan]
+    subtrees: list[Segment] = []
+    top: list[Segment] = []
+    for e in extents:
+        c = _extent_counts(e)
+        l1 = c.tables_l1 * tc.removal(c.leaves_4k / c.tables_l1 if c.tables_l1 else 0)
+        l2_children = (c.tables_l1 + c.leaves_2m) / c.tables_l2 if c.tables_l2 else 0
+        l2 = c.tables_l2 * tc.removal(l2_children)
+        below_1g = c.leaves * tc.leaf + l1 + l2
+        l3_children = (c.tables_l2 + c.leaves_1g) / c.tables_l3 if c.tables_l3 else 0
+        l3 = c.tables_l3 * tc.removal(l3_children)
+        if granularity is Granularity.GIB:
+            units = c.tables_l2 + c.leaves_1g
+            if units:
+                subtrees.append(Segment(units, below_1g / units))
+            if c.tables_l3:
+                top.append(Segment(c.tables_l3, l3 / c.tables_l3))
+        elif c.tables_l3:
+            top.append(Segment(c.tables_l3, (below_1g + l3) / c.tables_l3))
+    if granularity is Granularity.WHOLE_ROOT:
+        total = sum(s.count * s.unit_ns for s in subtrees + top) + root_scan.unit_ns
+        return [Segment(1, total)]
+    return subtrees + top + [root_scan]
+
+
+def _leaf_passes(extents: list[Extent], tc: _TableCost) -> list[Segment]:
+    """6.9+: leaves one by one, then each emptied table level by level."""
+    counts = [_extent_counts(e) for e in extents]
+    passes: list[Segment] = []
+    for c in counts:
+        if c.leaves_4k:
+            passes.append(Segment(c.leaves_4k, tc.leaf))
+    for c in counts:
+        if c.leaves_2m:
+            passes.append(Segment(c.leaves_2m, tc.leaf))
+        if c.tables_l1:
+            passes.append(Segment(c.tables_l1, tc.removal(0)))
+    for c in counts:
+        if c.leaves_1g:
+            passes.append(Segment(c.leaves_1g, tc.leaf))
+        if c.tables_l2:
+            passes.append(Segment(c.tables_l2, tc.removal(0)))
+    for c in counts:
+        if c.tables_l3:
+            passes.append(Segment(c.tables_l3, tc.removal(0)))
+    return passes
+
+
+class WorkCursor:
+    """Progress through a list of segments; finds the next unit boundary to yield at."""
+
+    def __init__(self, segments: list[Segment]) -> None:
+        self.segments = [s for s in segments if s.count > 0]
+        self.total_ns = sum(s.total_ns for s in self.segments)
+        self.index = 0
+        self.done = 0  # units done in the current segment
+        self.units_done = 0
+
+    @property
+    def finished(self) -> bool:
+        """No work left."""
+        return self.index >= len(self.segments)
+
+    def remaining_ns(self) -> int:
+        """Time to finish all remaining units."""
+        total = 0
+        for i in range(self.index, len(self.segments)):
+            s = self.segments[i]
+            done = self.done if i == self.index else 0
+            total += round(s.count * s.unit_ns) - round(done * s.unit_ns)
+        return total
+
+    def finish(self) -> None:
+        """Mark every unit done."""
+        for i in range(self.index, len(self.segments)):
+            self.units_done += self.segments[i].count - (self.done if i == self.index else 0)
+        self.index = len(self.segments)
+        self.done = 0
+
+    def advance(self, elapsed: int) -> int:
+        """Advance to the first unit boundary at or after ``elapsed`` ns, after >= 1 unit.
+
+        Returns the time from the current position to that boundary (the kernel yields
+        only after forward progress: ``next_last_level_gfn != yielded_gfn``).
+        """
+        spent = 0
+        moved = 0
+        while not self.finished:
+            s = self.segments[self.index]
+            left = s.count - self.done
+            want = elapsed - spent
+            if s.unit_ns > 0:
+                k = math.ceil(max(want, 0) / s.unit_ns)
+            else:
+                k = left if want > 0 else 0
+            k = min(max(k, 1 if moved == 0 else 0), left)
+            spent += round((self.done + k) * s.unit_ns) - round(self.done * s.unit_ns)
+            self.done += k
+            moved += k
+            self.units_done += k
+            if self.done >= s.count:
+                self.index += 1
+                self.done = 0
+            if spent >= elapsed and moved > 0:
+                break
+        return spent
+
+
+def split_extents(extents: list[Extent], leaves: int) -> tuple[list[Extent], list[Extent]]:
+    """Split ``extents`` after their first ``leaves`` leaves: ``(head, tail)``."""
+    head: list[Extent] = []
+    tail: list[Extent] = []
+    left = leaves
+    for e in extents:
+        n = e.size // e.page
+        if left >= n:
+            head.append(e)
+            left -= n
+        elif left > 0:
+            cut = left * e.page
+            head.append(Extent(e.start, cut, e.page))
+            tail.append(Extent(e.start + cut, e.size - cut, e.page))
+            left = 0
+        else:
+            tail.append(e)
+    return head, tail
+
+
+def unmapped_parts(extents: list[Extent], new: Extent) -> list[Extent]:
+    """The parts of ``new`` not mapped by ``extents`` (without changing them)."""
+    return add_extent(list(extents), new)
+
+
+def remove_range(extents: list[Extent], start: int, end: int) -> list[Extent]:
+    """Remove ``[start, end)`` from ``extents`` in place (rounded out to whole leaves).
+
+    Returns the removed extents."""
+    kept: list[Extent] = []
+    gone: list[Extent] = []
+    for e in extents:
+        hi_raw = min(e.end, end)
+        if hi_raw <= max(e.start, start):
+            kept.append(e)
+            continue
+        lo = e.start + ((max(e.start, start) - e.start) // e.page) * e.page
+        hi = e.start + -(-(hi_raw - e.start) // e.page) * e.page
+        if lo > e.start:
+            kept.append(Extent(e.start, lo - e.start, e.page))
+        gone.append(Extent(lo, hi - lo, e.page))
+        if hi < e.end:
+            kept.append(Extent(hi, e.end - hi, e.page))
+    extents[:] = kept
+    return gone
