@@ -34,7 +34,7 @@ sys.path.remove(str(_HERE))
 import pyarrow as pa  # noqa: E402
 
 from replay import DEFAULT_COST, CostModel, Recorder, build_scenario, default_recorders, run  # noqa: E402
-from replay.model.ids import GIB, PAGE_4K, ActorId, Nanos, RootId  # noqa: E402
+from replay.model.ids import GIB, PAGE_1G, PAGE_4K, ActorId, Nanos, RootId  # noqa: E402
 from replay.model.workload import (  # noqa: E402
     MemslotDelete,
     Op,
@@ -42,6 +42,7 @@ from replay.model.workload import (  # noqa: E402
     Run,
     VmDestroy,
     Workload,
+    WriteProtect,
     ZapLeafs,
     rendezvous,
 )
@@ -125,13 +126,15 @@ def _slot_delete_1g() -> Workload:
     return Workload.of(ops, name="slot-delete-1g")
 
 
-def _zap_proxy(vcpus: int, per_vcpu: int) -> Workload:
-    """Each vCPU maps ``per_vcpu`` bytes with 4 KiB SPTEs; at PROXY_AT the VMM zaps the leaves of
-    the whole range (ZapLeafs, the model's range zap). Proxy for zapping collapsible SPTEs."""
-    ops: list[Op] = [Populate(vcpu=i, start=4 * GIB + i * per_vcpu, size=per_vcpu)
+def _range_op(vcpus: int, per_vcpu: int, page: int, write_protect: bool) -> Workload:
+    """Each vCPU maps ``per_vcpu`` bytes with ``page`` leaves; at PROXY_AT the VMM walks the
+    whole range: WriteProtect (dirty-log write protection) or ZapLeafs (the model's range zap,
+    the proxy for zapping collapsible SPTEs)."""
+    ops: list[Op] = [Populate(vcpu=i, start=4 * GIB + i * per_vcpu, size=per_vcpu, page=page)
                      for i in range(vcpus)]
-    ops.append(ZapLeafs(actor="vmm", at=PROXY_AT, start=4 * GIB, size=vcpus * per_vcpu))
-    return Workload.of(ops, name=f"zap-proxy-{vcpus}x{per_vcpu >> 30}G")
+    kind = WriteProtect if write_protect else ZapLeafs
+    ops.append(kind(actor="vmm", at=PROXY_AT, start=4 * GIB, size=vcpus * per_vcpu))
+    return Workload.of(ops, name=f"{kind.__name__}-{vcpus}x{per_vcpu >> 30}G")
 
 
 WORKLOADS: dict[str, Callable[[CostModel], Workload]] = {
@@ -143,8 +146,9 @@ WORKLOADS: dict[str, Callable[[CostModel], Workload]] = {
     "slot-delete-1g": lambda c: _slot_delete_1g(),
     "stress-v128": lambda c: build_scenario("memslot-stress", vcpus=128, host_cpus=c.host_cpus),
     "stress-v16": lambda c: build_scenario("memslot-stress", vcpus=16, host_cpus=c.host_cpus),
-    "proxy-64x4G": lambda c: _zap_proxy(64, 4 * GIB),
-    "proxy-416x1G": lambda c: _zap_proxy(416, GIB),
+    "proxy-64x4G": lambda c: _range_op(64, 4 * GIB, PAGE_4K, write_protect=False),
+    "proxy-416x1G": lambda c: _range_op(416, GIB, PAGE_4K, write_protect=False),
+    "wrprot-96x1G": lambda c: _range_op(96, GIB, PAGE_1G, write_protect=True),
 }
 
 
@@ -157,7 +161,7 @@ def observe(workload: str, policy: str, cost: CostModel = DEFAULT_COST) -> Obser
     summary = res.vcpu_summary()
     loads = sorted(root_loads(res))
     vcpu_end = max((b["end"] for b in res.to_arrow("blocks").to_pylist()), default=0)
-    op_time = res.end_ns - PROXY_AT if any(isinstance(op, ZapLeafs) for op in w.ops) else 0
+    op_time = res.end_ns - PROXY_AT if isinstance(w.ops[-1], ZapLeafs | WriteProtect) else 0
     if op_time and vcpu_end > PROXY_AT:
         raise RuntimeError(f"{workload}: vCPUs still busy at {PROXY_AT} ns; raise PROXY_AT")
     return Observed(
