@@ -35,6 +35,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/replay_scenario.py
 	$(BIN)/python benchmarks/replay.py
 	$(BIN)/python benchmarks/report_outputs.py
+	$(BIN)/python benchmarks/published.py
 
 samples: $(VENV)/.installed  # needs root, /dev/kvm, tracefs (and trace-cmd for the .dat)
 	sample_traces/regenerate.sh
