@@ -23,6 +23,8 @@ A zap burst on that thread is the put of the vCPU's last reference: the root it 
 exactly the leaves the burst removes, so those not faulted earlier in the trace were mapped
 before it began (a pre-trace ``Populate`` of that vCPU), and the vCPU was the root's only
 holder: its role differed from the others' (for CR0, the previous CR0.WP was the other value).
+Any other inline teardown by a vCPU thread (the zap of a top-level entry, after a reset no
+control write shows, e.g. ``KVM_SET_SREGS``) gives its pre-trace population the same way.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import pyarrow.compute as pc
 
 from parsers.trace import Trace
 from replay.infer.observed import SPTE_PRESENT
+from replay.infer.root_pages import tdp_root_level
 from replay.infer.threads import Confidence, ThreadMap
 from replay.model.ids import PAGE_1G, PAGE_2M, PAGE_4K
 from replay.model.workload import LoadRoot, Op, Populate, SetSregs, Unload
@@ -238,6 +241,8 @@ class _Context:
     roots: dict[int, np.ndarray]
     plan: ResetPlan = field(default_factory=ResetPlan)
     pretrace: set[int] = field(default_factory=set)
+    #: zap seqs already read as some reset's burst
+    used: set[int] = field(default_factory=set)
 
 
 def plan_resets(trace: Trace, threads: ThreadMap, ops: Mapping[int, Sequence[Op]]
@@ -254,10 +259,11 @@ def plan_resets(trace: Trace, threads: ThreadMap, ops: Mapping[int, Sequence[Op]
         ['SetSregs', 'LoadRoot', 'SetSregs', 'LoadRoot']
     """
     writes = [w for w in control_writes(trace) if w.pid in threads.vcpus]
-    if not writes:
+    zaps = _zap_rows(trace)
+    if not writes and not zaps["pid"].isin(list(threads.vcpus)).any():
         return ResetPlan()
     ctx = _Context(trace, threads, ops, _entry_times(trace), _times(trace, "kvm_exit"),
-                   _times(trace, "kvm_userspace_exit"), _zap_rows(trace), _new_roots(trace))
+                   _times(trace, "kvm_userspace_exit"), zaps, _new_roots(trace))
     known: dict[tuple[int, str], int] = {}
     for i, w in enumerate(writes):
         prev = known.get((w.pid, w.reg))
@@ -265,6 +271,7 @@ def plan_resets(trace: Trace, threads: ThreadMap, ops: Mapping[int, Sequence[Op]
         if w.write:
             later = next((x.ts for x in writes[i + 1:] if x.pid == w.pid and x.write), None)
             _one_write(ctx, _window(ctx, w, later), prev)
+    _other_teardowns(ctx)
     return ctx.plan
 
 
@@ -318,7 +325,26 @@ def _one_write(ctx: _Context, win: _Window, prev: int | None) -> None:
                                         win.closed_seq, f"{name} enters after its reset "
                                         f"({label}): it loads a root", "high"))
     if len(zaps):
+        ctx.used |= set(zaps["seq"].astype(int))
         _pretrace(ctx, win, zaps, prev)
+
+
+def _other_teardowns(ctx: _Context) -> None:
+    """Inline teardowns by vCPU threads after resets the trace gives no control write for
+    (``KVM_SET_SREGS``, CPUID, SMM): the zap of a top-level entry by a vCPU thread starts
+    the last put's teardown; its burst (to the thread's next ``kvm_entry``) gives the
+    population the root held, as after a control write."""
+    level = tdp_root_level(ctx.trace)
+    z = ctx.zaps[ctx.zaps["pid"].isin(list(ctx.threads.vcpus)) & ~ctx.zaps["seq"].isin(ctx.used)]
+    for row in z[(z["level"] == level) & z["gfn"].notna()].itertuples():
+        if int(row.seq) in ctx.used:
+            continue
+        pid = int(row.pid)
+        mark = ControlWrite(pid, int(row.ts), int(row.seq) - 1, "none", 0, True)
+        win = _window(ctx, mark, None)
+        burst = z[(z["pid"] == pid) & (z["seq"] >= row.seq) & (z["ts"] <= win.end)]
+        ctx.used |= set(burst["seq"].astype(int))
+        _pretrace(ctx, win, burst, None)
 
 
 def _has_load(ctx: _Context, win: _Window, lo: int, hi: int) -> bool:
@@ -347,7 +373,7 @@ def _pretrace(ctx: _Context, win: _Window, zaps: pd.DataFrame, prev: int | None)
                                f"{int(not w.value & CR0_WP)}: its reset put the last reference "
                                f"of its root while other vCPUs of the VM held theirs, so its "
                                f"role differed", "medium"))
-    if not _has_load(ctx, win, -1, w.ts):
+    if (fresh or w.reg != "none") and not _has_load(ctx, win, -1, w.ts):
         add.append(PlannedStep(win.vm, LoadRoot(vcpu=win.vcpu, at=first_ts), first_seq - 2,
                                f"root loaded before the trace began: {name}'s reset zapped "
                                f"it", "medium"))

@@ -172,3 +172,18 @@ def test_reset_rules_hold_on_every_recording(path: Path) -> None:
         later = [op for op in d.workloads[vm].ops[index + 1:]
                  if isinstance(op, (LoadRoot, Populate)) and op.vcpu == vcpu]
         assert not later or isinstance(later[0], LoadRoot), (path.name, vcpu, index)
+
+
+def test_inline_teardown_without_control_write_rebuilds_the_population(tmp_path: Path) -> None:
+    """The 5.17 fixture with its first two faults left out (as if the trace began later):
+    vCPU 1's inline teardown after KVM_SET_SREGS (no kvm_cr) still zaps gfn 1 and 2, so
+    they were mapped before the trace, and the sync replay zaps both leaves inline."""
+    src = (ROOT / "sample_traces" / "handwritten" / "tdp_5.17_sync.txt").read_text()
+    path = tmp_path / "late.txt"
+    path.write_text("\n".join(ln for ln in src.splitlines()
+                              if "100.0001" not in ln and "100.0002" not in ln) + "\n")
+    ops = _ops(path)
+    pre = [op for n, op in ops if n == "Populate" and op.vcpu == 1]  # type: ignore[attr-defined]
+    assert [(p.start >> 12, p.size >> 12) for p in pre] == [(1, 2)]  # type: ignore[attr-defined]
+    r = replay(path, policy=["sync"], cost=LEAF_ONLY)
+    assert [b["each_ns"] for b in _blocks(r, "sync", 1) if b["cause"] == "zap"] == [2 * 5000]
