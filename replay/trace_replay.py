@@ -88,8 +88,9 @@ def replay(
     if derived.backend == "shadow":
         warnings.append("recorded with the shadow MMU: the replays show what the TDP MMU's "
                         "policies would have done with the same vCPU activity")
+    start = pc.min(loaded.events.column("ts")).as_py() if loaded.events.num_rows else None
     for name in names:
-        runs[name], anomalies = _replay_vms(derived, threads, name, cost)
+        runs[name], anomalies = _replay_vms(derived, threads, name, cost, start)
         if anomalies:
             warnings.append(f"{name}: {anomalies} invariant violations recorded (the derived "
                             f"workload is incomplete; see the anomalies)")
@@ -122,8 +123,11 @@ def _slim(batches: Iterable[TraceBatch]) -> Iterator[TraceBatch]:
                          batch.source_bytes)
 
 
-def _replay_vms(derived: DerivedWorkloads, threads: ThreadMap, policy: str, cost: CostModel
-                ) -> tuple[dict[str, pa.Table], int]:
+def _replay_vms(derived: DerivedWorkloads, threads: ThreadMap, policy: str, cost: CostModel,
+                start: int | None = None) -> tuple[dict[str, pa.Table], int]:
+    """Each VM's workload under ``policy``; blocks that end before the trace's first event
+    (``start``) replay the state the trace began in (a pre-trace population) and are
+    dropped."""
     results: list[ReplayResult] = []
     for vm in sorted(derived.workloads):
         results.append(run(derived.workloads[vm], policy=policy, cost=cost,
@@ -133,6 +137,9 @@ def _replay_vms(derived: DerivedWorkloads, threads: ThreadMap, policy: str, cost
                          ("roots", ROOTS_SCHEMA)):
         parts = [_offset_roots(r.to_arrow(name), i) for i, r in enumerate(results)]
         tables[name] = pa.concat_tables(parts) if parts else schema.empty_table()
+    if start is not None and tables["blocks"].num_rows:
+        tables["blocks"] = tables["blocks"].filter(pc.greater(tables["blocks"].column("end"),
+                                                              start))
     vcpus = sorted(v.vcpu for v in threads.vcpus.values())
     tables["summary"] = summarize_blocks(tables["blocks"], vcpus)
     return tables, sum(r.anomalies for r in results)

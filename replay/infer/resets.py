@@ -21,8 +21,9 @@ CR0.WP in the eras whose TDP role did) or an :class:`~replay.model.workload.Unlo
 (CR4, EFER) at the write, and a :class:`~replay.model.workload.LoadRoot` at the next entry.
 A zap burst on that thread is the put of the vCPU's last reference: the root it zaps held
 exactly the leaves the burst removes, so those not faulted earlier in the trace were mapped
-before it began (a pre-trace ``Populate`` of that vCPU), and the vCPU was the root's only
-holder: its role differed from the others' (for CR0, the previous CR0.WP was the other value).
+before it began (a pre-trace ``Populate`` of that vCPU, at :data:`PRETRACE_AT`), and the
+vCPU was the root's only holder: its role differed from the others' (for CR0, the previous
+CR0.WP was the other value).
 Any other inline teardown by a vCPU thread (the zap of a top-level entry, after a reset no
 control write shows, e.g. ``KVM_SET_SREGS``) gives its pre-trace population the same way.
 """
@@ -47,8 +48,12 @@ from replay.model.ids import PAGE_1G, PAGE_2M, PAGE_4K
 from replay.model.workload import LoadRoot, Op, Populate, SetSregs, Unload
 
 __all__ = ["ControlWrite", "PlannedStep", "ResetPlan", "control_writes", "plan_resets",
-           "ROLE_BITS", "EFER_MSR", "CR0_WP"]
+           "ROLE_BITS", "EFER_MSR", "CR0_WP", "PRETRACE_AT"]
 
+#: ``at`` of the state a vCPU was in when the trace began (its CR0.WP, root, population):
+#: replayed at time 0, long before the first event, so that its faults delay nothing the
+#: trace shows (the replay drops blocks that end before the trace's first event).
+PRETRACE_AT: Final = 0
 #: ``MSR_EFER``.
 EFER_MSR: Final = 0xC0000080
 #: ``X86_CR0_WP``.
@@ -358,7 +363,7 @@ def _pretrace(ctx: _Context, win: _Window, zaps: pd.DataFrame, prev: int | None)
     trace, if no load is traced) held the leaves the burst removes."""
     w = win.write
     name = ctx.threads.thread_name(w.pid)
-    first_ts, first_seq = _first_event(ctx.trace, w.pid)
+    _, first_seq = _first_event(ctx.trace, w.pid)
     ops = [*ctx.ops.get(win.vm, ()), *(s.op for s in ctx.plan.add if s.vm == win.vm)]
     covered = [(o.start, o.start + o.size) for o in ops if isinstance(o, Populate)
                and o.at <= w.ts]
@@ -368,18 +373,18 @@ def _pretrace(ctx: _Context, win: _Window, zaps: pd.DataFrame, prev: int | None)
     if w.reg == "cr0" and prev is None and win.vcpu not in ctx.pretrace \
             and _others_hold(ctx, win, int(zaps["ts"].max())):
         add.append(PlannedStep(win.vm, SetSregs(vcpu=win.vcpu, cr0_wp=not w.value & CR0_WP,
-                                                at=first_ts), first_seq - 3,
+                                                at=PRETRACE_AT), first_seq - 3,
                                f"before the trace {name} ran with CR0.WP="
                                f"{int(not w.value & CR0_WP)}: its reset put the last reference "
                                f"of its root while other vCPUs of the VM held theirs, so its "
                                f"role differed", "medium"))
     if (fresh or w.reg != "none") and not _has_load(ctx, win, -1, w.ts):
-        add.append(PlannedStep(win.vm, LoadRoot(vcpu=win.vcpu, at=first_ts), first_seq - 2,
+        add.append(PlannedStep(win.vm, LoadRoot(vcpu=win.vcpu, at=PRETRACE_AT), first_seq - 2,
                                f"root loaded before the trace began: {name}'s reset zapped "
                                f"it", "medium"))
     for start, size, page in _merge(fresh):
         add.append(PlannedStep(
-            win.vm, Populate(vcpu=win.vcpu, start=start, size=size, page=page, at=first_ts),
+            win.vm, Populate(vcpu=win.vcpu, start=start, size=size, page=page, at=PRETRACE_AT),
             first_seq - 1, f"mapped before the trace began: {size // page} leaves from gfn "
             f"{start >> 12:#x} that {name}'s inline zap removes and no traced fault "
             f"installed", "medium"))

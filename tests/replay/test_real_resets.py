@@ -13,7 +13,7 @@ import pytest
 from parsers import read_trace
 from replay import replay
 from replay.infer.calibration import calibrate
-from replay.infer.resets import control_writes, plan_resets
+from replay.infer.resets import PRETRACE_AT, control_writes, plan_resets
 from replay.infer.threads import identify_threads
 from replay.infer.workload import derive_workloads
 from replay.model.cost import DEFAULT_COST
@@ -68,7 +68,7 @@ def test_quoted_cr0_write_then_inline_zap_is_a_reset() -> None:
     ops = _ops(QUOTED)
     sets = [op for name, op in ops if name == "SetSregs"]
     assert [(s.vcpu, s.cr0_wp, s.at) for s in sets] == [  # type: ignore[attr-defined]
-        (1, False, 1404389366 * US), (1, True, 1404389373 * US)]
+        (1, False, PRETRACE_AT), (1, True, 1404389373 * US)]
     unloads = [op for name, op in ops if name == "Unload"]
     assert [(u.vcpu, u.at) for u in unloads] == [(1, 1404389537 * US)]  # type: ignore[attr-defined]
     pre = [op for name, op in ops if name == "Populate"]
@@ -87,8 +87,11 @@ def test_quoted_reset_replays_per_era(policy: str) -> None:
     assert r.derived.era == "sync"
     zaps = [b for b in _blocks(r, policy, 1) if b["cause"] == "zap"]
     roots = [x for x in r.roots.to_pylist() if x["run"] == policy and x["created_by"] == "vcpu1"]
+    assert all(b["end"] > 1404389366 * US for b in _blocks(r, policy, 1))  # pre-trace: dropped
+    assert not [b for b in _blocks(r, policy, 1) if b["cause"] == "fault"]
     if policy == "sync":
         assert [b["each_ns"] for b in zaps] == [10 * 5000]
+        assert zaps[0]["start"] < 1404389384 * US  # starts at the write, not after pre-trace faults
         assert max(_blocks(r, policy, 1), key=lambda b: b["each_ns"])["cause"] == "zap"
         assert roots[0]["zapped_by"] == "vcpu1" and roots[0]["leaves_zapped"] == 10
     else:
@@ -118,7 +121,7 @@ def test_svm_efer_write_reset_and_fault_cost() -> None:
     ops = _ops(SVM)
     assert [(n, op.at) for n, op in ops if n in ("Unload", "SetSregs")] == [  # type: ignore[attr-defined]
         ("Unload", 200_000_301 * US)]
-    pre = [op for n, op in ops if n == "Populate" and op.at == 200_000_100 * US]  # type: ignore[attr-defined]
+    pre = [op for n, op in ops if n == "Populate" and op.at == PRETRACE_AT]  # type: ignore[attr-defined]
     assert [(p.start >> 12, p.size >> 12) for p in pre] == [(1, 2)]  # type: ignore[attr-defined]
     cal = calibrate(read_trace(SVM), DEFAULT_COST)
     assert cal.cost.fault_ns == 3000.0
@@ -183,7 +186,7 @@ def test_inline_teardown_without_control_write_rebuilds_the_population(tmp_path:
     path.write_text("\n".join(ln for ln in src.splitlines()
                               if "100.0001" not in ln and "100.0002" not in ln) + "\n")
     ops = _ops(path)
-    pre = [op for n, op in ops if n == "Populate" and op.vcpu == 1]  # type: ignore[attr-defined]
+    pre = [op for n, op in ops if n == "Populate" and op.at == PRETRACE_AT]  # type: ignore[attr-defined]
     assert [(p.start >> 12, p.size >> 12) for p in pre] == [(1, 2)]  # type: ignore[attr-defined]
     r = replay(path, policy=["sync"], cost=LEAF_ONLY)
     assert [b["each_ns"] for b in _blocks(r, "sync", 1) if b["cause"] == "zap"] == [2 * 5000]
