@@ -125,9 +125,7 @@ def _slim(batches: Iterable[TraceBatch]) -> Iterator[TraceBatch]:
 
 def _replay_vms(derived: DerivedWorkloads, threads: ThreadMap, policy: str, cost: CostModel,
                 start: int | None = None) -> tuple[dict[str, pa.Table], int]:
-    """Each VM's workload under ``policy``; blocks that end before the trace's first event
-    (``start``) replay the state the trace began in (a pre-trace population) and are
-    dropped."""
+    """Each VM's workload under ``policy``, from the trace's first event (``start``) on."""
     results: list[ReplayResult] = []
     for vm in sorted(derived.workloads):
         results.append(run(derived.workloads[vm], policy=policy, cost=cost,
@@ -137,12 +135,27 @@ def _replay_vms(derived: DerivedWorkloads, threads: ThreadMap, policy: str, cost
                          ("roots", ROOTS_SCHEMA)):
         parts = [_offset_roots(r.to_arrow(name), i) for i, r in enumerate(results)]
         tables[name] = pa.concat_tables(parts) if parts else schema.empty_table()
-    if start is not None and tables["blocks"].num_rows:
-        tables["blocks"] = tables["blocks"].filter(pc.greater(tables["blocks"].column("end"),
-                                                              start))
+    if start is not None:
+        tables = _from_trace_start(tables, start)
     vcpus = sorted(v.vcpu for v in threads.vcpus.values())
     tables["summary"] = summarize_blocks(tables["blocks"], vcpus)
     return tables, sum(r.anomalies for r in results)
+
+
+def _from_trace_start(tables: dict[str, pa.Table], start: int) -> dict[str, pa.Table]:
+    """What happened before the trace's first event replays the state the trace began in
+    (a pre-trace root and population, :data:`replay.infer.resets.PRETRACE_AT`): its blocks
+    and refcount changes are dropped, its roots' ``created`` is null (before the trace)."""
+    out = dict(tables)
+    out["blocks"] = tables["blocks"].filter(pc.greater(tables["blocks"].column("end"), start))
+    out["refcounts"] = tables["refcounts"].filter(
+        pc.greater_equal(tables["refcounts"].column("ts"), start))
+    roots = tables["roots"]
+    i = roots.column_names.index("created")
+    early = pc.fill_null(pc.less(roots.column("created"), start), False)
+    out["roots"] = roots.set_column(i, roots.schema.field(i), pc.if_else(
+        early, pa.scalar(None, roots.schema.field(i).type), roots.column("created")))
+    return out
 
 
 def _offset_roots(table: pa.Table, vm_index: int) -> pa.Table:
