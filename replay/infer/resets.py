@@ -115,13 +115,23 @@ def _int(text: str, hex_default: bool) -> int:
 
 
 def _parse(event: str, args: str) -> tuple[str, int, bool] | None:
-    """(register, value, is_write) of one ``kvm_cr``/``kvm_msr`` payload, or None."""
+    """(register, value, is_write) of one ``kvm_cr``/``kvm_msr`` payload, or None (also for
+    a payload whose numbers do not parse: a damaged line tells nothing)."""
+    try:
+        return _parse_numbers(event, args)
+    except ValueError:
+        return None
+
+
+def _parse_numbers(event: str, args: str) -> tuple[str, int, bool] | None:
+    # the raw name=value form (trace.dat, report -R) prints each field with its printk
+    # spec: cr and ecx "%x" (hex, no prefix), val and data "0x%llx"
     if event == "kvm_cr":
         m = _CR_TEXT.search(args)
         if m:
             write, cr, value = m[1] == "write", _int(m[2], True), _int(m[3], False)
-        elif (m := _CR_RAW.search(args)) is not None:
-            write, cr, value = m[1] not in ("0", "0x0"), _int(m[2], False), _int(m[3], False)
+        elif (m := _CR_RAW.search(args)) is not None:  # cr printed "%x", val "0x%lx"
+            write, cr, value = m[1] not in ("0", "0x0"), _int(m[2], True), _int(m[3], False)
         else:
             return None
         return (f"cr{cr}", value, write) if cr in (0, 4) else None
@@ -133,7 +143,7 @@ def _parse(event: str, args: str) -> tuple[str, int, bool] | None:
     elif (m := _MSR_RAW.search(args)) is not None:
         if m[4] not in (None, "0", "0x0"):
             return None
-        write, ecx, value = m[1] not in ("0", "0x0"), _int(m[2], False), _int(m[3], False)
+        write, ecx, value = m[1] not in ("0", "0x0"), _int(m[2], True), _int(m[3], False)
     else:
         return None
     return ("efer", value, write) if ecx == EFER_MSR else None

@@ -324,14 +324,16 @@ def _undo_clashes(out: ThreadMap, by_gen: dict[int, tuple[int, str]],
 def _pseudo_vms(out: ThreadMap, missing: list[int],
                 ids: dict[int, tuple[int | None, str, Confidence]],
                 vid: dict[int, int | None], life: dict[int, Life]) -> None:
-    """Threads nothing placed: one pseudo-VM when their vcpu_ids are distinct and at most
-    one other (VMM) thread is among them; else one pseudo-VM per id-distinct group of vCPU
-    threads, and each other thread alone (its fast zaps then reach no vCPU's roots)."""
+    """Threads nothing placed: one pseudo-VM when their vcpu_ids are distinct (a VMM may
+    have several threads: QEMU's main loop, I/O threads); else one pseudo-VM per
+    id-distinct group of vCPU threads, and each other thread alone (which VMM goes with
+    which group is unknown: its fast zaps then reach no vCPU's roots rather than the wrong
+    VM's)."""
     if not missing:
         return
     vcpus = [p for p in missing if p in ids]
     others = [p for p in missing if p not in ids]
-    if not clashes(vcpus, vid, life) and len(others) <= 1:
+    if not clashes(vcpus, vid, life):
         groups = [missing]
     else:
         groups = split_by_id(vcpus, vid, life) + [[p] for p in others]

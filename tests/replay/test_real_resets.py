@@ -50,8 +50,10 @@ def test_control_writes_parse_text_and_raw() -> None:
     assert _parse("kvm_cr", "cr_write 3 = 0x1000") is None
     assert _parse("kvm_msr", "msr_read c0000080 = 0xd01") == ("efer", 0xD01, False)
     assert _parse("kvm_msr", "msr_write c0000080 = 0xd01 (#GP)") is None
-    assert _parse("kvm_msr", "write=1 ecx=0xc0000080 data=0xd01 exception=0") == \
-        ("efer", 0xD01, True)
+    assert _parse("kvm_msr", "write=1 ecx=c0000080 data=0xd01 exception=0") == \
+        ("efer", 0xD01, True)  # trace.dat / report -R: each field in its printk radix
+    assert _parse("kvm_cr", "rw=1 cr=0 val=0x80050033") == ("cr0", 0x80050033, True)
+    assert _parse("kvm_msr", "msr_write zz = 0x1") is None  # damaged: nothing, no traceback
     assert _parse("kvm_msr", "msr_write c0000103 = 0x1") is None
     writes = control_writes(read_trace(QUOTED))
     assert [(w.reg, w.write) for w in writes] == [("cr0", True), ("cr4", True), ("efer", False),
