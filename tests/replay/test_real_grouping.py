@@ -129,3 +129,15 @@ def test_quoted_root_zapped_before_it_was_seen() -> None:
     assert [(x["level"], x["created"], x["created_by"], x["zap_start"], x["zap_end"],
              x["zapped_by"]) for x in roots] == [
         (4, None, BEFORE_TRACE, 1404389384000, 1404389439000, "qemu-system-x86-8397")]
+
+
+def test_clashing_ids_without_evidence_split_and_the_vmm_stands_alone() -> None:
+    """trace_pipe_lost_events.txt (3 VMs; the ring buffer lost the vCPU creations and the
+    generations): seven vCPU threads with ids 0,1,2,3,0,1,2 cannot be one VM. They are split
+    into id-distinct pseudo-VMs; the one VMM thread traced (17578) is in none of them, so
+    its fast zaps cannot invalidate another VM's roots."""
+    m = identify_threads(read_trace(SAMPLES / "trace_pipe_lost_events.txt"))
+    groups = _vm_ids(m)
+    assert sorted(sorted(g.values()) for g in groups.values()) == [[0, 1, 2], [0, 1, 2, 3]]
+    assert m.vm_of[17578] not in groups
+    assert any("split into 3 VMs" in w for w in m.warnings)
