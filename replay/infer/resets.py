@@ -258,6 +258,8 @@ class _Context:
     pretrace: set[int] = field(default_factory=set)
     #: zap seqs already read as some reset's burst
     used: set[int] = field(default_factory=set)
+    #: (ts, seq) of each vCPU thread's first event
+    firsts: dict[int, tuple[int, int]] = field(default_factory=dict)
 
 
 def plan_resets(trace: Trace, threads: ThreadMap, ops: Mapping[int, Sequence[Op]]
@@ -351,15 +353,20 @@ def _other_teardowns(ctx: _Context) -> None:
     population the root held, as after a control write."""
     level = tdp_root_level(ctx.trace)
     z = ctx.zaps[ctx.zaps["pid"].isin(list(ctx.threads.vcpus)) & ~ctx.zaps["seq"].isin(ctx.used)]
-    for row in z[(z["level"] == level) & z["gfn"].notna()].itertuples():
-        if int(row.seq) in ctx.used:
-            continue
-        pid = int(row.pid)
-        mark = ControlWrite(pid, int(row.ts), int(row.seq) - 1, "none", 0, True)
-        win = _window(ctx, mark, None)
-        burst = z[(z["pid"] == pid) & (z["seq"] >= row.seq) & (z["ts"] <= win.end)]
-        ctx.used |= set(burst["seq"].astype(int))
-        _pretrace(ctx, win, burst, None)
+    for pid, rows in z.groupby("pid"):
+        seq = rows["seq"].to_numpy(dtype=np.int64)
+        ts = rows["ts"].to_numpy(dtype=np.int64)
+        tops = np.flatnonzero((rows["level"] == level).to_numpy() & rows["gfn"].notna().to_numpy())
+        done = -1
+        for i in tops.tolist():
+            if i <= done:
+                continue
+            mark = ControlWrite(int(pid), int(ts[i]), int(seq[i]) - 1, "none", 0, True)
+            win = _window(ctx, mark, None)
+            done = int(np.searchsorted(ts, win.end, side="right")) - 1
+            burst = rows.iloc[i:done + 1]
+            ctx.used |= set(burst["seq"].astype(int))
+            _pretrace(ctx, win, burst, None)
 
 
 def _has_load(ctx: _Context, win: _Window, lo: int, hi: int) -> bool:
@@ -373,12 +380,12 @@ def _pretrace(ctx: _Context, win: _Window, zaps: pd.DataFrame, prev: int | None)
     trace, if no load is traced) held the leaves the burst removes."""
     w = win.write
     name = ctx.threads.thread_name(w.pid)
-    _, first_seq = _first_event(ctx.trace, w.pid)
+    _, first_seq = _first_event(ctx, w.pid)
     ops = [*ctx.ops.get(win.vm, ()), *(s.op for s in ctx.plan.add if s.vm == win.vm)]
     covered = [(o.start, o.start + o.size) for o in ops if isinstance(o, Populate)
                and o.at <= w.ts]
     leaves = zaps[zaps["leaf"] == True]  # noqa: E712
-    fresh = [p for p in _leaf_pages(leaves) if not any(lo <= p[0] < hi for lo, hi in covered)]
+    fresh = _uncovered(_leaf_pages(leaves), covered)
     add = ctx.plan.add
     if w.reg == "cr0" and prev is None and win.vcpu not in ctx.pretrace \
             and _others_hold(ctx, win, int(zaps["ts"].max())):
@@ -411,6 +418,19 @@ def _leaf_pages(leaves: pd.DataFrame) -> list[tuple[int, int]]:
     return sorted(out)
 
 
+def _uncovered(pages: list[tuple[int, int]], covered: list[tuple[int, int]]
+               ) -> list[tuple[int, int]]:
+    """The ``(start, page)`` pairs whose start lies in none of the ``[lo, hi)`` ranges."""
+    if not covered or not pages:
+        return pages
+    spans = np.array(sorted(covered), dtype=np.int64)
+    hi = np.maximum.accumulate(spans[:, 1])  # furthest end among ranges starting at or before
+    starts = np.array([p[0] for p in pages], dtype=np.int64)
+    k = np.searchsorted(spans[:, 0], starts, side="right") - 1
+    inside = (k >= 0) & (starts < hi[np.maximum(k, 0)])
+    return [p for p, hit in zip(pages, inside.tolist(), strict=True) if not hit]
+
+
 def _merge(pages: Sequence[tuple[int, int]]) -> list[tuple[int, int, int]]:
     """(start, page) pairs → (start, size, page) runs of adjacent pages of one size."""
     runs: list[tuple[int, int, int]] = []
@@ -436,9 +456,13 @@ def _others_hold(ctx: _Context, win: _Window, until: int) -> bool:
     return False
 
 
-def _first_event(trace: Trace, pid: int) -> tuple[int, int]:
-    """(ts, seq) of the first event of thread ``pid``."""
-    ev = trace.events.select(["pid", "ts", "seq"])
-    mine = ev.filter(pc.fill_null(pc.equal(ev.column("pid"), pid), False))
-    k = int(pc.index(mine.column("seq"), pc.min(mine.column("seq"))).as_py())
-    return int(mine.column("ts")[k].as_py()), int(mine.column("seq")[k].as_py())
+def _first_event(ctx: _Context, pid: int) -> tuple[int, int]:
+    """(ts, seq) of the first event of vCPU thread ``pid`` (all vCPU threads at once, once)."""
+    if not ctx.firsts:
+        ev = ctx.trace.events.select(["pid", "ts", "seq"])
+        mine = ev.filter(pc.fill_null(pc.is_in(ev.column("pid"), pa.array(
+            sorted(ctx.threads.vcpus), pa.int32())), False))
+        agg = mine.group_by("pid").aggregate([("ts", "min"), ("seq", "min")])
+        ctx.firsts.update({int(p): (int(t), int(q)) for p, t, q in zip(
+            *(agg.column(c).to_pylist() for c in ("pid", "ts_min", "seq_min")), strict=True)})
+    return ctx.firsts[pid]
