@@ -192,3 +192,22 @@ def test_inline_teardown_without_control_write_rebuilds_the_population(tmp_path:
     assert [(p.start >> 12, p.size >> 12) for p in pre] == [(1, 2)]  # type: ignore[attr-defined]
     r = replay(path, policy=["sync"], cost=LEAF_ONLY)
     assert [b["each_ns"] for b in _blocks(r, "sync", 1) if b["cause"] == "zap"] == [2 * 5000]
+
+
+@pytest.mark.parametrize("policy", ["sync", "async", "5.18", "6.4", "6.6", "6.9"])
+def test_svm_efer_reset_per_era(policy: str) -> None:
+    """The SVM fixture's EFER reset of its only vCPU: a zap of the 5 leaves (2 from before
+    the trace) by the vCPU itself under the detected era (sync), by a worker under async and
+    5.18; from 6.4 the root stays (the TDP MMU holds a reference) and the vCPU reuses it."""
+    r = replay(SVM, policy=[policy], cost=LEAF_ONLY)
+    assert r.derived.era == "sync"
+    zaps = [b["each_ns"] for b in _blocks(r, policy, 0) if b["cause"] == "zap"]
+    assert zaps == ([5 * 5000] if policy == "sync" else [])
+    roots = [x for x in r.roots.to_pylist() if x["run"] == policy]
+    zapped = {x["zapped_by"] for x in roots if x["leaves_zapped"]}
+    if policy == "sync":
+        assert zapped == {"vcpu0"}
+    elif policy in ("async", "5.18"):
+        assert len(zapped) == 1 and next(iter(zapped)).startswith("kworker")
+    else:
+        assert zapped == set() and len(roots) == 1
