@@ -88,8 +88,9 @@ def replay(
     if derived.backend == "shadow":
         warnings.append("recorded with the shadow MMU: the replays show what the TDP MMU's "
                         "policies would have done with the same vCPU activity")
+    start = pc.min(loaded.events.column("ts")).as_py() if loaded.events.num_rows else None
     for name in names:
-        runs[name], anomalies = _replay_vms(derived, threads, name, cost)
+        runs[name], anomalies = _replay_vms(derived, threads, name, cost, start)
         if anomalies:
             warnings.append(f"{name}: {anomalies} invariant violations recorded (the derived "
                             f"workload is incomplete; see the anomalies)")
@@ -122,8 +123,9 @@ def _slim(batches: Iterable[TraceBatch]) -> Iterator[TraceBatch]:
                          batch.source_bytes)
 
 
-def _replay_vms(derived: DerivedWorkloads, threads: ThreadMap, policy: str, cost: CostModel
-                ) -> tuple[dict[str, pa.Table], int]:
+def _replay_vms(derived: DerivedWorkloads, threads: ThreadMap, policy: str, cost: CostModel,
+                start: int | None = None) -> tuple[dict[str, pa.Table], int]:
+    """Each VM's workload under ``policy``, from the trace's first event (``start``) on."""
     results: list[ReplayResult] = []
     for vm in sorted(derived.workloads):
         results.append(run(derived.workloads[vm], policy=policy, cost=cost,
@@ -133,9 +135,27 @@ def _replay_vms(derived: DerivedWorkloads, threads: ThreadMap, policy: str, cost
                          ("roots", ROOTS_SCHEMA)):
         parts = [_offset_roots(r.to_arrow(name), i) for i, r in enumerate(results)]
         tables[name] = pa.concat_tables(parts) if parts else schema.empty_table()
+    if start is not None:
+        tables = _from_trace_start(tables, start)
     vcpus = sorted(v.vcpu for v in threads.vcpus.values())
     tables["summary"] = summarize_blocks(tables["blocks"], vcpus)
     return tables, sum(r.anomalies for r in results)
+
+
+def _from_trace_start(tables: dict[str, pa.Table], start: int) -> dict[str, pa.Table]:
+    """What happened before the trace's first event replays the state the trace began in
+    (a pre-trace root and population, :data:`replay.infer.resets.PRETRACE_AT`): its blocks
+    and refcount changes are dropped, its roots' ``created`` is null (before the trace)."""
+    out = dict(tables)
+    out["blocks"] = tables["blocks"].filter(pc.greater(tables["blocks"].column("end"), start))
+    out["refcounts"] = tables["refcounts"].filter(
+        pc.greater_equal(tables["refcounts"].column("ts"), start))
+    roots = tables["roots"]
+    i = roots.column_names.index("created")
+    early = pc.fill_null(pc.less(roots.column("created"), start), False)
+    out["roots"] = roots.set_column(i, roots.schema.field(i), pc.if_else(
+        early, pa.scalar(None, roots.schema.field(i).type), roots.column("created")))
+    return out
 
 
 def _offset_roots(table: pa.Table, vm_index: int) -> pa.Table:

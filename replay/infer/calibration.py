@@ -1,14 +1,19 @@
 """Calibrate the cost model from what a trace measured, each value with its evidence.
 
-* ``fault_ns``: the median of ``kvm_page_fault`` → the same vCPU thread's next
-  ``kvm_entry`` (the cost model's own definition of a fault: exit to entry).
-* ``leaf_exclusive_ns`` and ``leaf_shared_ns``: the median per-SPTE time of zap bursts —
-  runs of at least :data:`MIN_BURST` consecutive ``kvm_tdp_mmu_spte_changed`` events of one
-  thread taking present SPTEs to non-present, at most ``BURST_GAP_NS`` apart (the zap
-  loop's pace, one event per SPTE).
+* ``fault_ns``: the median exit → entry of a vCPU thread's EPT violations (VMX exit reason
+  48) and nested page faults (SVM ``npf``, 0x400): the cost model's own definition of a
+  fault. Exits whose stay holds a ``kvm_userspace_exit`` (userspace time) or zap events
+  (not a fault's cost) are left out. A trace without ``kvm_exit`` reasons falls back to
+  ``kvm_page_fault`` → the thread's next ``kvm_entry``.
+* ``leaf_exclusive_ns`` and ``leaf_shared_ns``: the median per-leaf pace of zap bursts —
+  one thread's ``kvm_tdp_mmu_spte_changed`` events taking present SPTEs to non-present, at
+  most ``BURST_GAP_NS`` apart, however short: (last leaf zap − the burst's first zap) /
+  leaves zapped (the first zap is where the work starts; table entries and their
+  ``handle_removed_pt`` are part of each leaf's pace). A burst with no leaf, or whose
+  events all share one timestamp (the trace's resolution hides its pace), measures nothing.
 
 What the trace does not show keeps its default; a trace without the events changes
-nothing and says so.
+nothing and says so. Every value says how many samples it comes from.
 """
 
 from __future__ import annotations
@@ -24,12 +29,15 @@ from parsers.trace import Trace
 from replay.infer.observed import BURST_GAP_NS, SPTE_PRESENT
 from replay.model.cost import CostModel
 
-__all__ = ["Calibration", "calibrate", "MIN_BURST", "MIN_SAMPLES"]
+__all__ = ["Calibration", "calibrate", "MIN_SAMPLES", "FAULT_EXITS"]
 
-#: Shortest run of SPTE zaps that measures the per-leaf cost.
-MIN_BURST: Final = 16
-#: Fewest faults for a fault cost.
-MIN_SAMPLES: Final = 8
+#: Fewest samples for a value (one: a short real trace still measures something; the
+#: evidence gives the count).
+MIN_SAMPLES: Final = 1
+#: (isa, exit reason) of the exits that are guest page faults handled by the TDP MMU:
+#: VMX ``EXIT_REASON_EPT_VIOLATION`` (48), SVM ``SVM_EXIT_NPF`` (0x400).
+FAULT_EXITS: Final = ((1, 48), (2, 0x400))
+_HUGE_BIT: Final = 1 << 7
 
 
 @dataclass(frozen=True)
@@ -53,27 +61,83 @@ def calibrate(trace: Trace, base: CostModel) -> Calibration:
     evidence: dict[str, str] = {}
     fault = _fault_ns(trace)
     if fault is not None:
-        changes["fault_ns"] = fault[0]
-        evidence["fault_ns"] = (f"median of {fault[1]} kvm_page_fault -> kvm_entry intervals: "
-                                f"{fault[0]:.0f} ns (default {base.fault_ns:.0f})")
+        value, n, what = fault
+        changes["fault_ns"] = value
+        evidence["fault_ns"] = (f"median of {n} {what} intervals: {value:.0f} ns (default "
+                                f"{base.fault_ns:.0f})")
     leaf = _leaf_ns(trace)
     if leaf is not None:
+        value, bursts, leaves = leaf
         for key in ("leaf_exclusive_ns", "leaf_shared_ns"):
-            changes[key] = leaf[0]
-            evidence[key] = (f"median pace of {leaf[1]} SPTE zap bursts (>= {MIN_BURST} "
-                             f"zaps): {leaf[0]:.2f} ns per SPTE (default "
+            changes[key] = value
+            evidence[key] = (f"median per-leaf pace of {bursts} SPTE zap bursts ({leaves} "
+                             f"leaves zapped): {value:.2f} ns per leaf (default "
                              f"{getattr(base, key):.2f})")
     return Calibration(dataclasses.replace(base, **changes), evidence)  # type: ignore[arg-type]
 
 
-def _fault_ns(trace: Trace) -> tuple[float, int] | None:
-    if "kvm_page_fault" not in trace.names or "kvm_entry" not in trace.names:
-        return None
-    faults = trace.table("kvm_page_fault").select(["ts", "pid"]).to_pandas()
-    entries = trace.table("kvm_entry").select(["ts", "pid"]).to_pandas()
+def _by_pid(trace: Trace, name: str, cols: list[str]) -> dict[int, pd.DataFrame]:
+    if name not in trace.names:
+        return {}
+    df = trace.table(name).select(["pid", "ts", "seq", *cols]).to_pandas()
+    df = df.dropna(subset=["pid"]).sort_values("seq", kind="stable")
+    return {int(p): g for p, g in df.groupby("pid")}
+
+
+def _fault_ns(trace: Trace) -> tuple[float, int, str] | None:
+    exits = _by_pid(trace, "kvm_exit", ["isa", "exit_reason"])
+    entries = _by_pid(trace, "kvm_entry", [])
+    noise = _noise_seqs(trace)
     spans = []
-    for pid, f in faults.groupby("pid"):
-        e = np.sort(entries.loc[entries["pid"] == pid, "ts"].to_numpy(dtype=np.int64))
+    for pid, ex in exits.items():
+        en = entries.get(pid)
+        if en is None:
+            continue
+        e_seq, e_ts = en["seq"].to_numpy(dtype=np.int64), en["ts"].to_numpy(dtype=np.int64)
+        x_seq, x_ts = ex["seq"].to_numpy(dtype=np.int64), ex["ts"].to_numpy(dtype=np.int64)
+        k = np.searchsorted(e_seq, x_seq, side="right")
+        ok = k < e_seq.size
+        nxt = np.append(x_seq[1:], np.iinfo(np.int64).max)
+        ok[ok] &= nxt[ok] > e_seq[k[ok]]  # an exit then another exit: the entry was lost
+        reason = ex["exit_reason"].fillna(-1).astype(np.int64).to_numpy()
+        isa = ex["isa"].fillna(0).astype(np.int64).to_numpy()
+        fault = np.zeros(x_seq.size, dtype=bool)
+        for want_isa, want in FAULT_EXITS:  # isa 0: not printed, either vendor
+            fault |= ((isa == want_isa) | (isa == 0)) & ((reason & 0xFFFF) == want)
+        quiet = noise.get(pid, np.zeros(0, np.int64))
+        kk = np.minimum(k, max(e_seq.size - 1, 0))
+        dirty = np.searchsorted(quiet, e_seq[kk]) > np.searchsorted(quiet, x_seq)
+        pick = ok & fault & ~dirty
+        spans.append(e_ts[k[pick]] - x_ts[pick])
+    values = np.concatenate(spans) if spans else np.zeros(0, np.int64)
+    if values.size >= MIN_SAMPLES:
+        return float(np.median(values)), int(values.size), "EPT violation / NPF exit -> entry"
+    return _page_fault_ns(trace)
+
+
+def _noise_seqs(trace: Trace) -> dict[int, np.ndarray]:
+    """Per pid, sorted seqs of events that make a stay more than a fault: exits to
+    userspace and zaps."""
+    out: dict[int, list[np.ndarray]] = {}
+    for name in ("kvm_userspace_exit", "kvm_mmu_prepare_zap_page"):
+        for pid, g in _by_pid(trace, name, []).items():
+            out.setdefault(pid, []).append(g["seq"].to_numpy(dtype=np.int64))
+    for pid, g in _by_pid(trace, "kvm_tdp_mmu_spte_changed", ["old_spte", "new_spte"]).items():
+        old = g["old_spte"].fillna(0).astype(np.uint64)
+        new = g["new_spte"].fillna(0).astype(np.uint64)
+        gone = ((old & SPTE_PRESENT) != 0) & ((new & SPTE_PRESENT) == 0)
+        out.setdefault(pid, []).append(g.loc[gone, "seq"].to_numpy(dtype=np.int64))
+    return {p: np.sort(np.concatenate(v)) for p, v in out.items()}
+
+
+def _page_fault_ns(trace: Trace) -> tuple[float, int, str] | None:
+    faults = _by_pid(trace, "kvm_page_fault", [])
+    entries = _by_pid(trace, "kvm_entry", [])
+    spans = []
+    for pid, f in faults.items():
+        if pid not in entries:
+            continue
+        e = np.sort(entries[pid]["ts"].to_numpy(dtype=np.int64))
         ts = f["ts"].to_numpy(dtype=np.int64)
         k = np.searchsorted(e, ts, side="left")
         ok = k < e.size
@@ -81,24 +145,29 @@ def _fault_ns(trace: Trace) -> tuple[float, int] | None:
     values = np.concatenate(spans) if spans else np.zeros(0)
     if values.size < MIN_SAMPLES:
         return None
-    return float(np.median(values)), int(values.size)
+    return float(np.median(values)), int(values.size), "kvm_page_fault -> kvm_entry"
 
 
-def _leaf_ns(trace: Trace) -> tuple[float, int] | None:
-    if "kvm_tdp_mmu_spte_changed" not in trace.names:
-        return None
-    t = trace.table("kvm_tdp_mmu_spte_changed").select(
-        ["ts", "pid", "old_spte", "new_spte"]).to_pandas()
-    old = t["old_spte"].fillna(0).astype(np.uint64)
-    new = t["new_spte"].fillna(0).astype(np.uint64)
-    zaps = t[((old & SPTE_PRESENT) != 0) & ((new & SPTE_PRESENT) == 0)]
-    paces = []
-    for _, g in zaps.groupby("pid"):
-        ts = np.sort(g["ts"].to_numpy(dtype=np.int64))
+def _leaf_ns(trace: Trace) -> tuple[float, int, int] | None:
+    """(median per-leaf pace, bursts, leaves) of the trace's SPTE zap bursts."""
+    paces: list[float] = []
+    leaves = 0
+    for _, g in _by_pid(trace, "kvm_tdp_mmu_spte_changed",
+                        ["old_spte", "new_spte", "level"]).items():
+        old = g["old_spte"].fillna(0).astype(np.uint64)
+        new = g["new_spte"].fillna(0).astype(np.uint64)
+        gone = (((old & SPTE_PRESENT) != 0) & ((new & SPTE_PRESENT) == 0)).to_numpy()
+        leaf = ((g["level"] == 1) | ((old & _HUGE_BIT) != 0)).to_numpy()[gone]
+        ts = g["ts"].to_numpy(dtype=np.int64)[gone]
+        if not ts.size:
+            continue
         cuts = np.flatnonzero(np.diff(ts) > BURST_GAP_NS) + 1
-        for run in np.split(ts, cuts):
-            if run.size >= MIN_BURST and run[-1] > run[0]:
-                paces.append((run[-1] - run[0]) / (run.size - 1))
-    if not paces:
+        for run, is_leaf in zip(np.split(ts, cuts), np.split(leaf, cuts), strict=True):
+            n = int(is_leaf.sum())
+            last = run[is_leaf].max() if n else run[0]
+            if n and last > run[0]:
+                paces.append(float(last - run[0]) / n)
+                leaves += n
+    if len(paces) < MIN_SAMPLES:
         return None
-    return float(pd.Series(paces).median()), len(paces)
+    return float(pd.Series(paces).median()), len(paces), leaves

@@ -34,6 +34,14 @@ import pyarrow.compute as pc
 
 from parsers.schema import LOST_EVENTS
 from parsers.trace import Trace
+from replay.infer.root_pages import (
+    BEFORE_TRACE,
+    SPTE_PRESENT,
+    invalidations,
+    root_levels,
+    unlinked_before_fast_zap,
+    unseen_tdp_roots,
+)
 from replay.infer.threads import ThreadMap
 from replay.model.recorders import BLOCKS_SCHEMA, REFCOUNT_SCHEMA, ROOTS_SCHEMA
 from replay.result import summarize_blocks
@@ -45,8 +53,6 @@ __all__ = ["ObservedTables", "observe", "OBSERVED_BLOCKS_SCHEMA", "OBSERVED_ROOT
 BURST_GAP_NS: Final = 20_000
 #: Causes, strongest first.
 CAUSES: Final = ("zap", "root_alloc", "userspace", "preempted", "fault", "exit")
-#: ``SPTE_MMU_PRESENT_MASK`` (bit 11, arch/x86/kvm/mmu/spte.h).
-SPTE_PRESENT: Final = 1 << 11
 _FAULT_EVENTS: Final = frozenset({
     "kvm_page_fault", "kvm_mmu_spte_requested", "kvm_mmu_set_spte", "kvm_mmu_pagetable_walk",
     "kvm_mmu_paging_element", "fast_page_fault", "kvm_mmu_get_page", "kvm_mmu_set_accessed_bit",
@@ -317,11 +323,12 @@ def _sp_events(trace: Trace, threads: ThreadMap) -> pd.DataFrame:
 def _roots(trace: Trace, threads: ThreadMap, warnings: list[str]) -> tuple[pa.Table, pa.Table]:
     df = _sp_events(trace, threads)
     if df.empty:
-        return REFCOUNT_SCHEMA.empty_table(), OBSERVED_ROOTS_SCHEMA.empty_table()
+        return REFCOUNT_SCHEMA.empty_table(), unseen_tdp_roots(
+            trace, threads, OBSERVED_ROOTS_SCHEMA.empty_table(), OBSERVED_ROOTS_SCHEMA)
     df = df[df["vm"] != -1] if (df["vm"] != -1).any() else df
     page = pd.Series(pd.factorize(pd.Series(list(zip(df["vm"], df["key"], strict=True)),
                                             index=df.index))[0], index=df.index)
-    top = df.groupby(["vm", "direct"], dropna=False)["level"].transform("max")
+    top = root_levels(df, trace)
     counted = (df["root_count"].fillna(0) > 0).groupby(page).transform("any")
     roots = df[counted | (df["level"] == top)].copy()
     roots["root"] = pd.factorize(page[roots.index])[0]
@@ -332,7 +339,7 @@ def _roots(trace: Trace, threads: ThreadMap, warnings: list[str]) -> tuple[pa.Ta
     traced = (roots["root_count"].fillna(0) > 0).groupby(roots["root"]).transform("any")
     history = _history(roots[traced & roots["root_count"].notna()], threads)
     table = _root_table(roots, trace, threads)
-    return history, table
+    return history, unseen_tdp_roots(trace, threads, table, OBSERVED_ROOTS_SCHEMA)
 
 
 def _history(rows: pd.DataFrame, threads: ThreadMap) -> pa.Table:
@@ -410,33 +417,6 @@ def _zap_summary(zaps: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"zap_start": first, "zap_end": last, "zapper": top})
 
 
-def _invalidations(made: pd.DataFrame, fast: pd.DataFrame) -> dict[int, int]:
-    """root → the first fast zap of its VM at or after its creation (of its generation when
-    both are known)."""
-    by_vm: dict[int, np.ndarray] = {}
-    by_gen: dict[tuple[int, int], np.ndarray] = {}
-    has_gen: set[int] = set()
-    for vm, g in fast.groupby("vm"):
-        by_vm[int(vm)] = np.sort(g["ts"].to_numpy(dtype=np.int64))
-        known = g[g["mmu_valid_gen"].notna()]
-        if len(known):
-            has_gen.add(int(vm))
-        for gen, gg in known.groupby("mmu_valid_gen"):
-            by_gen[(int(vm), int(gen))] = np.sort(gg["ts"].to_numpy(dtype=np.int64))
-    out: dict[int, int] = {}
-    empty = np.zeros(0, dtype=np.int64)
-    for root, vm, ts, gen in zip(made.index, made["vm"], made["ts"], made["mmu_valid_gen"],
-                                 strict=True):
-        if int(vm) not in by_vm:
-            continue
-        times = by_gen.get((int(vm), int(gen)), empty) if pd.notna(gen) and int(vm) in has_gen \
-            else by_vm[int(vm)]
-        k = int(np.searchsorted(times, int(ts), side="left"))
-        if k < times.size:
-            out[int(root)] = int(times[k])
-    return out
-
-
 def _teardowns(attributed: pd.DataFrame, first: pd.DataFrame, trace: Trace
                ) -> dict[int, tuple[int, int]]:
     """root → (ts, pid) of the first zap of one of its top-level entries (a
@@ -452,24 +432,6 @@ def _teardowns(attributed: pd.DataFrame, first: pd.DataFrame, trace: Trace
                                                         strict=True)}
 
 
-def _unlinked_before_fast_zap(inval: dict[int, int], torn: dict[int, tuple[int, int]],
-                              threads: ThreadMap) -> None:
-    """Roots the last put of a still-valid root made defunct or tore down. 5.18 .. 6.3 mark
-    such a root invalid and queue its zap from the putting vCPU (``tdp_mmu_zap_root_work``):
-    invalidated at that ``workqueue_queue_work``, even when its zap is still running at the
-    next fast zap (which skips invalid roots). Up to 5.17 the putter unlinks and zaps it
-    without marking it invalid (``kvm_tdp_mmu_put_root``): a root torn down before the
-    next fast zap was never invalidated."""
-    for root, (ts, pid) in torn.items():
-        defunct = next((item.queued_at for item in threads.work_items
-                        if item.worker == pid and item.start <= ts <= item.end
-                        and item.queued_by in threads.vcpus), None)
-        if defunct is not None:
-            inval[root] = min(defunct, inval.get(root, defunct))
-        elif root in inval and inval[root] > ts:
-            del inval[root]
-
-
 def _root_table(roots: pd.DataFrame, trace: Trace, threads: ThreadMap) -> pa.Table:
     fast = trace.table("kvm_mmu_zap_all_fast").to_pandas() if "kvm_mmu_zap_all_fast" in \
         trace.names else pd.DataFrame(columns=["ts", "pid", "mmu_valid_gen"])
@@ -477,6 +439,7 @@ def _root_table(roots: pd.DataFrame, trace: Trace, threads: ThreadMap) -> pa.Tab
     first = roots.drop_duplicates("root", keep="first").set_index("root").sort_index()
     news = roots[(roots["event"] == "kvm_mmu_get_page") & (roots["created"] == True)]  # noqa: E712
     made = news.drop_duplicates("root", keep="first").set_index("root")[["ts", "pid"]]
+    pretrace = ~first.index.isin(made.index)  # first seen other than by its get_page new
     made = made.reindex(first.index).fillna(first[["ts", "pid"]])
     made = made.assign(vm=first["vm"], mmu_valid_gen=first["mmu_valid_gen"])
     own = roots.loc[roots["event"] == "kvm_mmu_prepare_zap_page", ["root", "ts", "pid"]]
@@ -489,8 +452,8 @@ def _root_table(roots: pd.DataFrame, trace: Trace, threads: ThreadMap) -> pa.Tab
     tdp = (first["direct"].fillna(False).astype(bool)
            & (roots.groupby("root")["root_count"].max().reindex(first.index).fillna(0) == 0))
     made = made.assign(mmu_valid_gen=made["mmu_valid_gen"].where(~tdp))
-    inval = _invalidations(made, fast)
-    _unlinked_before_fast_zap(inval, _teardowns(attributed, first, trace), threads)
+    inval = invalidations(made, fast)
+    unlinked_before_fast_zap(inval, _teardowns(attributed, first, trace), threads)
 
     def opt_int(v: object) -> int | None:
         return None if pd.isna(v) else int(v)  # type: ignore[call-overload]
@@ -498,8 +461,10 @@ def _root_table(roots: pd.DataFrame, trace: Trace, threads: ThreadMap) -> pa.Tab
     cols: dict[str, list[object]] = {
         "root": [int(r) for r in first.index],
         "role": [opt_int(v) for v in first["role"]],
-        "created": [int(v) for v in made["ts"]],
-        "created_by": [threads.thread_name(int(p)) for p in made["pid"]],
+        "created": [None if pre else int(v) for v, pre in zip(made["ts"], pretrace,
+                                                                  strict=True)],
+        "created_by": [BEFORE_TRACE if pre else threads.thread_name(int(p))
+                       for p, pre in zip(made["pid"], pretrace, strict=True)],
         "invalidated": [inval.get(int(r)) for r in first.index],
         "zap_start": [opt_int(v) for v in zaps["zap_start"]],
         "zap_end": [opt_int(v) for v in zaps["zap_end"]],

@@ -21,6 +21,14 @@ import pyarrow.compute as pc
 
 from parsers.trace import Trace
 from replay.infer.generations import assign_by_generation
+from replay.infer.grouping import (
+    Life,
+    assign_by_creation,
+    clashes,
+    lifetimes,
+    split_by_id,
+    vcpu_creators,
+)
 
 __all__ = ["WorkItem", "Confidence", "ThreadMap", "VcpuThread", "identify_threads", "VCPU_THREAD_RE",
            "VCPU_TABLE_SCHEMA"]
@@ -269,30 +277,77 @@ def _group_vms(out: ThreadMap, kvm_pids: list[int],
             out.vm_confidence.setdefault(root, "medium")
     if not missing or parents:
         return
+    vid = {p: v[0] for p, v in ids.items()}
+    life = lifetimes(trace, missing)
     by_gen = assign_by_generation(trace, [p for p in missing if p in ids])
-    for pid, (vmm, evidence) in by_gen.items():
+    for pid, (vmm, _) in by_gen.items():
         for thread in (pid, vmm):
             out.vm_of[thread] = vmm
         out.vm_confidence[vmm] = "medium"
+    undone = _undo_clashes(out, by_gen, vid, life)
+    for pid, (_, evidence) in by_gen.items():
+        if pid not in undone:
+            ids[pid] = (ids[pid][0], f"{ids[pid][1]}; VM: {evidence}", ids[pid][2])
+    creators = vcpu_creators(trace, set(ids))
+    unplaced = [p for p in missing if p in ids and p not in out.vm_of]
+    by_make = assign_by_creation(unplaced, vid, creators, out.vm_of, life)
+    for pid, (vm, evidence) in by_make.items():
+        out.vm_confidence.setdefault(vm, "medium")
         ids[pid] = (ids[pid][0], f"{ids[pid][1]}; VM: {evidence}", ids[pid][2])
-    missing = [p for p in missing if p not in out.vm_of]
-    if by_gen:
-        out.warnings.append(f"no tgid: {len(by_gen)} vCPU threads assigned to VMs by the "
-                            f"mmu_valid_gen of their pages (evidence in the vcpus table)")
+    placed = len(by_gen) - len(undone) + len(by_make)
+    if placed:
+        out.warnings.append(f"no tgid: {placed} vCPU threads assigned to VMs by the "
+                            f"mmu_valid_gen of their pages and by who created their vCPU "
+                            f"(evidence in the vcpus table)")
+    _pseudo_vms(out, [p for p in missing if p not in out.vm_of], ids, vid, life)
+
+
+def _undo_clashes(out: ThreadMap, by_gen: dict[int, tuple[int, str]],
+                  vid: dict[int, int | None], life: dict[int, Life]) -> set[int]:
+    """Generation placements that put one vcpu_id twice alive at once in a VM are undone:
+    the tie-broken one ("fits ... equally"), else both."""
+    undone: set[int] = set()
+    for vm in sorted(set(out.vm_of.values())):
+        members = [p for p, v in out.vm_of.items() if v == vm and p in vid]
+        for a, b in clashes(members, vid, life):
+            weak = [p for p in (a, b) if p in by_gen and "equally" in by_gen[p][1]]
+            for p in (weak if len(weak) == 1 else [p for p in (a, b) if p in by_gen]):
+                undone.add(p)
+    for p in undone:
+        out.vm_of.pop(p, None)
+    if undone:
+        out.warnings.append(f"threads {sorted(undone)}: their generation evidence would put "
+                            f"one vcpu_id twice in a VM; not used")
+    return undone
+
+
+def _pseudo_vms(out: ThreadMap, missing: list[int],
+                ids: dict[int, tuple[int | None, str, Confidence]],
+                vid: dict[int, int | None], life: dict[int, Life]) -> None:
+    """Threads nothing placed: one pseudo-VM when their vcpu_ids are distinct (a VMM may
+    have several threads: QEMU's main loop, I/O threads); else one pseudo-VM per
+    id-distinct group of vCPU threads, and each other thread alone (which VMM goes with
+    which group is unknown: its fast zaps then reach no vCPU's roots rather than the wrong
+    VM's)."""
     if not missing:
         return
-    pseudo = min([p for p in missing if p in ids] or missing)
-    for pid in missing:
-        out.vm_of[pid] = pseudo
-    out.vm_confidence[pseudo] = "low"
-    vcpu_ids = [ids[p][0] for p in missing if p in ids]
-    clash = len(vcpu_ids) != len(set(vcpu_ids))
+    vcpus = [p for p in missing if p in ids]
+    others = [p for p in missing if p not in ids]
+    if not clashes(vcpus, vid, life):
+        groups = [missing]
+    else:
+        groups = split_by_id(vcpus, vid, life) + [[p] for p in others]
+    for group in groups:
+        pseudo = min([p for p in group if p in ids] or group)
+        for pid in group:
+            out.vm_of[pid] = pseudo
+        out.vm_confidence[pseudo] = "low"
     out.warnings.append(
-        f"no tgid (record-tgid off), no sched_process_fork, and no generation evidence: "
-        f"{len(missing)} threads are "
-        f"treated as ONE VM (id {pseudo})"
-        + (", although their vCPU ids repeat, so the trace holds several VMs: replayed fast "
-           "zaps invalidate every vCPU's root, not only their own VM's" if clash else "")
+        f"no tgid (record-tgid off), no sched_process_fork, and no generation or vCPU "
+        f"creation evidence for {len(missing)} threads: "
+        + ("treated as ONE VM" if len(groups) == 1 else
+           f"split into {len(groups)} VMs so that no vcpu_id repeats in a VM (their VMM "
+           f"threads stand alone: their fast zaps are not replayed against these vCPUs)")
         + "; record with options/record-tgid to separate VMs")
 
 

@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 
 from parsers.trace import Trace
 from replay.infer.observed import BURST_GAP_NS, SPTE_PRESENT
+from replay.infer.resets import ResetPlan, plan_resets
 from replay.infer.threads import Confidence, ThreadMap
 from replay.model.ids import PAGE_1G, PAGE_2M, PAGE_4K
 from replay.model.workload import (
@@ -94,6 +95,8 @@ def derive_workloads(trace: Trace, threads: ThreadMap) -> DerivedWorkloads:
     _populates(trace, threads, steps)
     _fast_zaps(trace, threads, steps)
     _teardowns(trace, threads, steps)
+    warnings += _apply_resets(plan_resets(
+        trace, threads, {vm: [s.op for s in items] for vm, items in steps.items()}), steps)
     backend, era, why = detect_era(trace, threads)
     workloads: dict[int, Workload] = {}
     rows: list[dict[str, object]] = []
@@ -113,6 +116,17 @@ def derive_workloads(trace: Trace, threads: ThreadMap) -> DerivedWorkloads:
                         "gives host virtual ranges, not the guest ranges the model zaps")
     return DerivedWorkloads(workloads, pa.Table.from_pylist(rows, schema=EVIDENCE_SCHEMA),
                             backend, era, why, warnings)
+
+
+def _apply_resets(plan: ResetPlan, steps: dict[int, list[_Step]]) -> list[str]:
+    """Add the resets of control-register/EFER writes (:mod:`replay.infer.resets`); they
+    replace the role-less ``Unload`` derived from the same reset's zap alone."""
+    for vm, items in steps.items():
+        steps[vm] = [s for s in items if not (isinstance(s.op, Unload)
+                                              and (s.op.vcpu, s.op.at) in plan.drop)]
+    for p in plan.add:
+        steps.setdefault(p.vm, []).append(_Step(p.op, p.seq, p.evidence, p.confidence))
+    return plan.warnings
 
 
 def _has_event(trace: Trace, name: str) -> bool:

@@ -79,7 +79,8 @@ def _roots(result: TraceReplayResult) -> Table:
     for r in roots[:MAX_ROWS]:
         table.add_row(str(r["root"]), str(r.get("vm", "-")),
                       "-" if r.get("gfn") is None else f"{r['gfn']:#x}", str(r.get("level", "-")),
-                      str(r["created"]), str(r["created_by"] or "-"), str(r["invalidated"] or "-"),
+                      "-" if r["created"] is None else str(r["created"]),
+                      str(r["created_by"] or "-"), str(r["invalidated"] or "-"),
                       str(r["zap_start"] or "-"), str(r["zapped_by"] or "-"))
     if len(roots) > MAX_ROWS:
         table.caption = f"... {len(roots) - MAX_ROWS} more roots (-o writes them all)"

@@ -295,19 +295,24 @@ def test_the_eras_own_policy_agrees(case: tuple[str, Lifecycle, Any]) -> None:
 
 
 def test_calibration_from_a_trace(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """fault_ns is the median kvm_page_fault -> kvm_entry; per-SPTE zap cost the pace of zap
-    bursts (replay/infer/calibration.py). Built from the 6.6 trace by repeating its fault lines."""
+    """fault_ns is the median EPT-violation exit -> kvm_entry; the per-leaf zap cost the
+    pace of zap bursts however short (replay/infer/calibration.py). Built from the 6.6 trace
+    by repeating its fault lines."""
     from parsers import read_trace
-    from replay.infer.calibration import MIN_SAMPLES, calibrate
+    from replay.infer.calibration import calibrate
     from replay.model.cost import DEFAULT_COST
 
     lines = (HW / "tdp_6.6_inline.txt").read_text().splitlines()
     header, body = lines[:12], lines[12:]
-    head = "       CPU 0/KVM-5001    (   5000) [000] .....   "
+    head = "       CPU 0/KVM-5001    (   5000) [000] d..1.   "
     extra = []
-    for k in range(MIN_SAMPLES):  # vCPU 0 faults again, 3 us each, 1 ms apart
+    for k in range(8):  # vCPU 0 faults again, 3 us each, 1 ms apart
         us = 101_000_000 + k * 1000
-        extra += [f"{head}{us // 10**6:3d}.{us % 10**6:06d}: kvm_page_fault: vcpu 0 rip 0xfff0 "
+        stamp = f"{us // 10**6:3d}.{us % 10**6:06d}"
+        extra += [f"{head}{stamp}: kvm_exit: vcpu 0 reason EPT_VIOLATION rip 0xfff0 info1 "
+                  f"0x0000000000000181 info2 0x0000000000000000 intr_info 0x00000000 "
+                  f"error_code 0x00000000 requests 0x0000000000000000",
+                  f"{head}{stamp}: kvm_page_fault: vcpu 0 rip 0xfff0 "
                   f"address 0x0000000000005000 error_code 0x181",
                   f"{head}{us // 10**6:3d}.{(us + 3) % 10**6:06d}: kvm_entry: vcpu 0, rip 0xfff0 "
                   f"intr_info 0x00000000 error_code 0x00000000"]
@@ -316,8 +321,10 @@ def test_calibration_from_a_trace(tmp_path) -> None:  # type: ignore[no-untyped-
     trace = read_trace(path)
     assert not set(trace.metadata.skipped) - {"header"}, trace.metadata.samples
     cal = calibrate(trace, DEFAULT_COST)
-    assert cal.cost.fault_ns == 3000.0  # 8 added faults and the trace's 3, all 3 us
-    assert "fault_ns" in cal.evidence and "leaf_exclusive_ns" not in cal.evidence  # bursts of < 16 zaps only
+    assert cal.cost.fault_ns == 3000.0  # 8 added faults of 3 us, the trace's 3 of 4 us
+    assert "median of 11 EPT violation / NPF exit -> entry" in cal.evidence["fault_ns"]
+    # the two inline teardowns of the 6.6 trace (+1002.., +2002..): 2 and 1 leaves
+    assert "of 2 SPTE zap bursts (3 leaves zapped)" in cal.evidence["leaf_exclusive_ns"]
     result = replay(path, policy=["6.6"], calibrate=True)
     assert result.cost.fault_ns == 3000.0
     assert any(w.startswith("calibrated fault_ns") for w in result.warnings)
