@@ -236,15 +236,15 @@ def _concatenate(batches: list[pa.RecordBatch], schema: pa.Schema) -> pa.Table:
     columns: list[list[pa.Array]] = [[b.column(i) for b in batches] for i in range(len(schema))]
     batches.clear()
     out: list[pa.Array] = []
-    for i, field in enumerate(schema):
+    for i, column in enumerate(schema):
         chunks, columns[i] = columns[i], []
         if not chunks:
-            out.append(pa.array([], field.type))
+            out.append(pa.array([], column.type))
             continue
-        chunked = pa.chunked_array(chunks, field.type)
+        chunked = pa.chunked_array(chunks, column.type)
         del chunks
-        if pa.types.is_dictionary(field.type):
-            chunked = pa.table({field.name: chunked}).unify_dictionaries().column(0)
+        if pa.types.is_dictionary(column.type):
+            chunked = pa.table({column.name: chunked}).unify_dictionaries().column(0)
         out.append(chunked.combine_chunks())
         del chunked
     return pa.Table.from_arrays(out, schema=schema)
