@@ -222,10 +222,14 @@ def _vcpu_ids(trace: Trace, comms: dict[int, str], kvm_pids: list[int],
         m = VCPU_THREAD_RE.match(comms.get(pid, ""))
         if m:
             ids[pid] = (int(m[1]), f"thread name {comms[pid]!r}", "medium")
-    if "kvm_userspace_exit" in trace.names:
-        for pid in sorted(set(trace.table("kvm_userspace_exit").column("pid").to_pylist())):
-            if pid is not None and pid not in ids:
-                ids[pid] = (None, "emits kvm_userspace_exit (KVM_RUN) but has no vcpu_id "
+    for name in ("kvm_entry", "kvm_exit", "kvm_userspace_exit"):
+        if name not in trace.names:
+            continue
+        for pid in sorted(set(trace.table(name).column("pid").to_pylist()) - {None}):
+            if pid not in ids:
+                # Perfetto's compiled kvm_entry/kvm_exit carry no vcpu_id: the thread still
+                # enters the guest, so it is a vCPU whose id the trace does not give.
+                ids[pid] = (None, f"emits {name} (KVM_RUN) but has no vcpu_id "
                             "or CPU n/KVM name", "low")
     return ids
 

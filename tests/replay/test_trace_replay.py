@@ -149,3 +149,20 @@ def test_vms_without_tgid_follow_the_generation_of_their_pages() -> None:
     assert {v.pid: v.vm for v in blind.vcpus.values()} == truth
     assert all("mmu_valid_gen" in v.evidence for v in blind.vcpus.values())
     assert any("mmu_valid_gen" in w for w in blind.warnings)
+
+
+def test_a_perfetto_copy_without_vcpu_ids_replays_like_its_source(tmp_path: Path) -> None:
+    """Perfetto's compiled kvm_entry/kvm_exit keep no vcpu_id: the threads entering the guest
+    are still the vCPUs, so the real LKML VMX trace and its Perfetto copy give the same runs."""
+    from parsers import write_perfetto
+
+    source = SAMPLES / "quoted" / "lkml_cr0wp_vmx_tdp.txt"
+    copy = tmp_path / "copy.pftrace"
+    write_perfetto(read_trace(source), copy)
+    assert pa.compute.all(pa.compute.is_null(read_trace(copy).table("kvm_entry")
+                                             .column("vcpu_id"))).as_py()
+    columns = ["run", "vcpu", "blocks", "p50_ns", "max_ns", "max_cause"]
+    want, got = (replay(p, policy=["sync", "6.9"]) for p in (source, copy))
+    assert got.summary().select(columns).equals(want.summary().select(columns))
+    assert got.vcpus.num_rows == 2
+    assert any("vCPU id unknown" in w for w in got.warnings)
