@@ -16,6 +16,7 @@ __all__ = [
     "MissingExtraError",
     "TraceProcessorError",
     "RecordError",
+    "OutputError",
 ]
 
 
@@ -110,3 +111,15 @@ class RecordError(KvmMmuError):
         self.reason = reason
         self.path = path
         super().__init__(f"{path}: {reason}" if path else reason)
+
+
+class OutputError(KvmMmuError):
+    """An output cannot be written where it was asked to go (see :mod:`parsers.output`).
+
+    ``path`` is the output as given; the message names it and the reason.
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")

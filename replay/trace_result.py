@@ -161,23 +161,26 @@ class TraceReplayResult:
             "warnings": list(self.warnings),
         }
 
-    def write_report(self, path: str | Path) -> Path:
+    def write_report(self, path: str | Path, *, force: bool = False) -> Path:
         """A self-contained HTML report (:func:`replay.render.html.write_report`)."""
         from replay.render.html import write_report
 
         return write_report(self.runs, path, title=f"kvm-mmu-replay: {Path(self.source).name}",
-                            source=self.source, warnings=self.warnings)
+                            source=self.source, warnings=self.warnings, force=force)
 
-    def write_timeline(self, path: str | Path) -> Path:
+    def write_timeline(self, path: str | Path, *, force: bool = False) -> Path:
         """A Perfetto trace of every run's blocks, zaps and refcounts
         (:func:`replay.render.timeline.write_timeline`)."""
         from replay.render.timeline import write_timeline
 
-        return write_timeline(self.runs, path)
+        return write_timeline(self.runs, path, force=force)
 
-    def write_tables(self, out: str | Path, fmt: str | None = None) -> list[Path]:
+    def write_tables(self, out: str | Path, fmt: str | None = None, *,
+                     force: bool = False) -> list[Path]:
         """Write ``block_intervals``, ``refcount_history``, ``roots``, ``summary``, ``vcpus``
-        and ``evidence`` as files in directory ``out`` (temp dir, renamed when complete)."""
+        and ``evidence`` as files in directory ``out`` (:func:`parsers.table_files.
+        write_table_dir`: an existing ``out`` is replaced only when kvm-mmu-replay wrote it
+        and ``force`` is given)."""
         kind = format_for(out, fmt)
         tables = {"block_intervals": self.block_intervals,
                   "refcount_history": self.refcount_history, "roots": self.roots,
@@ -189,4 +192,4 @@ class TraceReplayResult:
         meta = {"kvm_mmu_replay": json.dumps({"source": self.source,
                                               "warnings": list(self.warnings)})}
         return write_table_dir({k: v.replace_schema_metadata(meta) for k, v in tables.items()},
-                               out, kind)
+                               out, kind, force=force)

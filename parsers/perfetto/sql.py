@@ -46,8 +46,17 @@ def query_perfetto(source: str | Path, sql: str, *, trace_processor: str | Path,
         with TraceProcessor(trace=str(source), config=config) as tp:
             frame = tp.query(sql).as_pandas_dataframe()
     except Exception as exc:  # the perfetto package raises bare Exception subclasses
-        raise TraceProcessorError(binary, f"{type(exc).__name__}: {exc}") from exc
+        raise TraceProcessorError(binary, _one_line(exc)) from exc
     return pa.Table.from_pandas(frame, preserve_index=False)
+
+
+def _one_line(exc: Exception) -> str:
+    """The perfetto package's multi-line message as one line, without its network hints."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if "failed to start" in first:
+        return ("did not start serving queries (is it a trace_processor_shell binary? run it "
+                "with --version to check)")
+    return first
 
 
 def query_trace(source: str | Path, sql: str, *, trace_processor: str | Path,

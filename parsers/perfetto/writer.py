@@ -18,7 +18,6 @@ protos), and free-text ``args`` (stored as one string field ``payload``, read ba
 
 from __future__ import annotations
 
-import os
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from typing import BinaryIO, Final
 import numpy as np
 import pyarrow as pa
 
+from parsers.output import output_file
 from parsers.perfetto.encode import (
     Encoding,
     EventEncoder,
@@ -240,9 +240,11 @@ class _Writer:
 
 def write_perfetto(
     trace: Trace, path: str | Path, *, encoding: Encoding = "dense", compress: bool = False,
-    bundle_events: int = 1024,
+    bundle_events: int = 1024, force: bool = False,
 ) -> PerfettoWriteReport:
-    """Write ``trace`` to ``path`` as a Perfetto trace (temp file, renamed on success).
+    """Write ``trace`` to ``path`` as a Perfetto trace, by the output policy of
+    :func:`parsers.output.output_file` (temp file renamed on success; an existing file is
+    replaced only with ``force``; devices, FIFOs and ``-`` get the bytes).
 
     Args:
         trace: any trace, whatever format it was read from.
@@ -252,6 +254,7 @@ def write_perfetto(
         compress: wrap packets in zlib ``compressed_packets`` as traced does with
             ``compression_type: DEFLATE``.
         bundle_events: most events per bundle.
+        force: replace an existing file.
 
     Examples:
         >>> from parsers.perfetto.reader import read_perfetto
@@ -263,21 +266,14 @@ def write_perfetto(
     """
     if encoding not in ("dense", "legacy"):
         raise ValueError(f"encoding must be 'dense' or 'legacy', not {encoding!r}")
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            sink = _PacketSink(fh, compress)
-            writer = _Writer(sink, EventEncoder(encoding), bundle_events)
-            _write_rows(trace, writer)
-            writer.flush_bundle()
-            writer.stats()
-            sink.flush()
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return PerfettoWriteReport(str(target), writer.events, writer.bundles, sink.count,
+    with output_file(path, force=force) as fh:
+        sink = _PacketSink(fh, compress)
+        writer = _Writer(sink, EventEncoder(encoding), bundle_events)
+        _write_rows(trace, writer)
+        writer.flush_bundle()
+        writer.stats()
+        sink.flush()
+    return PerfettoWriteReport(str(path), writer.events, writer.bundles, sink.count,
                                dict(sorted(writer.dropped.items())))
 
 

@@ -16,7 +16,7 @@ from typing import Final
 
 import pyarrow as pa
 
-from parsers.atomic_file import atomic_file
+from parsers.output import output_file
 from replay.render.svg import CdfLine, Lane, cdf_svg, steps_svg, timeline_svg
 from replay.render.tables import RunTables, check_runs
 from replay.sizes import format_ns
@@ -43,8 +43,10 @@ _STYLE: Final = (
 
 
 def write_report(runs: Mapping[str, Mapping[str, pa.Table]], path: str | Path, *, title: str,
-                 source: str | None = None, warnings: Sequence[str] = ()) -> Path:
-    """Write the report of ``runs`` to ``path`` as one HTML file (temp file, then renamed).
+                 source: str | None = None, warnings: Sequence[str] = (),
+                 force: bool = False) -> Path:
+    """Write the report of ``runs`` to ``path`` as one HTML file, by the output policy of
+    :func:`parsers.output.output_file` (an existing file is replaced only with ``force``).
 
     Args:
         runs: run label (``"observed"`` or a policy name) → tables: ``blocks`` (required,
@@ -61,10 +63,10 @@ def write_report(runs: Mapping[str, Mapping[str, pa.Table]], path: str | Path, *
 
     Raises:
         ReplayConfigError: a run lacks ``blocks`` or a required column.
-        KvmMmuError: the parent directory of ``path`` does not exist.
+        OutputError: the output policy (:mod:`parsers.output`) refuses ``path``.
     """
     page = render_report(runs, title=title, source=source, warnings=warnings)
-    with atomic_file(path) as fh:
+    with output_file(path, force=force) as fh:
         fh.write(page.encode("utf-8"))
     return Path(path)
 

@@ -25,7 +25,8 @@ FORMS = [("dense", False), ("legacy", False), ("dense", True), ("legacy", True)]
 
 def _trip(trace: Trace, tmp_path: Path, encoding: str, compress: bool) -> Trace:
     out = tmp_path / f"t_{encoding}_{compress}.pftrace"
-    write_perfetto(trace, out, encoding=encoding, compress=compress)  # type: ignore[arg-type]
+    write_perfetto(trace, out, encoding=encoding, compress=compress,  # type: ignore[arg-type]
+                   force=True)
     return read_perfetto(out)
 
 

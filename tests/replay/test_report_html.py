@@ -19,7 +19,7 @@ from report_runs import (
     scenario_runs,
 )
 
-from parsers.errors import KvmMmuError
+from parsers.errors import KvmMmuError, OutputError
 from replay.errors import ReplayConfigError
 from replay.render.html import MAX_ROOTS, TIMELINE_RECTS, render_report, write_report
 from replay.result import summarize_blocks
@@ -167,7 +167,7 @@ def test_failure_inside_the_write_leaves_nothing(tmp_path: Path,
             raise OSError("disk full")
 
     monkeypatch.setattr("replay.render.html.render_report", lambda *a, **k: Boom("x"))
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match="r.html: cannot write: disk full"):
         write_report(mixed_runs(), tmp_path / "r.html", title="t")
     assert list(tmp_path.iterdir()) == []
 
