@@ -19,7 +19,7 @@ from parsers.errors import KvmMmuError
 from parsers.output import check_output_dir, check_output_file
 from parsers.perfetto.writer import write_perfetto
 from parsers.table_files import TABLE_FORMATS, TABLE_SUFFIXES, write_tables
-from parsers.trace import Trace, TraceBatch, TraceStream
+from parsers.trace import Trace, TraceBatch, TraceStream, check_event_filter, kvm_warnings
 
 __all__ = ["CONVERT_TARGETS", "ConvertReport", "convert_trace", "target_for"]
 
@@ -114,10 +114,11 @@ def convert_trace(
     trace = stream.complete(Trace.from_batches(batches(stream) if batches else stream,
                                                stream.metadata))
     meta = trace.metadata
+    warnings = [*meta.warnings, *check_event_filter(trace, events), *kvm_warnings(trace)]
     if target == "perfetto":
         written = write_perfetto(trace, out, encoding=encoding, compress=compress, force=force)
         return ConvertReport(str(source), meta.format, target, str(out), written.events,
-                             [written.path], dict(written.dropped), list(meta.warnings))
+                             [written.path], dict(written.dropped), warnings)
     paths = write_tables(trace, out, target, force=force)
     return ConvertReport(str(source), meta.format, target, str(out), trace.events.num_rows,
-                         [str(p) for p in paths], {}, list(meta.warnings))
+                         [str(p) for p in paths], {}, warnings)

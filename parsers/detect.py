@@ -12,7 +12,7 @@ from parsers.text.grammar import CTX_RE, TAIL_RE
 from parsers.text.markers import LineKind, classify_line
 from parsers.text.reader import iter_ftrace_text
 from parsers.text.source import open_raw, sniff
-from parsers.trace import Trace, TraceStream
+from parsers.trace import Trace, TraceStream, check_event_filter
 from parsers.tracedat.header import is_tracedat
 from parsers.tracedat.reader import iter_tracedat
 
@@ -107,7 +107,9 @@ def read_trace(
     Args:
         source: path of the trace: ftrace or trace-cmd report text (may be gzip, xz, bzip2
             or zstd compressed), trace.dat (v6/v7) or Perfetto protobuf.
-        events: keep only these event names.
+        events: keep only these event names; a name that is in neither the trace nor the
+            known kvm events raises :class:`~parsers.errors.EventNameError` (a known one
+            absent from the trace is a warning in ``metadata.warnings``).
         strict: turn lines (text) or fields (Perfetto) that match nothing we know into
             errors instead of counted skips.
         salvage: binary formats: on damage keep the events decoded before it, with a
@@ -120,4 +122,6 @@ def read_trace(
         >>> read_trace("sample_traces/tc_kvm.head.dat").info()["format"]
         'trace.dat'
     """
-    return Trace.from_stream(iter_trace(source, events=events, strict=strict, salvage=salvage))
+    trace = Trace.from_stream(iter_trace(source, events=events, strict=strict, salvage=salvage))
+    trace.metadata.warnings.extend(check_event_filter(trace, events))
+    return trace

@@ -17,6 +17,7 @@ __all__ = [
     "TraceProcessorError",
     "RecordError",
     "OutputError",
+    "EventNameError",
 ]
 
 
@@ -123,3 +124,14 @@ class OutputError(KvmMmuError):
         self.path = path
         self.reason = reason
         super().__init__(f"{path}: {reason}")
+
+
+class EventNameError(KvmMmuError):
+    """An event name asked for (``--event``) is in neither the trace nor the known events."""
+
+    def __init__(self, name: str, suggestion: str | None) -> None:
+        self.name = name
+        self.suggestion = suggestion
+        hint = f" (did you mean {suggestion}?)" if suggestion else ""
+        super().__init__(f"--event {name}: no event of that name in this trace, and no known "
+                         f"kvm event is called so{hint}")

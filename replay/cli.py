@@ -157,6 +157,20 @@ def info(
     _render_info(summary)
 
 
+def lost_text(summary: dict[str, Any]) -> str:
+    """Lost events per CPU from an ``info()`` summary: ``1718``, or ``≥ 2426`` when some
+    markers gave no count (each of those lost one event at least)."""
+    uncounted = summary.get("lost_markers_uncounted", {})
+    parts = []
+    for cpu, known in summary["lost_events"].items():
+        missing = uncounted.get(cpu, 0)
+        total = (known or 0) + missing
+        parts.append(f"cpu {cpu}: {total}" if not missing else
+                     f"cpu {cpu}: ≥ {total} ({missing} marker{'s' * (missing > 1)} without a "
+                     "count)")
+    return ", ".join(parts)
+
+
 def _render_info(summary: dict[str, Any]) -> None:
     out = _out()
     out.print(f"[bold]{summary['source']}[/]: {summary['format']} "
@@ -169,9 +183,7 @@ def _render_info(summary: dict[str, Any]) -> None:
         table.add_row(name, str(count))
     out.print(table)
     if summary["lost_events"]:
-        lost = ", ".join(f"cpu {c}: {'unknown' if n is None else n}"
-                         for c, n in summary["lost_events"].items())
-        out.print(f"[yellow]lost events[/]: {lost}")
+        out.print(f"[yellow]lost events[/]: {lost_text(summary)}")
     if summary["skipped_lines"]:
         out.print("skipped lines: " + ", ".join(f"{k} {v}" for k, v in
                                                  summary["skipped_lines"].items()))
