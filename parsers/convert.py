@@ -118,7 +118,7 @@ def convert_trace(
     if target == "perfetto":
         written = write_perfetto(trace, out, encoding=encoding, compress=compress, force=force)
         return ConvertReport(str(source), meta.format, target, str(out), written.events,
-                             [written.path], dict(written.dropped), warnings)
+                             [written.path], dict(written.dropped), warnings + written.notes)
     paths = write_tables(trace, out, target, force=force)
     return ConvertReport(str(source), meta.format, target, str(out), trace.events.num_rows,
                          [str(p) for p in paths], {}, warnings)

@@ -128,3 +128,12 @@ def test_query_with_a_program_that_is_no_trace_processor_is_one_line() -> None:
     lines = _lines(result.output)
     assert len(lines) == 1 and lines[0].startswith("error: trace processor /bin/true: ")
     assert "load_timeout" not in result.output and "network" not in result.output
+
+
+def test_convert_of_a_tick_clock_trace_to_perfetto_says_what_is_lost(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["convert", str(SAMPLES / "tracefs_clock_counter.head.txt"),
+                                 "-o", str(tmp_path / "c.pftrace")])
+    assert result.exit_code == 0
+    assert "Perfetto has no field for a tick unit" in result.output
+    back = runner.invoke(app, ["info", str(tmp_path / "c.pftrace")])
+    assert "FTRACE_CLOCK_UNKNOWN" in back.output

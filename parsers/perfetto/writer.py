@@ -37,7 +37,7 @@ from parsers.perfetto.encode import (
     varint,
     varint_field,
 )
-from parsers.perfetto.protos import field_number
+from parsers.perfetto.protos import FTRACE_CLOCK_UNKNOWN, field_number, ftrace_clock_value
 from parsers.perfetto.values import EventValues
 from parsers.perfetto.wire import LEN
 from parsers.schema import BUFFER_STARTED, LOST_EVENTS
@@ -65,6 +65,8 @@ class PerfettoWriteReport:
     bundles: int
     packets: int
     dropped: dict[str, int]
+    #: What the clock and units became (Perfetto names only some clocks, and no tick unit).
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -125,6 +127,7 @@ class _Writer:
     key: tuple[int, int] | None = None
     known: dict[int, tuple[str | None, int | None]] = field(default_factory=dict)
     lost_next: set[int | None] = field(default_factory=set)
+    clock: int | None = None
     lost_counts: dict[int, int] = field(default_factory=dict)
     dropped: dict[str, int] = field(default_factory=dict)
     bundles: int = 0
@@ -145,6 +148,8 @@ class _Writer:
             body += varint_field(field_number(fb, "lost_events"), 1)
         if b.ftrace_ts is not None:
             body += varint_field(field_number(fb, "ftrace_timestamp"), b.ftrace_ts)
+        if self.clock is not None:
+            body += varint_field(field_number(fb, "ftrace_clock"), self.clock)
         desc_no = field_number(fb, "generic_event_descriptors")
         body += b"".join(len_field(desc_no, lay.descriptor()) for lay in b.layouts.values())
         self.sink.write(len_field(field_number("TracePacket", "ftrace_events"), body))
@@ -268,13 +273,29 @@ def write_perfetto(
         raise ValueError(f"encoding must be 'dense' or 'legacy', not {encoding!r}")
     with output_file(path, force=force) as fh:
         sink = _PacketSink(fh, compress)
-        writer = _Writer(sink, EventEncoder(encoding), bundle_events)
+        writer = _Writer(sink, EventEncoder(encoding), bundle_events,
+                         clock=ftrace_clock_value(trace.metadata.clock))
         _write_rows(trace, writer)
         writer.flush_bundle()
         writer.stats()
         sink.flush()
     return PerfettoWriteReport(str(path), writer.events, writer.bundles, sink.count,
-                               dict(sorted(writer.dropped.items())))
+                               dict(sorted(writer.dropped.items())), clock_notes(trace))
+
+
+def clock_notes(trace: Trace) -> list[str]:
+    """What a Perfetto trace cannot say about ``trace``'s clock and units: Perfetto's
+    ``ftrace_clock`` names only global, local and mono_raw, and timestamps are always ns."""
+    meta = trace.metadata
+    notes = []
+    if meta.ts_unit != "ns":
+        notes.append(f"timestamps are {meta.ts_unit} of the {meta.clock or 'unknown'} clock; "
+                     "Perfetto has no field for a tick unit: they are written unchanged and "
+                     "read back as ns")
+    if ftrace_clock_value(meta.clock) == FTRACE_CLOCK_UNKNOWN:
+        notes.append(f"Perfetto's ftrace_clock has no name for the {meta.clock} clock: written "
+                     "as FTRACE_CLOCK_UNKNOWN")
+    return notes
 
 
 def _chunks(trace: Trace) -> Iterator[pa.Table]:

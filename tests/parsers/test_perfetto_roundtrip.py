@@ -143,3 +143,26 @@ def test_typed_values_round_trip(tmp_path: Path, gfn: int, role: int, gen: int, 
     assert back.table("kvm_mmu_get_page").equals(trace.table("kvm_mmu_get_page"))
     assert back.table("kvm_mmu_set_spte").equals(trace.table("kvm_mmu_set_spte"))
     assert back.events.select(list(KEPT)).equals(trace.events.select(list(KEPT)))
+
+
+@pytest.mark.parametrize(("clock", "named"), [("global", True), ("local", True),
+                                              ("mono_raw", True), ("x86-tsc", False)])
+def test_the_clock_survives_or_is_a_note(tmp_path: Path, clock: str, named: bool) -> None:
+    """Perfetto's bundles carry global/local/mono_raw in ``ftrace_clock``; other clocks and
+    tick units cannot be carried, and the writer says so."""
+    from dataclasses import replace
+
+    from parsers import read_trace
+
+    src = read_trace(SAMPLES / "tracefs_record_tgid.txt")
+    meta = replace(src.metadata, clock=clock, ts_unit="ns" if named else "ticks")
+    written = write_perfetto(Trace(src.events, {n: src.table(n) for n in src.names}, meta),
+                             tmp_path / "t.pftrace")
+    back = read_trace(tmp_path / "t.pftrace")
+    if named:
+        assert back.metadata.clock == clock and written.notes == []
+    else:
+        assert back.metadata.clock is None
+        assert any("no name for the x86-tsc clock" in n for n in written.notes)
+        assert any("ticks of the x86-tsc clock" in n for n in written.notes)
+        assert any("FTRACE_CLOCK_UNKNOWN" in w for w in back.metadata.warnings)
