@@ -81,7 +81,7 @@ def build_trace(target: int) -> Trace:
         "cpu": pa.array([r[2] for r in base] * reps, pa.int32()),
         "pid": pa.array([r[1] for r in base] * reps, pa.int32()),
         "tgid": pa.nulls(n, pa.int32()), "comm": pa.array([r[0] for r in base] * reps),
-        "event": pa.array(names), "flags": pa.nulls(n, pa.string()),
+        "event": pa.array(names), "latency_flags": pa.nulls(n, pa.string()),
         "instance": pa.nulls(n, pa.string()), "args": pa.array(args, pa.string()),
     }
     arrays = [cols[f.name].dictionary_encode() if pa.types.is_dictionary(f.type)

@@ -164,7 +164,7 @@ class Trace:
 
     def to_pandas(self, name: str = "events") -> pd.DataFrame:
         """The table ``name`` as a pandas DataFrame (nullable integer columns stay integers)."""
-        return self.table(name).to_pandas(types_mapper=_pandas_type)
+        return table_to_pandas(self.table(name))
 
     def with_metadata(self, table: pa.Table) -> pa.Table:
         """``table`` with this trace's metadata attached to its schema (for writing files)."""
@@ -208,9 +208,9 @@ class Trace:
         return dict(sorted(out.items()))
 
     def _lost_rows(self) -> list[tuple[int, int | None]]:
-        rows = self.table(LOST_EVENTS).select(["cpu", "count"]).to_pylist()
+        rows = self.table(LOST_EVENTS).select(["cpu", "lost"]).to_pylist()
         return [(int(r["cpu"]) if r["cpu"] is not None else -1,
-                 None if r["count"] is None else int(r["count"])) for r in rows]
+                 None if r["lost"] is None else int(r["lost"])) for r in rows]
 
     def info(self) -> dict[str, Any]:
         """A JSON-ready summary: format, clock, CPUs, time range, counts, losses, skips."""
@@ -272,6 +272,20 @@ def check_event_filter(trace: Trace, events: Iterable[str] | None) -> list[str]:
             raise EventNameError(name, close[0] if close else None)
         notes.append(f"--event {name}: no such event in this trace")
     return notes
+
+
+def table_to_pandas(table: pa.Table) -> pd.DataFrame:
+    """``table`` as a DataFrame whose integer and bool columns use pandas' nullable dtypes
+    (``Int64``, ``Int32``, ``UInt64``, ``boolean``): a null stays null and an int64 timestamp
+    keeps every nanosecond, where ``pa.Table.to_pandas()`` would give float64.
+
+    Examples:
+        >>> t = pa.table({"ts": pa.array([1_700_000_000_123_456_789, None], pa.int64())})
+        >>> df = table_to_pandas(t)
+        >>> str(df["ts"].dtype), int(df["ts"][0])
+        ('Int64', 1700000000123456789)
+    """
+    return table.to_pandas(types_mapper=_pandas_type)
 
 
 def _pandas_type(t: pa.DataType) -> Any:

@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+import pandas as pd
 import pyarrow as pa
 
 from parsers.table_files import format_for, write_table_dir
+from parsers.trace import table_to_pandas
 from replay.infer.threads import ThreadMap
 from replay.infer.workload import DerivedWorkloads
 from replay.model.cost import DEFAULT_COST, CostModel
@@ -126,6 +128,29 @@ class TraceReplayResult:
                          "same_cause": o.get("max_cause") == r.get("max_cause")})
         return pa.Table.from_pylist(rows, schema=FIDELITY_SCHEMA)
 
+    def tables(self) -> dict[str, pa.Table]:
+        """Every table by name: ``block_intervals``, ``refcount_history``, ``roots``,
+        ``summary``, ``vcpus``, ``evidence`` and (when the era was replayed) ``fidelity``."""
+        out = {"block_intervals": self.block_intervals,
+               "refcount_history": self.refcount_history, "roots": self.roots,
+               "summary": self.summary(), "vcpus": self.vcpus, "evidence": self.derived.evidence}
+        fidelity = self.fidelity()
+        if fidelity is not None:
+            out["fidelity"] = fidelity
+        return out
+
+    def to_pandas(self, name: str) -> pd.DataFrame:
+        """The table ``name`` (see :meth:`tables`) as a DataFrame whose id and timestamp
+        columns are nullable integers (``Int64``, ``Int32``), never float64.
+
+        Raises:
+            KeyError: no table of that name.
+        """
+        tables = self.tables()
+        if name not in tables:
+            raise KeyError(f"no table {name!r}; have {sorted(tables)}")
+        return table_to_pandas(tables[name])
+
     def to_json_dict(self) -> dict[str, Any]:
         """The ``replay --json`` document: the ``scenario`` command's ``policies`` shape plus
         ``observed``, ``roots`` (observed count), ``warnings``, ``backend``, ``era``, ``vms``
@@ -182,13 +207,7 @@ class TraceReplayResult:
         write_table_dir`: an existing ``out`` is replaced only when kvm-mmu-replay wrote it
         and ``force`` is given)."""
         kind = format_for(out, fmt)
-        tables = {"block_intervals": self.block_intervals,
-                  "refcount_history": self.refcount_history, "roots": self.roots,
-                  "summary": self.summary(), "vcpus": self.vcpus,
-                  "evidence": self.derived.evidence}
-        fidelity = self.fidelity()
-        if fidelity is not None:
-            tables["fidelity"] = fidelity
+        tables = self.tables()
         meta = {"kvm_mmu_replay": json.dumps({"source": self.source,
                                               "warnings": list(self.warnings)})}
         return write_table_dir({k: v.replace_schema_metadata(meta) for k, v in tables.items()},

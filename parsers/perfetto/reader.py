@@ -334,15 +334,15 @@ def _lost_counts(trace: Trace, stats: FtraceStatsLog) -> Trace:
     if not lost.num_rows or not per_cpu:
         return trace
     cpus = lost.column("cpu").to_pylist()
-    counts = lost.column("count").to_pylist()
+    counts = lost.column("lost").to_pylist()
     for i, cpu in enumerate(cpus):
         if counts[i] is None and cpus.count(cpu) == 1 and cpu in per_cpu:
             counts[i] = per_cpu[cpu]
-    if counts == lost.column("count").to_pylist():
+    if counts == lost.column("lost").to_pylist():
         return trace
     tables = {n: trace.table(n) for n in trace.names}
     tables[LOST_EVENTS] = lost.set_column(
-        lost.schema.get_field_index("count"), "count", pa.array(counts, pa.uint64()))
+        lost.schema.get_field_index("lost"), "lost", pa.array(counts, pa.uint64()))
     trace.metadata.add_variant("lost count from ftrace_stats")
     return Trace(trace.events, tables, trace.metadata)
 

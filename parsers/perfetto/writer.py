@@ -8,7 +8,7 @@ descriptors, or legacy ``GenericFtraceEvent``), ``ProcessTree`` packets for ``co
 ``tgid`` (written before the first event that needs them), ``lost_events`` flags on the
 bundle after a loss and an ``FtraceStats`` pair with the lost counts.
 
-What Perfetto cannot keep (see :data:`LOSSY_COLUMNS`): ``flags``, ``instance``, the per-marker
+What Perfetto cannot keep (see :data:`LOSSY_COLUMNS`): ``latency_flags``, ``instance``, the per-marker
 lost counts (only per-CPU totals in ``FtraceStats``), ``buffer_started`` markers, the
 ``seq`` numbering (rows are renumbered 0, 1, ... in the same order), the x86 fields of
 ``kvm_entry``/``kvm_exit`` and ``errno`` of ``kvm_userspace_exit`` (compiled arm64-shaped
@@ -47,8 +47,8 @@ __all__ = ["write_perfetto", "PerfettoWriteReport", "LOSSY_COLUMNS"]
 
 #: Columns (and parts of tables) that do not survive a trip through Perfetto.
 LOSSY_COLUMNS: Final = (
-    "events.flags", "events.instance", "events.seq (renumbered, order kept)",
-    "lost_events.count (per-CPU totals only, in FtraceStats)", "buffer_started markers",
+    "events.latency_flags", "events.instance", "events.seq (renumbered, order kept)",
+    "lost_events.lost (per-CPU totals only, in FtraceStats)", "buffer_started markers",
     "kvm_entry/kvm_exit x86 fields (vcpu_id is re-inferred from CPU n/KVM thread names)",
     "kvm_userspace_exit.errno", "free-text args (read back as payload=<text>)",
 )

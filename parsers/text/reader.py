@@ -284,7 +284,7 @@ def _assemble(
     cols = {
         "ts": pa.array(ev.ts, pa.int64()), "seq": pa.array(seq, pa.int64()), "cpu": ev.cpu,
         "pid": ev.pid, "tgid": ev.tgid, "comm": ev.comm, "event": ev.event,
-        "flags": ev.flags, "instance": instance, "args": args,
+        "latency_flags": ev.flags, "instance": instance, "args": args,
     }
     if markers:
         cols = _with_markers(cols, markers)
@@ -295,7 +295,7 @@ def _assemble(
                 ts=pa.array([t for _, t, _ in lost], pa.int64()),
                 cpu=pa.array([m.cpu for _, _, m in lost], pa.int32()),
                 pid=pa.nulls(len(lost), pa.int32()),
-                fields={"count": pa.array([m.count for _, _, m in lost], pa.uint64())})
+                fields={"lost": pa.array([m.count for _, _, m in lost], pa.uint64())})
     if not len(cols["seq"]):
         return None
     arrays = [

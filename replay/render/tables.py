@@ -37,8 +37,8 @@ from replay.sizes import format_ns
 __all__ = ["RunTables", "LaneRows", "Zap", "check_runs", "BLOCK_COLUMNS"]
 
 #: Columns ``blocks`` must have (``lost`` is optional).
-BLOCK_COLUMNS = ("vcpu", "start", "end", "cause", "count", "each_ns", "root")
-_NOT_NULL = ("vcpu", "start", "end", "count", "each_ns")
+BLOCK_COLUMNS = ("vcpu", "start", "end", "cause", "n_blocks", "each_ns", "root")
+_NOT_NULL = ("vcpu", "start", "end", "n_blocks", "each_ns")
 _ROOT_MARKS = ("invalidated", "zap_start", "zap_end", "freed")
 
 
@@ -117,7 +117,7 @@ class RunTables:
         self.vcpu = int_column(blocks, "vcpu")
         self.start = int_column(blocks, "start")
         self.end = int_column(blocks, "end")
-        self.count = int_column(blocks, "count")
+        self.count = int_column(blocks, "n_blocks")
         self.each = int_column(blocks, "each_ns")
         self.root = int_column(blocks, "root", -1)
         self.has_root = np.asarray(blocks.column("root").is_valid().to_numpy(zero_copy_only=False),
@@ -243,10 +243,10 @@ class RunTables:
         if "refcounts" not in self.tables or self.tables["refcounts"].num_rows == 0:
             return {}
         ref = self.tables["refcounts"]
-        for name in ("ts", "root", "count"):
+        for name in ("ts", "root", "refcount"):
             if ref.column(name).null_count:
                 raise ReplayConfigError(f"run {self.label!r}: refcounts rows without {name}")
-        ts, root, count = (int_column(ref, c) for c in ("ts", "root", "count"))
+        ts, root, count = (int_column(ref, c) for c in ("ts", "root", "refcount"))
         order = np.lexsort((np.arange(ts.size), ts, root))
         ts, root, count = ts[order], root[order], count[order]
         cuts = np.flatnonzero(np.r_[True, root[1:] != root[:-1]])

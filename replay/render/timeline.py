@@ -4,7 +4,7 @@ Each run (``"observed"`` or a policy name) is a process track group named after 
 own packet sequence. Under it, in this order:
 
 * ``vcpu N``: one track per vCPU whose slices are its blocked intervals, named by cause,
-  with debug args ``count``, ``each_ns``, ``root`` (and ``lost`` when the blocks say);
+  with debug args ``n_blocks``, ``each_ns``, ``root`` (and ``lost`` when the blocks say);
   intervals that overlap an earlier one of the same vCPU go on ``vcpu N #k`` tracks, so
   every track's slices nest;
 * ``zap: <thread>``: one track per zapping thread (the roots' ``zapped_by``) with a slice
