@@ -100,7 +100,7 @@ def replay(
             warnings.append(f"{name}: {anomalies} invariant violations recorded (the derived "
                             f"workload is incomplete; see the anomalies)")
     return TraceReplayResult(str(loaded.metadata.source), threads, derived, runs,
-                             tuple(_dedup(warnings)), cost)
+                             tuple(_dedup(warnings)), cost, loaded.metadata.ts_unit)
 
 
 def load_for_replay(source: str | Path, *, strict: bool = False, salvage: bool = False

@@ -61,6 +61,8 @@ class TraceReplayResult:
             ``refcounts``, ``roots`` (the model's schemas; observed adds columns).
         warnings: everything inferred with doubt or not inferable, in words.
         cost: the cost model the replays used (calibrated when asked).
+        ts_unit: the unit of the trace's timestamps (``ns``, or ``ticks`` for the
+            ``counter``/``x86-tsc`` clocks): the observed run's times are in it.
     """
 
     source: str
@@ -69,6 +71,7 @@ class TraceReplayResult:
     runs: Mapping[str, Mapping[str, pa.Table]]
     warnings: tuple[str, ...]
     cost: CostModel = DEFAULT_COST
+    ts_unit: str = "ns"
 
     @property
     def policies(self) -> list[str]:
@@ -191,7 +194,18 @@ class TraceReplayResult:
         from replay.render.html import write_report
 
         return write_report(self.runs, path, title=f"kvm-mmu-replay: {Path(self.source).name}",
-                            source=self.source, warnings=self.warnings, force=force)
+                            source=self.source, warnings=self.warnings, force=force,
+                            vcpu_names=self.vcpu_names(),
+                            units={OBSERVED: self.ts_unit} if self.ts_unit != "ns" else None)
+
+    def vcpu_names(self) -> dict[int, str]:
+        """vCPU index → ``vcpu N: <comm>-<pid> (VM <vm>, vcpu_id <id>)`` for lane labels."""
+        out = {}
+        for r in self.vcpus.to_pylist():
+            who = f"{r['comm'] or '?'}-{r['pid']}" if r["pid"] is not None else (r["comm"] or "?")
+            vid = f", vcpu_id {r['vcpu_id']}" if r["vcpu_id"] is not None else ""
+            out[int(r["vcpu"])] = f"vcpu {r['vcpu']}: {who} (VM {r['vm']}{vid})"
+        return out
 
     def write_timeline(self, path: str | Path, *, force: bool = False) -> Path:
         """A Perfetto trace of every run's blocks, zaps and refcounts
