@@ -303,10 +303,13 @@ def export_perfetto(
     force: ForceOpt = False,
 ) -> None:
     """Replay TRACE and write a Perfetto timeline: vCPU blocks, zaps, refcounts per run."""
-    _replay_to(trace, policy, cost_file, cost, strict, salvage, calibrate,
-               lambda r: r.write_timeline(out, force=force),
-               lambda: check_output_file(out, force=force))
+    result = _replay_to(trace, policy, cost_file, cost, strict, salvage, calibrate,
+                        lambda r: r.write_timeline(out, force=force),
+                        lambda: check_output_file(out, force=force))
     _done(out)
+    if result.ts_unit != "ns":
+        _warn([f"the trace's timestamps are {result.ts_unit}: Perfetto shows the observed "
+               "run's times as ns (a tick is not a nanosecond)"])
 
 
 def _done(out: Path | str) -> None:

@@ -137,3 +137,10 @@ def test_convert_of_a_tick_clock_trace_to_perfetto_says_what_is_lost(tmp_path: P
     assert "Perfetto has no field for a tick unit" in result.output
     back = runner.invoke(app, ["info", str(tmp_path / "c.pftrace")])
     assert "FTRACE_CLOCK_UNKNOWN" in back.output
+
+
+def test_export_perfetto_of_a_tick_clock_trace_warns(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["export-perfetto", str(SAMPLES / "tracefs_clock_counter.head.txt"),
+                                 "-o", str(tmp_path / "t.pftrace"), "-p", "6.9"])
+    assert result.exit_code == 0
+    assert "Perfetto shows the observed run's times as ns" in result.output
