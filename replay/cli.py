@@ -233,9 +233,12 @@ def query(
         "--trace-processor", help="Path of a trace_processor_shell you supply (never "
         "downloaded).", show_default=False)],
     as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV instead of a table.")] = False,
+    strict: StrictOpt = False,
+    salvage: SalvageOpt = False,
 ) -> None:
     """Run Perfetto SQL on TRACE (converted to Perfetto first when needed)."""
-    table = _guard(lambda: query_trace(trace, sql, trace_processor=trace_processor))
+    table = _guard(lambda: query_trace(trace, sql, trace_processor=trace_processor,
+                                       strict=strict, salvage=salvage))
     frame = table.to_pandas()
     if as_csv:
         typer.echo(frame.to_csv(index=False), nl=False)

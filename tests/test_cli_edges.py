@@ -99,7 +99,7 @@ def test_every_command_that_reads_a_trace_takes_salvage_and_strict() -> None:
     group = typer.main.get_group(app)
     for name, command in group.commands.items():
         params = {p.name for p in command.params}
-        if "trace" in params and name != "query":
+        if "trace" in params:
             assert {"salvage", "strict"} <= params, name
 
 

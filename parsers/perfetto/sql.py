@@ -60,12 +60,14 @@ def _one_line(exc: Exception) -> str:
 
 
 def query_trace(source: str | Path, sql: str, *, trace_processor: str | Path,
-                load_timeout: int = 30) -> pa.Table:
+                load_timeout: int = 30, strict: bool = False, salvage: bool = False
+                ) -> pa.Table:
     """:func:`query_perfetto` over a trace of any format we read.
 
     A Perfetto trace is handed to the trace processor as it is; text and trace.dat inputs
-    are first converted with :func:`~parsers.perfetto.writer.write_perfetto` (dense
-    encoding) into a temporary file, removed afterwards.
+    are first read (``strict``, ``salvage`` as for :func:`~parsers.detect.read_trace`) and
+    converted with :func:`~parsers.perfetto.writer.write_perfetto` (dense encoding) into a
+    temporary file, removed afterwards.
     """
     from parsers.detect import detect_format, read_trace
     from parsers.perfetto.writer import write_perfetto
@@ -75,6 +77,6 @@ def query_trace(source: str | Path, sql: str, *, trace_processor: str | Path,
                               load_timeout=load_timeout)
     with tempfile.TemporaryDirectory(prefix="kvm-mmu-replay-sql.") as tmp:
         converted = Path(tmp) / "trace.pftrace"
-        write_perfetto(read_trace(source), converted)
+        write_perfetto(read_trace(source, strict=strict, salvage=salvage), converted)
         return query_perfetto(converted, sql, trace_processor=trace_processor,
                               load_timeout=load_timeout)
