@@ -81,7 +81,7 @@ def build_trace(target: int) -> Trace:
         "cpu": pa.array([r[2] for r in base] * reps, pa.int32()),
         "pid": pa.array([r[1] for r in base] * reps, pa.int32()),
         "tgid": pa.nulls(n, pa.int32()), "comm": pa.array([r[0] for r in base] * reps),
-        "event": pa.array(names), "flags": pa.nulls(n, pa.string()),
+        "event": pa.array(names), "latency_flags": pa.nulls(n, pa.string()),
         "instance": pa.nulls(n, pa.string()), "args": pa.array(args, pa.string()),
     }
     arrays = [cols[f.name].dictionary_encode() if pa.types.is_dictionary(f.type)
@@ -160,7 +160,7 @@ def main() -> None:
     print(f"built Trace: {trace.events.num_rows} events in {time.perf_counter() - t0:.1f} s")
     out = Path(a.out or tempfile.mkdtemp(prefix="pf-bench-")) / f"bench_{a.encoding}.pftrace"
     t0 = time.perf_counter()
-    report = write_perfetto(trace, out, encoding=a.encoding)
+    report = write_perfetto(trace, out, encoding=a.encoding, force=True)  # its own scratch file
     dt = time.perf_counter() - t0
     print(f"write_perfetto({a.encoding}): {report.events} events, {report.bundles} bundles, "
           f"{out.stat().st_size / 2**20:.0f} MiB in {dt:.1f} s = "

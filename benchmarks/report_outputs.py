@@ -45,9 +45,9 @@ def _synthetic(n: int) -> dict[str, pa.Table]:
 
 def _measure(name: str, runs: Mapping[str, Mapping[str, pa.Table]], out: Path) -> None:
     t0 = time.perf_counter()
-    html = write_report(runs, out / "r.html", title=name).stat().st_size
+    html = write_report(runs, out / "r.html", title=name, force=True).stat().st_size
     t1 = time.perf_counter()
-    trace = write_timeline(runs, out / "t.pftrace").stat().st_size
+    trace = write_timeline(runs, out / "t.pftrace", force=True).stat().st_size
     t2 = time.perf_counter()
     sys.stdout.write(f"{name:<32} html {html:>11,} B {t1 - t0:6.2f} s ({html / HTML_TARGET:.2f}"
                      f" of target)  perfetto {trace:>12,} B {t2 - t1:6.2f} s\n")

@@ -6,11 +6,14 @@ detects the format from the content. :func:`write_perfetto` and :func:`write_tab
 See :mod:`parsers.schema` for the tables.
 """
 
+from importlib import metadata as _metadata
+
 from parsers.convert import ConvertReport, convert_trace
 from parsers.detect import detect_format, iter_trace, read_trace
 from parsers.errors import (
     KvmMmuError,
     MissingExtraError,
+    OutputError,
     RecordError,
     SchemaError,
     TraceFormatError,
@@ -29,11 +32,18 @@ from parsers.text.reader import iter_ftrace_text, read_ftrace_text
 from parsers.trace import Trace, TraceBatch, TraceMetadata, TraceStream
 from parsers.tracedat.reader import iter_tracedat, read_tracedat
 
+try:
+    __version__ = _metadata.version("kvm-mmu-replay")
+except _metadata.PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
+
 __all__ = [
+    "__version__",
     "ConvertReport",
     "EVENTS_SCHEMA",
     "KvmMmuError",
     "MissingExtraError",
+    "OutputError",
     "RecordError",
     "RecordReport",
     "SchemaError",

@@ -12,7 +12,7 @@ from parsers.text.grammar import CTX_RE, TAIL_RE
 from parsers.text.markers import LineKind, classify_line
 from parsers.text.reader import iter_ftrace_text
 from parsers.text.source import open_raw, sniff
-from parsers.trace import Trace, TraceStream
+from parsers.trace import Trace, TraceStream, check_event_filter
 from parsers.tracedat.header import is_tracedat
 from parsers.tracedat.reader import iter_tracedat
 
@@ -60,7 +60,12 @@ def detect_format(source: str | Path) -> str:
     if not head:
         raise TraceFormatError(name, "empty file: no trace data")
     if b"\x00" in head:
-        raise TraceFormatError(name, "binary data that is not a trace format we read")
+        clean = b"\n".join(ln for ln in head.split(b"\n") if b"\x00" not in ln)
+        if not _looks_like_text_trace(clean):
+            first = head.index(0)
+            raise TraceFormatError(name, "binary data that is not a trace format we read "
+                                   f"(a NUL byte at byte {first})")
+        return "ftrace-text"  # text with damaged lines: the reader names them
     if _looks_like_text_trace(head):
         return "ftrace-text"
     raise TraceFormatError(
@@ -78,10 +83,10 @@ _STREAMERS: dict[str, Callable[..., TraceStream]] = {
 
 
 def _options(fmt: str, strict: bool, salvage: bool) -> dict[str, bool]:
-    """The reading options ``fmt``'s reader takes (text has nothing to salvage: damaged
-    lines are already counted and sampled; trace.dat decodes fields from format
+    """The reading options ``fmt``'s reader takes (trace.dat decodes fields from format
     definitions, so nothing in it is "unknown" for ``strict`` to reject)."""
-    return {"ftrace-text": {"strict": strict}, "trace.dat": {"salvage": salvage},
+    return {"ftrace-text": {"strict": strict, "salvage": salvage},
+            "trace.dat": {"salvage": salvage},
             "perfetto": {"strict": strict, "salvage": salvage}}[fmt]
 
 
@@ -107,11 +112,15 @@ def read_trace(
     Args:
         source: path of the trace: ftrace or trace-cmd report text (may be gzip, xz, bzip2
             or zstd compressed), trace.dat (v6/v7) or Perfetto protobuf.
-        events: keep only these event names.
+        events: keep only these event names; a name that is in neither the trace nor the
+            known kvm events raises :class:`~parsers.errors.EventNameError` (a known one
+            absent from the trace is a warning in ``metadata.warnings``).
         strict: turn lines (text) or fields (Perfetto) that match nothing we know into
             errors instead of counted skips.
-        salvage: binary formats: on damage keep the events decoded before it, with a
-            warning in the metadata, instead of raising.
+        salvage: on damage keep what reads, with a warning or a count in the metadata,
+            instead of raising: binary formats keep the events decoded before the damage;
+            text skips lines with a NUL byte or not UTF-8 and keeps the complete lines of a
+            truncated compressed file.
 
     Examples:
         >>> trace = read_trace("sample_traces/tracefs_record_tgid.txt")
@@ -120,4 +129,6 @@ def read_trace(
         >>> read_trace("sample_traces/tc_kvm.head.dat").info()["format"]
         'trace.dat'
     """
-    return Trace.from_stream(iter_trace(source, events=events, strict=strict, salvage=salvage))
+    trace = Trace.from_stream(iter_trace(source, events=events, strict=strict, salvage=salvage))
+    trace.metadata.warnings.extend(check_event_filter(trace, events))
+    return trace

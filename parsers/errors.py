@@ -16,6 +16,8 @@ __all__ = [
     "MissingExtraError",
     "TraceProcessorError",
     "RecordError",
+    "OutputError",
+    "EventNameError",
 ]
 
 
@@ -110,3 +112,26 @@ class RecordError(KvmMmuError):
         self.reason = reason
         self.path = path
         super().__init__(f"{path}: {reason}" if path else reason)
+
+
+class OutputError(KvmMmuError):
+    """An output cannot be written where it was asked to go (see :mod:`parsers.output`).
+
+    ``path`` is the output as given; the message names it and the reason.
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+class EventNameError(KvmMmuError):
+    """An event name asked for (``--event``) is in neither the trace nor the known events."""
+
+    def __init__(self, name: str, suggestion: str | None) -> None:
+        self.name = name
+        self.suggestion = suggestion
+        hint = f" (did you mean {suggestion}?)" if suggestion else ""
+        super().__init__(f"--event {name}: no event of that name in this trace, and no known "
+                         f"kvm event is called so{hint}")

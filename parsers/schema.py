@@ -57,7 +57,7 @@ EVENTS_SCHEMA: Final = pa.schema(
         pa.field("tgid", pa.int32()),
         pa.field("comm", _DICT),
         pa.field("event", _DICT, nullable=False),
-        pa.field("flags", _DICT),
+        pa.field("latency_flags", _DICT),
         pa.field("instance", _DICT),
         pa.field("args", pa.string()),
     ]
@@ -150,7 +150,7 @@ EVENT_FIELDS: Final[dict[str, tuple[tuple[str, pa.DataType], ...]]] = {
         ("requests", _U64),
     ),
     "kvm_userspace_exit": (("reason", _U32), ("errno", _I32)),
-    LOST_EVENTS: (("count", _U64),),
+    LOST_EVENTS: (("lost", _U64),),
 }
 
 #: ``union kvm_mmu_page_role`` bit fields (host BTF of Linux 6.18): name, bit offset, width, type.

@@ -11,13 +11,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from parsers.errors import SchemaError, UnknownEventError
+from parsers.errors import EventNameError, SchemaError, UnknownEventError
 from parsers.schema import (
     BUFFER_STARTED,
     EVENT_FIELDS,
     EVENTS_SCHEMA,
     LOST_EVENTS,
     METADATA_KEY,
+    typed_event_names,
     typed_schema,
 )
 
@@ -159,7 +160,7 @@ class Trace:
 
     def to_pandas(self, name: str = "events") -> pd.DataFrame:
         """The table ``name`` as a pandas DataFrame (nullable integer columns stay integers)."""
-        return self.table(name).to_pandas(types_mapper=_pandas_type)
+        return table_to_pandas(self.table(name))
 
     def with_metadata(self, table: pa.Table) -> pa.Table:
         """``table`` with this trace's metadata attached to its schema (for writing files)."""
@@ -179,17 +180,33 @@ class Trace:
         return {str(r["values"]): int(r["counts"]) for r in sorted(
             counts, key=lambda r: str(r["values"]))}
 
+    def has_kvm_events(self) -> bool:
+        """Whether any record is a kvm or kvmmmu event (a typed event, or ``kvm_*``)."""
+        known = set(typed_event_names())
+        return any(n.startswith("kvm") or n in known for n in self.event_counts()
+                   if n != LOST_EVENTS)
+
     def lost_events(self) -> dict[int, int | None]:
-        """Lost events per CPU; ``None`` where a marker did not give the count."""
+        """Lost events per CPU: the sum of the counts its markers give; ``None`` where no
+        marker of that CPU gave a count (see :meth:`lost_markers_uncounted` for the rest)."""
         out: dict[int, int | None] = {}
-        for row in self.table(LOST_EVENTS).select(["cpu", "count"]).to_pylist():
-            cpu, count = int(row["cpu"] if row["cpu"] is not None else -1), row["count"]
-            if count is None or out.get(cpu, 0) is None:
-                out[cpu] = None
-            else:
-                prev = out.get(cpu, 0)
-                out[cpu] = (prev or 0) + int(count)
+        for cpu, count in self._lost_rows():
+            out[cpu] = (out.get(cpu) or 0) + count if count is not None else out.get(cpu)
         return dict(sorted(out.items()))
+
+    def lost_markers_uncounted(self) -> dict[int, int]:
+        """Per CPU, how many lost-event markers give no count (each lost one event or more,
+        so the CPU lost at least ``lost_events()[cpu] + this``); CPUs without any omitted."""
+        out: dict[int, int] = {}
+        for cpu, count in self._lost_rows():
+            if count is None:
+                out[cpu] = out.get(cpu, 0) + 1
+        return dict(sorted(out.items()))
+
+    def _lost_rows(self) -> list[tuple[int, int | None]]:
+        rows = self.table(LOST_EVENTS).select(["cpu", "lost"]).to_pylist()
+        return [(int(r["cpu"]) if r["cpu"] is not None else -1,
+                 None if r["lost"] is None else int(r["lost"])) for r in rows]
 
     def info(self) -> dict[str, Any]:
         """A JSON-ready summary: format, clock, CPUs, time range, counts, losses, skips."""
@@ -210,10 +227,61 @@ class Trace:
             "last_ts": pc.max(real).as_py() if len(real) else None,
             "event_counts": self.event_counts(),
             "lost_events": {str(k): v for k, v in self.lost_events().items()},
+            "lost_markers_uncounted": {str(k): v for k, v in
+                                       self.lost_markers_uncounted().items()},
             "skipped_lines": dict(sorted(self.metadata.skipped.items())),
             "skipped_samples": dict(sorted(self.metadata.samples.items())),
-            "warnings": list(self.metadata.warnings),
+            "warnings": list(self.metadata.warnings) + kvm_warnings(self),
         }
+
+
+#: The warning (or, for replay, the error) of a trace with no kvm event.
+NO_KVM_EVENTS = ("no KVM events (kvm, kvmmmu) in this trace: it holds nothing to replay; "
+                 "record with kvm-mmu-replay record (preset kvm)")
+
+
+def kvm_warnings(trace: Trace) -> list[str]:
+    """:data:`NO_KVM_EVENTS` when ``trace`` has no kvm event (and any record at all or none)."""
+    return [] if trace.has_kvm_events() else [NO_KVM_EVENTS]
+
+
+def check_event_filter(trace: Trace, events: Iterable[str] | None) -> list[str]:
+    """Check the names a trace was filtered to: a name in neither the trace nor the known
+    kvm events is an error (a typo, with the closest known name suggested); a known event
+    absent from the trace is a warning.
+
+    Raises:
+        EventNameError: a name matches nothing.
+    """
+    if not events:
+        return []
+    import difflib
+
+    counts = trace.event_counts()
+    known = typed_event_names()
+    notes = []
+    for name in events:
+        if counts.get(name):
+            continue
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            raise EventNameError(name, close[0] if close else None)
+        notes.append(f"--event {name}: no such event in this trace")
+    return notes
+
+
+def table_to_pandas(table: pa.Table) -> pd.DataFrame:
+    """``table`` as a DataFrame whose integer and bool columns use pandas' nullable dtypes
+    (``Int64``, ``Int32``, ``UInt64``, ``boolean``): a null stays null and an int64 timestamp
+    keeps every nanosecond, where ``pa.Table.to_pandas()`` would give float64.
+
+    Examples:
+        >>> t = pa.table({"ts": pa.array([1_700_000_000_123_456_789, None], pa.int64())})
+        >>> df = table_to_pandas(t)
+        >>> str(df["ts"].dtype), int(df["ts"][0])
+        ('Int64', 1700000000123456789)
+    """
+    return table.to_pandas(types_mapper=_pandas_type)
 
 
 def _pandas_type(t: pa.DataType) -> Any:

@@ -9,22 +9,24 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from parsers import KvmMmuError, Trace, TraceBatch, TraceStream
+from parsers import KvmMmuError, Trace, TraceBatch, TraceStream, __version__
 from parsers.convert import CONVERT_TARGETS, ConvertReport, convert_trace
 from parsers.detect import iter_trace
+from parsers.output import check_output_dir, check_output_file
 from parsers.perfetto.sql import query_trace
 from parsers.recording.presets import PRESETS
 from parsers.recording.record import RecordReport, record
-from parsers.table_files import write_tables
+from parsers.table_files import format_for
 from replay.compare import run_scenario
 from replay.model.cost import DEFAULT_COST, apply_overrides, load_cost_file
 from replay.render.terminal import render_replay
@@ -43,6 +45,19 @@ app = typer.Typer(
 )
 
 T = TypeVar("T")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"kvm-mmu-replay {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True,
+        help="Print the version and exit.")] = False) -> None:
+    """Read kvm_mmu traces into Arrow tables and replay KVM's TDP MMU root lifecycle."""
 _err = Console(stderr=True)
 
 
@@ -58,9 +73,14 @@ TraceArg = Annotated[Path, typer.Argument(help="Trace file: ftrace or trace-cmd 
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Fail on the first line (text) or "
                                          "field (Perfetto) that matches nothing known, naming "
                                          "where, instead of counting it as skipped.")]
-SalvageOpt = Annotated[bool, typer.Option("--salvage", help="Binary formats: keep the events "
-                                          "decoded before damage (with a warning) instead of "
-                                          "failing.")]
+SalvageOpt = Annotated[bool, typer.Option("--salvage", help="Keep what reads before damage "
+                                          "instead of failing: binary formats keep the events "
+                                          "decoded before it; text skips NUL or undecodable "
+                                          "lines and keeps the complete lines of a truncated "
+                                          "compressed file (each with a warning).")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing output file, or "
+                                        "a directory kvm-mmu-replay wrote; nothing else is "
+                                        "ever replaced.")]
 EventsOpt = Annotated[list[str] | None, typer.Option(
     "--event", "-e", help="Keep only this event (repeatable).", show_default=False)]
 
@@ -96,6 +116,11 @@ def _load(path: Path, events: list[str] | None, strict: bool, salvage: bool) -> 
     return stream.complete(Trace.from_batches(_with_progress(stream, path), stream.metadata))
 
 
+def _warn(warnings: Iterable[str]) -> None:
+    for warning in warnings:
+        _err.print(f"[yellow]warning[/]: {escape(warning)}", highlight=False, soft_wrap=True)
+
+
 @app.command()
 def parse(
     trace: TraceArg,
@@ -107,13 +132,14 @@ def parse(
     events: EventsOpt = None,
     strict: StrictOpt = False,
     salvage: SalvageOpt = False,
+    force: ForceOpt = False,
 ) -> None:
     """Parse TRACE into Arrow tables written as Parquet, Feather or Arrow IPC files."""
-    def run() -> None:
-        loaded = _load(trace, events, strict, salvage)
-        written = write_tables(loaded, out, fmt)
-        typer.echo(f"wrote {len(written)} tables ({loaded.events.num_rows} event rows) to {out}")
-    _guard(run)
+    report: ConvertReport = _guard(lambda: convert_trace(
+        trace, out, to=format_for(out, fmt), events=events or None, strict=strict,
+        salvage=salvage, force=force, batches=lambda s: _with_progress(s, trace)))
+    typer.echo(f"wrote {len(report.files)} tables ({report.events} event rows) to {out}")
+    _warn(report.warnings)
 
 
 @app.command()
@@ -131,6 +157,20 @@ def info(
     _render_info(summary)
 
 
+def lost_text(summary: dict[str, Any]) -> str:
+    """Lost events per CPU from an ``info()`` summary: ``1718``, or ``≥ 2426`` when some
+    markers gave no count (each of those lost one event at least)."""
+    uncounted = summary.get("lost_markers_uncounted", {})
+    parts = []
+    for cpu, known in summary["lost_events"].items():
+        missing = uncounted.get(cpu, 0)
+        total = (known or 0) + missing
+        parts.append(f"cpu {cpu}: {total}" if not missing else
+                     f"cpu {cpu}: ≥ {total} ({missing} marker{'s' * (missing > 1)} without a "
+                     "count)")
+    return ", ".join(parts)
+
+
 def _render_info(summary: dict[str, Any]) -> None:
     out = _out()
     out.print(f"[bold]{summary['source']}[/]: {summary['format']} "
@@ -143,9 +183,7 @@ def _render_info(summary: dict[str, Any]) -> None:
         table.add_row(name, str(count))
     out.print(table)
     if summary["lost_events"]:
-        lost = ", ".join(f"cpu {c}: {'unknown' if n is None else n}"
-                         for c, n in summary["lost_events"].items())
-        out.print(f"[yellow]lost events[/]: {lost}")
+        out.print(f"[yellow]lost events[/]: {lost_text(summary)}")
     if summary["skipped_lines"]:
         out.print("skipped lines: " + ", ".join(f"{k} {v}" for k, v in
                                                  summary["skipped_lines"].items()))
@@ -169,6 +207,7 @@ def convert(
     events: EventsOpt = None,
     strict: StrictOpt = False,
     salvage: SalvageOpt = False,
+    force: ForceOpt = False,
 ) -> None:
     """Convert TRACE (any format) to Perfetto, Parquet, Feather or Arrow IPC."""
     if encoding not in ("dense", "legacy"):
@@ -176,13 +215,13 @@ def convert(
         raise typer.Exit(2)
     report: ConvertReport = _guard(lambda: convert_trace(
         trace, out, to=to, encoding="dense" if encoding == "dense" else "legacy",
-        compress=compress, events=events or None, strict=strict, salvage=salvage))
+        compress=compress, events=events or None, strict=strict, salvage=salvage, force=force,
+        batches=lambda s: _with_progress(s, trace)))
     typer.echo(f"wrote {report.target} ({report.events} events from {report.source_format}) "
                f"to {report.out}")
     for name, count in sorted(report.dropped.items()):
         _err.print(f"[yellow]note[/]: {name}: {count} values Perfetto cannot hold were dropped")
-    for warning in report.warnings:
-        _err.print(f"[yellow]warning[/]: {warning}", highlight=False)
+    _warn(report.warnings)
 
 
 @app.command()
@@ -194,9 +233,12 @@ def query(
         "--trace-processor", help="Path of a trace_processor_shell you supply (never "
         "downloaded).", show_default=False)],
     as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV instead of a table.")] = False,
+    strict: StrictOpt = False,
+    salvage: SalvageOpt = False,
 ) -> None:
     """Run Perfetto SQL on TRACE (converted to Perfetto first when needed)."""
-    table = _guard(lambda: query_trace(trace, sql, trace_processor=trace_processor))
+    table = _guard(lambda: query_trace(trace, sql, trace_processor=trace_processor,
+                                       strict=strict, salvage=salvage))
     frame = table.to_pandas()
     if as_csv:
         typer.echo(frame.to_csv(index=False), nl=False)
@@ -226,29 +268,59 @@ def _replayed(trace: Path, policy: list[str] | None, cost_file: Path | None,
                   policy=policy or ["all"], cost=model, calibrate=calibrate)
 
 
+def _replay_to(trace: Path, policy: list[str] | None, cost_file: Path | None,
+               cost: list[str] | None, strict: bool, salvage: bool, calibrate: bool,
+               write: Callable[[TraceReplayResult], object],
+               check: Callable[[], object]) -> TraceReplayResult:
+    """Check the output first (before the long replay), replay, then write."""
+    def run() -> TraceReplayResult:
+        check()
+        result = _replayed(trace, policy, cost_file, cost, strict, salvage, calibrate)
+        write(result)
+        return result
+    return _guard(run)
+
+
 @app.command()
 def report(
     trace: TraceArg,
-    out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write ('-': stdout).")],
     policy: PolicyOpt = None, cost_file: CostFileOpt = None, cost: CostOpt = None,
-    calibrate: CalibrateOpt = False,
+    calibrate: CalibrateOpt = False, strict: StrictOpt = False, salvage: SalvageOpt = False,
+    force: ForceOpt = False,
 ) -> None:
     """Replay TRACE and write a self-contained HTML report with plots."""
-    result = _guard(lambda: _replayed(trace, policy, cost_file, cost, calibrate=calibrate))
-    typer.echo(f"wrote {_guard(lambda: result.write_report(out))}")
+    _replay_to(trace, policy, cost_file, cost, strict, salvage, calibrate,
+               lambda r: r.write_report(out, force=force),
+               lambda: check_output_file(out, force=force))
+    _done(out)
 
 
 @app.command("export-perfetto")
 def export_perfetto(
     trace: TraceArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="Perfetto trace to write "
-                                      "(open it in ui.perfetto.dev).")],
+                                      "(open it in ui.perfetto.dev; '-': stdout).")],
     policy: PolicyOpt = None, cost_file: CostFileOpt = None, cost: CostOpt = None,
-    calibrate: CalibrateOpt = False,
+    calibrate: CalibrateOpt = False, strict: StrictOpt = False, salvage: SalvageOpt = False,
+    force: ForceOpt = False,
 ) -> None:
     """Replay TRACE and write a Perfetto timeline: vCPU blocks, zaps, refcounts per run."""
-    result = _guard(lambda: _replayed(trace, policy, cost_file, cost, calibrate=calibrate))
-    typer.echo(f"wrote {_guard(lambda: result.write_timeline(out))}")
+    result = _replay_to(trace, policy, cost_file, cost, strict, salvage, calibrate,
+                        lambda r: r.write_timeline(out, force=force),
+                        lambda: check_output_file(out, force=force))
+    _done(out)
+    if result.ts_unit != "ns":
+        _warn([f"the trace's timestamps are {result.ts_unit}: Perfetto shows the observed "
+               "run's times as ns (a tick is not a nanosecond)"])
+
+
+def _done(out: Path | str) -> None:
+    """The closing line: on stdout, or on stderr when stdout is the output itself."""
+    if str(out) in ("-", "/dev/stdout"):
+        _err.print(f"wrote {out}", highlight=False, markup=False, soft_wrap=True)
+    else:
+        typer.echo(f"wrote {out}")
 
 
 @app.command()
@@ -263,8 +335,11 @@ def scenario(
     cost_file: Annotated[Path | None, typer.Option(help="TOML cost model")] = None,
     cost: Annotated[list[str] | None, typer.Option(help="Override one cost: KEY=VALUE")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
-    emit_trace: Annotated[Path | None, typer.Option(help="Write the era's kernel trace")] = None,
+    emit_trace: Annotated[str | None, typer.Option(
+        help="Write the era's kernel trace to this file; with several policies the name "
+        "must hold {policy} (e.g. e.{policy}.txt), replaced by each policy's name")] = None,
     sample_every: Annotated[int | None, typer.Option(min=1, help="Keep 1 in N SPTE events")] = None,
+    force: ForceOpt = False,
 ) -> None:
     """Run a selftest-like scenario under each policy and show per-vCPU block latencies."""
     def run() -> Any:
@@ -274,7 +349,7 @@ def scenario(
             memory=parse_size(memory, what="--memory") if memory else None,
             slot_size=parse_size(slot_size, what="--slot-size") if slot_size else None,
             page_size=parse_size(page_size, what="--page-size") if page_size else None,
-            vcpus=vcpus, emit_trace=emit_trace, sample_every=sample_every,
+            vcpus=vcpus, emit_trace=emit_trace, sample_every=sample_every, force=force,
         )
     comp = _guard(run)
     if as_json:
@@ -306,14 +381,13 @@ def replay_command(
     strict: StrictOpt = False,
     salvage: SalvageOpt = False,
     calibrate: CalibrateOpt = False,
+    force: ForceOpt = False,
 ) -> None:
     """Replay TRACE: observed per-vCPU blocks and refcounts, and each policy's replay."""
-    def run() -> TraceReplayResult:
-        result = _replayed(trace, policy, cost_file, cost, strict, salvage, calibrate)
-        if out is not None:
-            result.write_tables(out)
-        return result
-    result = _guard(run)
+    result = _replay_to(
+        trace, policy, cost_file, cost, strict, salvage, calibrate,
+        lambda r: r.write_tables(out, force=force) if out is not None else None,
+        lambda: (format_for(out), check_output_dir(out, force=force)) if out else None)
     if as_json:
         typer.echo(json.dumps(result.to_json_dict(), indent=2, sort_keys=True))
         return
@@ -341,7 +415,8 @@ def _render_record(report: RecordReport) -> None:
 
 
 @app.command("record", context_settings={"allow_extra_args": True,
-                                         "ignore_unknown_options": True})
+                                         "ignore_unknown_options": True},
+             options_metavar="[OPTIONS] -- COMMAND [ARGS]...")
 def record_cmd(
     ctx: typer.Context,
     out: Annotated[Path, typer.Option("-o", "--out", help="Output: ftrace text, or trace.dat "
@@ -357,11 +432,16 @@ def record_cmd(
     tracefs: Annotated[Path | None, typer.Option("--tracefs", help="tracefs directory "
                                                  "(default: found)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON")] = False,
+    force: ForceOpt = False,
 ) -> None:
-    """Record kvm events while a command runs: record -o OUT --events kvm -- COMMAND ARGS..."""
+    """Record kvm events while a command runs (root): record -o OUT -- COMMAND [ARGS]...
+
+    Everything after -- is the command and its arguments.
+    """
     command = list(ctx.args)[1:] if ctx.args[:1] == ["--"] else list(ctx.args)
     report = _guard(lambda: record(out, command, preset=events, buffer_kb=buffer_kb,
-                                   use_trace_cmd=trace_cmd, tracefs=tracefs, clock=clock))
+                                   use_trace_cmd=trace_cmd, tracefs=tracefs, clock=clock,
+                                   force=force))
     if as_json:
         typer.echo(json.dumps(report.to_json_dict(), indent=2, sort_keys=True))
     _render_record(report)

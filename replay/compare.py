@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from parsers.output import check_output_file
+from replay.errors import ReplayConfigError
 from replay.model.cost import DEFAULT_COST, CostModel
 from replay.model.policies import ALL, get_policy, policy_names
 from replay.model.recorders import Recorder
@@ -68,10 +70,27 @@ def _auto_sample(workload: Workload) -> int:
     return max(1, leaves // 20_000)
 
 
-def _trace_path(base: Path, policy: str, many: bool) -> Path:
-    if not many:
-        return base
-    return base.with_name(f"{base.stem}.{policy}{base.suffix or '.txt'}")
+#: The placeholder ``--emit-trace`` needs when several policies run.
+POLICY_PLACEHOLDER = "{policy}"
+
+
+def emit_trace_paths(emit_trace: str | Path, policies: Sequence[str]) -> dict[str, str]:
+    """The file each policy's emitted trace goes to: ``{policy}`` in ``emit_trace`` is
+    replaced by the policy name; several policies need the placeholder (one file cannot hold
+    several traces, and names the user did not write are never invented).
+
+    Examples:
+        >>> emit_trace_paths("e.{policy}.txt", ["sync", "6.9"])
+        {'sync': 'e.sync.txt', '6.9': 'e.6.9.txt'}
+        >>> emit_trace_paths("e.txt", ["sync"])
+        {'sync': 'e.txt'}
+    """
+    text = str(emit_trace)
+    if len(policies) > 1 and POLICY_PLACEHOLDER not in text:
+        raise ReplayConfigError(
+            f"{text}: {len(policies)} policies but one trace file; put {POLICY_PLACEHOLDER} "
+            f"in the name (e.g. e.{POLICY_PLACEHOLDER}.txt) or choose one policy")
+    return {p: text.replace(POLICY_PLACEHOLDER, p) for p in policies}
 
 
 def run_scenario(
@@ -83,18 +102,24 @@ def run_scenario(
     slot_size: int | None = None,
     vcpus: int | None = None,
     page_size: int | None = None,
-    emit_trace: Path | None = None,
+    emit_trace: str | Path | None = None,
     sample_every: int | None = None,
+    force: bool = False,
 ) -> Comparison:
     """Build scenario ``name`` and run it under each of ``policies`` (default: all).
 
     With ``emit_trace`` each run also writes the kernel-text trace its era would print
-    (``PATH`` for one policy, ``<stem>.<policy><suffix>`` for several), sampling per-SPTE
-    events one in ``sample_every`` (None: about 20,000 sampled leaves per run).
+    (:func:`emit_trace_paths`: ``{policy}`` in the name is replaced by the policy, and is
+    required for several policies), sampling per-SPTE events one in ``sample_every`` (None:
+    about 20,000 sampled leaves per run). Every output path is checked by the output policy
+    (:func:`parsers.output.check_output_file`, ``force`` to replace) before any run.
     """
     from replay.render.kernel_text import KernelTextTrace
 
     names = expand_policies(policies)
+    paths = emit_trace_paths(emit_trace, names) if emit_trace is not None else {}
+    for target in paths.values():
+        check_output_file(target, force=force)
     workload = build_scenario(
         name, memory=memory, slot_size=slot_size, vcpus=vcpus, page_size=page_size,
         host_cpus=cost.host_cpus,
@@ -110,6 +135,6 @@ def run_scenario(
                                       host_cpus=cost.host_cpus)
             recs.append(emitter)
         results[pol] = run(workload, policy=pol, cost=cost, recorders=recs)
-        if emitter is not None and emit_trace is not None:
-            emitter.write(_trace_path(emit_trace, pol, len(names) > 1))
+        if emitter is not None:
+            emitter.write(paths[pol], force=force)
     return Comparison(workload=workload, cost=cost, results=results)

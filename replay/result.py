@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Final
 
 import pyarrow as pa
 
+from parsers.trace import table_to_pandas
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -32,18 +34,18 @@ def summarize_blocks(blocks: pa.Table, vcpus: list[int]) -> pa.Table:
     import numpy as np
     import pandas as pd
 
-    df = blocks.select(["vcpu", "start", "end", "cause", "count", "each_ns"]).to_pandas()
+    df = blocks.select(["vcpu", "start", "end", "cause", "n_blocks", "each_ns"]).to_pandas()
     df["cause"] = df["cause"].astype(object)
     known = sorted(set(vcpus) | set(df["vcpu"].tolist()))
     out = pd.DataFrame({"vcpu": known}).set_index("vcpu")
     if len(df):
         by = df.groupby("vcpu", sort=True)
-        out["blocks"] = by["count"].sum()
+        out["blocks"] = by["n_blocks"].sum()
         out["total_ns"] = (df["end"] - df["start"]).groupby(df["vcpu"]).sum()
         out["max_ns"] = by["each_ns"].max()
         out["max_cause"] = df.loc[by["each_ns"].idxmax(), ["vcpu", "cause"]].set_index("vcpu")
         ranked = df.sort_values(["vcpu", "each_ns"], kind="stable")
-        cum = ranked.groupby("vcpu")["count"].cumsum()
+        cum = ranked.groupby("vcpu")["n_blocks"].cumsum()
         for q, name in ((0.50, "p50_ns"), (0.99, "p99_ns")):
             need = np.maximum(1, np.ceil(q * out["blocks"].astype(float)))
             hit = ranked[cum.to_numpy() >= need.reindex(ranked["vcpu"]).to_numpy()]
@@ -85,8 +87,8 @@ class ReplayResult:
             raise KeyError(f"no table {name!r}; have {sorted(self.tables)}") from None
 
     def to_pandas(self, name: str = "summary") -> pd.DataFrame:
-        """One table as a pandas DataFrame."""
-        return self.to_arrow(name).to_pandas()
+        """One table as a pandas DataFrame, integer columns nullable (``Int64`` ...)."""
+        return table_to_pandas(self.to_arrow(name))
 
     def vcpu_summary(self) -> dict[str, dict[str, int | str | None]]:
         """``{"<vcpu>": {"blocks", "p50_ns", "p99_ns", "max_ns", "total_ns", "max_cause"}}``."""

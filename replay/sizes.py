@@ -7,7 +7,7 @@ from typing import Final
 
 from replay.errors import ReplayConfigError
 
-__all__ = ["parse_size", "format_size", "format_ns"]
+__all__ = ["format_duration", "parse_size", "format_size", "format_ns"]
 
 _UNITS: Final = {"": 0, "K": 10, "M": 20, "G": 30, "T": 40, "P": 50}
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMGTP]?)(?:I?B)?\s*$", re.IGNORECASE)
@@ -39,6 +39,17 @@ def format_size(n: int) -> str:
         if n >= 1 << shift and n % (1 << shift) == 0:
             return f"{n >> shift}{suffix}"
     return f"{n}B"
+
+
+def format_duration(value: int, unit: str = "ns") -> str:
+    """A duration in ``unit``: :func:`format_ns` for ns, else the integer and the unit
+    (a tick clock's durations are ticks, never shown as ms).
+
+    Examples:
+        >>> format_duration(2_500_000), format_duration(2_500_000, "ticks")
+        ('2.50 ms', '2,500,000 ticks')
+    """
+    return format_ns(value) if unit == "ns" else f"{value:,} {unit}"
 
 
 def format_ns(ns: int) -> str:

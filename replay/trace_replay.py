@@ -17,7 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from parsers.detect import iter_trace
-from parsers.trace import Trace, TraceBatch
+from parsers.errors import TraceFormatError
+from parsers.trace import NO_KVM_EVENTS, Trace, TraceBatch
 from replay.compare import expand_policies
 from replay.infer.observed import observe
 from replay.infer.threads import ThreadMap, identify_threads
@@ -52,6 +53,9 @@ def replay(
         calibrate: replace the costs the trace measures (fault, per-SPTE zap) with the
             measured values (:mod:`replay.infer.calibration`); each change is a warning line.
 
+    Raises:
+        TraceFormatError: the trace has no kvm or kvmmmu event at all.
+
     Invariant violations of damaged traces are recorded (``anomalies`` tables, a warning),
     not raised.
 
@@ -61,6 +65,8 @@ def replay(
         (['sync', '6.9'], ['6.9', 'observed', 'sync'])
     """
     loaded = trace if isinstance(trace, Trace) else load_for_replay(trace)
+    if not loaded.has_kvm_events():
+        raise TraceFormatError(str(loaded.metadata.source), NO_KVM_EVENTS)
     threads = identify_threads(loaded)
     observed = observe(loaded, threads)
     derived = derive_workloads(loaded, threads)
@@ -95,7 +101,7 @@ def replay(
             warnings.append(f"{name}: {anomalies} invariant violations recorded (the derived "
                             f"workload is incomplete; see the anomalies)")
     return TraceReplayResult(str(loaded.metadata.source), threads, derived, runs,
-                             tuple(_dedup(warnings)), cost)
+                             tuple(_dedup(warnings)), cost, loaded.metadata.ts_unit)
 
 
 def load_for_replay(source: str | Path, *, strict: bool = False, salvage: bool = False

@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+import pandas as pd
 import pyarrow as pa
 
 from parsers.table_files import format_for, write_table_dir
+from parsers.trace import table_to_pandas
 from replay.infer.threads import ThreadMap
 from replay.infer.workload import DerivedWorkloads
 from replay.model.cost import DEFAULT_COST, CostModel
@@ -61,6 +63,8 @@ class TraceReplayResult:
             ``refcounts``, ``roots`` (the model's schemas; observed adds columns).
         warnings: everything inferred with doubt or not inferable, in words.
         cost: the cost model the replays used (calibrated when asked).
+        ts_unit: the unit of the trace's timestamps (``ns``, or ``ticks`` for the
+            ``counter``/``x86-tsc`` clocks): the observed run's times are in it.
     """
 
     source: str
@@ -69,6 +73,7 @@ class TraceReplayResult:
     runs: Mapping[str, Mapping[str, pa.Table]]
     warnings: tuple[str, ...]
     cost: CostModel = DEFAULT_COST
+    ts_unit: str = "ns"
 
     @property
     def policies(self) -> list[str]:
@@ -128,6 +133,29 @@ class TraceReplayResult:
                          "same_cause": o.get("max_cause") == r.get("max_cause")})
         return pa.Table.from_pylist(rows, schema=FIDELITY_SCHEMA)
 
+    def tables(self) -> dict[str, pa.Table]:
+        """Every table by name: ``block_intervals``, ``refcount_history``, ``roots``,
+        ``summary``, ``vcpus``, ``evidence`` and (when the era was replayed) ``fidelity``."""
+        out = {"block_intervals": self.block_intervals,
+               "refcount_history": self.refcount_history, "roots": self.roots,
+               "summary": self.summary(), "vcpus": self.vcpus, "evidence": self.derived.evidence}
+        fidelity = self.fidelity()
+        if fidelity is not None:
+            out["fidelity"] = fidelity
+        return out
+
+    def to_pandas(self, name: str) -> pd.DataFrame:
+        """The table ``name`` (see :meth:`tables`) as a DataFrame whose id and timestamp
+        columns are nullable integers (``Int64``, ``Int32``), never float64.
+
+        Raises:
+            KeyError: no table of that name.
+        """
+        tables = self.tables()
+        if name not in tables:
+            raise KeyError(f"no table {name!r}; have {sorted(tables)}")
+        return table_to_pandas(tables[name])
+
     def to_json_dict(self) -> dict[str, Any]:
         """The ``replay --json`` document: the ``scenario`` command's ``policies`` shape plus
         ``observed``, ``roots`` (observed count), ``warnings``, ``backend``, ``era``, ``vms``
@@ -163,32 +191,40 @@ class TraceReplayResult:
             "warnings": list(self.warnings),
         }
 
-    def write_report(self, path: str | Path) -> Path:
+    def write_report(self, path: str | Path, *, force: bool = False) -> Path:
         """A self-contained HTML report (:func:`replay.render.html.write_report`)."""
         from replay.render.html import write_report
 
         return write_report(self.runs, path, title=f"kvm-mmu-replay: {Path(self.source).name}",
-                            source=self.source, warnings=self.warnings)
+                            source=self.source, warnings=self.warnings, force=force,
+                            vcpu_names=self.vcpu_names(),
+                            units={OBSERVED: self.ts_unit} if self.ts_unit != "ns" else None)
 
-    def write_timeline(self, path: str | Path) -> Path:
+    def vcpu_names(self) -> dict[int, str]:
+        """vCPU index → ``vcpu N: <comm>-<pid> (VM <vm>, vcpu_id <id>)`` for lane labels."""
+        out = {}
+        for r in self.vcpus.to_pylist():
+            who = f"{r['comm'] or '?'}-{r['pid']}" if r["pid"] is not None else (r["comm"] or "?")
+            vid = f", vcpu_id {r['vcpu_id']}" if r["vcpu_id"] is not None else ""
+            out[int(r["vcpu"])] = f"vcpu {r['vcpu']}: {who} (VM {r['vm']}{vid})"
+        return out
+
+    def write_timeline(self, path: str | Path, *, force: bool = False) -> Path:
         """A Perfetto trace of every run's blocks, zaps and refcounts
         (:func:`replay.render.timeline.write_timeline`)."""
         from replay.render.timeline import write_timeline
 
-        return write_timeline(self.runs, path)
+        return write_timeline(self.runs, path, force=force)
 
-    def write_tables(self, out: str | Path, fmt: str | None = None) -> list[Path]:
+    def write_tables(self, out: str | Path, fmt: str | None = None, *,
+                     force: bool = False) -> list[Path]:
         """Write ``block_intervals``, ``refcount_history``, ``roots``, ``summary``, ``vcpus``
-        and ``evidence`` as files in directory ``out`` (temp dir, renamed when complete)."""
+        and ``evidence`` as files in directory ``out`` (:func:`parsers.table_files.
+        write_table_dir`: an existing ``out`` is replaced only when kvm-mmu-replay wrote it
+        and ``force`` is given)."""
         kind = format_for(out, fmt)
-        tables = {"block_intervals": self.block_intervals,
-                  "refcount_history": self.refcount_history, "roots": self.roots,
-                  "summary": self.summary(), "vcpus": self.vcpus,
-                  "evidence": self.derived.evidence}
-        fidelity = self.fidelity()
-        if fidelity is not None:
-            tables["fidelity"] = fidelity
+        tables = self.tables()
         meta = {"kvm_mmu_replay": json.dumps({"source": self.source,
                                               "warnings": list(self.warnings)})}
         return write_table_dir({k: v.replace_schema_metadata(meta) for k, v in tables.items()},
-                               out, kind)
+                               out, kind, force=force)

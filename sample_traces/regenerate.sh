@@ -15,13 +15,13 @@ make -s -C $S/workloads
 
 # 1. trace_pipe text, kvm + sched + workqueue events, CLOCK_MONOTONIC timestamps (so the
 #    workload log's times line up); 3 VMs x 2 vCPUs (+1 hot-added); gzip -n: no name/time.
-$KMR record -o $S/recorded_kvm_full.txt --events kvm-full --clock mono --json \
+$KMR record -o $S/recorded_kvm_full.txt --events kvm-full --clock mono --json --force \
     -- sh -c 'exec "$0" "$@" > sample_traces/recorded_kvm_full.workload.log' \
     $W -v 3 -c 2 -p 8 > $S/recorded_kvm_full.record.json
 gzip -n -9 -f $S/recorded_kvm_full.txt
 
 # 2. trace.dat through trace-cmd extract, kvm events only; 2 VMs x 1 vCPU.
-$KMR record -o $S/recorded_kvm.dat --trace-cmd --events kvm --clock mono --json \
+$KMR record -o $S/recorded_kvm.dat --trace-cmd --events kvm --clock mono --json --force \
     -- sh -c 'exec "$0" "$@" > sample_traces/recorded_kvm.workload.log' \
     $W -v 2 -c 1 -p 4 > $S/recorded_kvm.record.json
 

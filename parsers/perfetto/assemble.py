@@ -161,7 +161,7 @@ def _columns(
         "ts": pa.array(ts), "pid": pa.array(pid.astype(np.int32), mask=~pid_ok),
         "cpu": pa.array(cpus.astype(np.int32), mask=cpus < 0), "tgid": tgid, "comm": comm,
         "event": _event_names(groups, name_of, rows, compact),
-        "flags": pa.nulls(n, pa.string()), "instance": pa.nulls(n, pa.string()),
+        "latency_flags": pa.nulls(n, pa.string()), "instance": pa.nulls(n, pa.string()),
         "args": _args(groups, dec.ts.size, rows, compact),
     }
 

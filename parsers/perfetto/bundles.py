@@ -90,6 +90,8 @@ class BundleRun:
     #: Bundles stored as their events' payloads only: the original bytes and span, to map a
     #: position back to the file (``None``: the bundle's bytes were copied whole).
     packed: list[tuple[bytes, int, int] | None] = field(default_factory=list)
+    #: ``FtraceClock`` values the bundles name (shared with the runs split from this one).
+    clocks: set[int] = field(default_factory=set)
 
     def __len__(self) -> int:
         return len(self.cpu)
@@ -118,7 +120,7 @@ class BundleRun:
         """Move bundles ``i`` and later into a new run (bundle ``i`` starts a read cycle)."""
         s = self.start[i]
         first = self.first_event[i]
-        out = BundleRun(bytearray(self.buf[s:]))
+        out = BundleRun(bytearray(self.buf[s:]), clocks=self.clocks)
         out.cpu, out.lost, out.ftrace_ts = self.cpu[i:], self.lost[i:], self.ftrace_ts[i:]
         out.compact = [None if c is None else (c[0] - s, c[1] - s) for c in self.compact[i:]]
         out.start = [x - s for x in self.start[i:]]
@@ -141,6 +143,7 @@ class _Tags:
     compact: int
     ftrace_ts: int
     descriptors: int
+    clock: int
 
     @staticmethod
     @cache
@@ -149,7 +152,7 @@ class _Tags:
         return _Tags(field_number(b, "cpu"), field_number(b, "event"),
                    field_number(b, "lost_events"), field_number(b, "compact_sched"),
                    field_number(b, "ftrace_timestamp"),
-                   field_number(b, "generic_event_descriptors"))
+                   field_number(b, "generic_event_descriptors"), field_number(b, "ftrace_clock"))
 
 
 def walk_bundles(run: BundleRun, src: bytes, spans: list[tuple[int, int]],
@@ -200,6 +203,7 @@ def _bundle_class() -> Any:
         ("lost_events", fdp.TYPE_UINT64, fdp.LABEL_OPTIONAL),
         ("compact_sched", fdp.TYPE_BYTES, fdp.LABEL_OPTIONAL),
         ("ftrace_timestamp", fdp.TYPE_INT64, fdp.LABEL_OPTIONAL),
+        ("ftrace_clock", fdp.TYPE_INT32, fdp.LABEL_OPTIONAL),
         ("generic_event_descriptors", fdp.TYPE_BYTES, fdp.LABEL_REPEATED),
     ):
         field_proto = msg.field.add(name=name, number=field_number(b, name), type=typ, label=label)
@@ -243,6 +247,8 @@ def _packed_bundle(run: BundleRun, src: bytes, a: int, b: int, where: tuple[int,
     run.cpu.append(msg.cpu if msg.HasField("cpu") else None)
     run.lost.append(bool(msg.lost_events))
     run.ftrace_ts.append(msg.ftrace_timestamp if msg.HasField("ftrace_timestamp") else None)
+    if msg.HasField("ftrace_clock"):
+        run.clocks.add(msg.ftrace_clock)
     run.compact.append(compact)
     run.origin.append(where[0])
     run.inner.append(where[1])
@@ -330,6 +336,8 @@ def _append(run: BundleRun, tags: _Tags, fields: list[tuple[int, int, int, int]]
             read_ts = value - (1 << 64) if value >= 1 << 63 else value
         elif number == tags.compact and wire == LEN:
             compact = (at + shift, at + value + shift)
+        elif number == tags.clock and wire == VARINT:
+            run.clocks.add(value)
     run.cpu.append(cpu)
     run.lost.append(bool(lost))
     run.ftrace_ts.append(read_ts)

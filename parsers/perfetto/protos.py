@@ -18,6 +18,9 @@ from typing import Any, Final
 from google.protobuf import descriptor_pb2
 
 __all__ = [
+    "FTRACE_CLOCKS",
+    "FTRACE_CLOCK_UNKNOWN",
+    "ftrace_clock_value",
     "ProtoField",
     "CompiledEvent",
     "Catalog",
@@ -27,6 +30,25 @@ __all__ = [
     "GENERIC_FIRST_ID",
     "VARINT_KINDS",
 ]
+
+#: ``FtraceEventBundle.FtraceClock`` values that name a trace clock (ftrace_event_bundle.proto).
+FTRACE_CLOCKS: Final = {2: "global", 3: "local", 4: "mono_raw"}
+#: ``FTRACE_CLOCK_UNKNOWN``: a clock Perfetto has no name for.
+FTRACE_CLOCK_UNKNOWN: Final = 1
+
+
+def ftrace_clock_value(clock: str | None) -> int | None:
+    """The ``ftrace_clock`` to write for a trace clock: its enum value, ``UNKNOWN`` for a
+    clock Perfetto does not name, ``None`` (unset) when the clock is not known.
+
+    Examples:
+        >>> ftrace_clock_value("global"), ftrace_clock_value("x86-tsc"), ftrace_clock_value(None)
+        (2, 1, None)
+    """
+    if clock is None:
+        return None
+    return {v: k for k, v in FTRACE_CLOCKS.items()}.get(clock, FTRACE_CLOCK_UNKNOWN)
+
 
 #: First ``FtraceEvent`` field id traced_probes hands to a dense generic event
 #: (``kGenericEvtProtoMinPbFieldId`` in ``src/traced/probes/ftrace/proto_translation_table.h``).

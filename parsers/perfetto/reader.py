@@ -33,7 +33,7 @@ from parsers.perfetto.bundles import (
 )
 from parsers.perfetto.events import decode_bundles
 from parsers.perfetto.packets import Block, Source, TruncatedPacket, inner_packets, iter_blocks
-from parsers.perfetto.protos import field_number
+from parsers.perfetto.protos import FTRACE_CLOCK_UNKNOWN, FTRACE_CLOCKS, field_number
 from parsers.perfetto.stats import FtraceStatsLog
 from parsers.perfetto.threads import ThreadMap
 from parsers.perfetto.wire import LEN, WireError, iter_fields, read_varint
@@ -79,6 +79,7 @@ class _State:
     running: dict[int | None, int | None] = field(default_factory=dict)
     run: BundleRun = field(default_factory=BundleRun)
     packets: int = 0
+    clocks: set[int] = field(default_factory=set)
 
 
 def read_perfetto(
@@ -249,6 +250,7 @@ def _flush(state: _State) -> Iterator[TraceBatch]:
 
 def _decoded(run: BundleRun, state: _State) -> Iterator[TraceBatch]:
     """Decode ``run`` (on damage with ``salvage``: the bundles before it, then raise)."""
+    state.clocks |= run.clocks
     if not len(run):
         return
     try:
@@ -294,6 +296,7 @@ def _decode(run: BundleRun, state: _State) -> TraceBatch | None:
 def _finish(state: _State) -> None:
     meta = state.meta
     meta.cpus = None
+    _clock(state)
     meta.warnings.extend(state.descriptors.conflicts)
     meta.warnings.extend(state.stats.warnings())
     counts = state.inference.counts
@@ -311,6 +314,19 @@ def _finish(state: _State) -> None:
         meta.add_variant("dense-generic-events")
 
 
+def _clock(state: _State) -> None:
+    """The trace clock from the bundles' ``ftrace_clock`` (the writer sets it; traced_probes
+    leaves it unset for the default boot clock)."""
+    names = {FTRACE_CLOCKS[c] for c in state.clocks if c in FTRACE_CLOCKS}
+    if len(names) == 1:
+        state.meta.clock = names.pop()
+        state.meta.add_variant("ftrace_clock")
+    elif FTRACE_CLOCK_UNKNOWN in state.clocks:
+        state.meta.warnings.append(
+            "the bundles say FTRACE_CLOCK_UNKNOWN: the trace clock is not one Perfetto names "
+            "(global, local, mono_raw); timestamps are taken as ns")
+
+
 def _lost_counts(trace: Trace, stats: FtraceStatsLog) -> Trace:
     """Give a CPU's only loss marker the CPU's lost count from ``FtraceStats``."""
     lost = trace.table(LOST_EVENTS)
@@ -318,15 +334,15 @@ def _lost_counts(trace: Trace, stats: FtraceStatsLog) -> Trace:
     if not lost.num_rows or not per_cpu:
         return trace
     cpus = lost.column("cpu").to_pylist()
-    counts = lost.column("count").to_pylist()
+    counts = lost.column("lost").to_pylist()
     for i, cpu in enumerate(cpus):
         if counts[i] is None and cpus.count(cpu) == 1 and cpu in per_cpu:
             counts[i] = per_cpu[cpu]
-    if counts == lost.column("count").to_pylist():
+    if counts == lost.column("lost").to_pylist():
         return trace
     tables = {n: trace.table(n) for n in trace.names}
     tables[LOST_EVENTS] = lost.set_column(
-        lost.schema.get_field_index("count"), "count", pa.array(counts, pa.uint64()))
+        lost.schema.get_field_index("lost"), "lost", pa.array(counts, pa.uint64()))
     trace.metadata.add_variant("lost count from ftrace_stats")
     return Trace(trace.events, tables, trace.metadata)
 

@@ -46,17 +46,28 @@ def query_perfetto(source: str | Path, sql: str, *, trace_processor: str | Path,
         with TraceProcessor(trace=str(source), config=config) as tp:
             frame = tp.query(sql).as_pandas_dataframe()
     except Exception as exc:  # the perfetto package raises bare Exception subclasses
-        raise TraceProcessorError(binary, f"{type(exc).__name__}: {exc}") from exc
+        raise TraceProcessorError(binary, _one_line(exc)) from exc
     return pa.Table.from_pandas(frame, preserve_index=False)
 
 
+def _one_line(exc: Exception) -> str:
+    """The perfetto package's multi-line message as one line, without its network hints."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if "failed to start" in first:
+        return ("did not start serving queries (is it a trace_processor_shell binary? run it "
+                "with --version to check)")
+    return first
+
+
 def query_trace(source: str | Path, sql: str, *, trace_processor: str | Path,
-                load_timeout: int = 30) -> pa.Table:
+                load_timeout: int = 30, strict: bool = False, salvage: bool = False
+                ) -> pa.Table:
     """:func:`query_perfetto` over a trace of any format we read.
 
     A Perfetto trace is handed to the trace processor as it is; text and trace.dat inputs
-    are first converted with :func:`~parsers.perfetto.writer.write_perfetto` (dense
-    encoding) into a temporary file, removed afterwards.
+    are first read (``strict``, ``salvage`` as for :func:`~parsers.detect.read_trace`) and
+    converted with :func:`~parsers.perfetto.writer.write_perfetto` (dense encoding) into a
+    temporary file, removed afterwards.
     """
     from parsers.detect import detect_format, read_trace
     from parsers.perfetto.writer import write_perfetto
@@ -66,6 +77,6 @@ def query_trace(source: str | Path, sql: str, *, trace_processor: str | Path,
                               load_timeout=load_timeout)
     with tempfile.TemporaryDirectory(prefix="kvm-mmu-replay-sql.") as tmp:
         converted = Path(tmp) / "trace.pftrace"
-        write_perfetto(read_trace(source), converted)
+        write_perfetto(read_trace(source, strict=strict, salvage=salvage), converted)
         return query_perfetto(converted, sql, trace_processor=trace_processor,
                               load_timeout=load_timeout)

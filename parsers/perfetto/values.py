@@ -153,7 +153,7 @@ class EventValues:
         if not table.num_rows:
             return None
         hit = pc.index(table.column("seq"), seq).as_py()
-        return None if hit < 0 else table.column("count")[hit].as_py()
+        return None if hit < 0 else table.column("lost")[hit].as_py()
 
     def encode_chunk(self, chunk: pa.Table) -> list[Encoded | None]:
         """The ``FtraceEvent`` bytes (and dense layout) of each row of a chunk of ``events``

@@ -8,7 +8,7 @@ descriptors, or legacy ``GenericFtraceEvent``), ``ProcessTree`` packets for ``co
 ``tgid`` (written before the first event that needs them), ``lost_events`` flags on the
 bundle after a loss and an ``FtraceStats`` pair with the lost counts.
 
-What Perfetto cannot keep (see :data:`LOSSY_COLUMNS`): ``flags``, ``instance``, the per-marker
+What Perfetto cannot keep (see :data:`LOSSY_COLUMNS`): ``latency_flags``, ``instance``, the per-marker
 lost counts (only per-CPU totals in ``FtraceStats``), ``buffer_started`` markers, the
 ``seq`` numbering (rows are renumbered 0, 1, ... in the same order), the x86 fields of
 ``kvm_entry``/``kvm_exit`` and ``errno`` of ``kvm_userspace_exit`` (compiled arm64-shaped
@@ -18,7 +18,6 @@ protos), and free-text ``args`` (stored as one string field ``payload``, read ba
 
 from __future__ import annotations
 
-import os
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from typing import BinaryIO, Final
 import numpy as np
 import pyarrow as pa
 
+from parsers.output import output_file
 from parsers.perfetto.encode import (
     Encoding,
     EventEncoder,
@@ -37,7 +37,7 @@ from parsers.perfetto.encode import (
     varint,
     varint_field,
 )
-from parsers.perfetto.protos import field_number
+from parsers.perfetto.protos import FTRACE_CLOCK_UNKNOWN, field_number, ftrace_clock_value
 from parsers.perfetto.values import EventValues
 from parsers.perfetto.wire import LEN
 from parsers.schema import BUFFER_STARTED, LOST_EVENTS
@@ -47,8 +47,8 @@ __all__ = ["write_perfetto", "PerfettoWriteReport", "LOSSY_COLUMNS"]
 
 #: Columns (and parts of tables) that do not survive a trip through Perfetto.
 LOSSY_COLUMNS: Final = (
-    "events.flags", "events.instance", "events.seq (renumbered, order kept)",
-    "lost_events.count (per-CPU totals only, in FtraceStats)", "buffer_started markers",
+    "events.latency_flags", "events.instance", "events.seq (renumbered, order kept)",
+    "lost_events.lost (per-CPU totals only, in FtraceStats)", "buffer_started markers",
     "kvm_entry/kvm_exit x86 fields (vcpu_id is re-inferred from CPU n/KVM thread names)",
     "kvm_userspace_exit.errno", "free-text args (read back as payload=<text>)",
 )
@@ -65,6 +65,8 @@ class PerfettoWriteReport:
     bundles: int
     packets: int
     dropped: dict[str, int]
+    #: What the clock and units became (Perfetto names only some clocks, and no tick unit).
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -125,6 +127,7 @@ class _Writer:
     key: tuple[int, int] | None = None
     known: dict[int, tuple[str | None, int | None]] = field(default_factory=dict)
     lost_next: set[int | None] = field(default_factory=set)
+    clock: int | None = None
     lost_counts: dict[int, int] = field(default_factory=dict)
     dropped: dict[str, int] = field(default_factory=dict)
     bundles: int = 0
@@ -145,6 +148,8 @@ class _Writer:
             body += varint_field(field_number(fb, "lost_events"), 1)
         if b.ftrace_ts is not None:
             body += varint_field(field_number(fb, "ftrace_timestamp"), b.ftrace_ts)
+        if self.clock is not None:
+            body += varint_field(field_number(fb, "ftrace_clock"), self.clock)
         desc_no = field_number(fb, "generic_event_descriptors")
         body += b"".join(len_field(desc_no, lay.descriptor()) for lay in b.layouts.values())
         self.sink.write(len_field(field_number("TracePacket", "ftrace_events"), body))
@@ -240,9 +245,11 @@ class _Writer:
 
 def write_perfetto(
     trace: Trace, path: str | Path, *, encoding: Encoding = "dense", compress: bool = False,
-    bundle_events: int = 1024,
+    bundle_events: int = 1024, force: bool = False,
 ) -> PerfettoWriteReport:
-    """Write ``trace`` to ``path`` as a Perfetto trace (temp file, renamed on success).
+    """Write ``trace`` to ``path`` as a Perfetto trace, by the output policy of
+    :func:`parsers.output.output_file` (temp file renamed on success; an existing file is
+    replaced only with ``force``; devices, FIFOs and ``-`` get the bytes).
 
     Args:
         trace: any trace, whatever format it was read from.
@@ -252,6 +259,7 @@ def write_perfetto(
         compress: wrap packets in zlib ``compressed_packets`` as traced does with
             ``compression_type: DEFLATE``.
         bundle_events: most events per bundle.
+        force: replace an existing file.
 
     Examples:
         >>> from parsers.perfetto.reader import read_perfetto
@@ -263,22 +271,31 @@ def write_perfetto(
     """
     if encoding not in ("dense", "legacy"):
         raise ValueError(f"encoding must be 'dense' or 'legacy', not {encoding!r}")
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            sink = _PacketSink(fh, compress)
-            writer = _Writer(sink, EventEncoder(encoding), bundle_events)
-            _write_rows(trace, writer)
-            writer.flush_bundle()
-            writer.stats()
-            sink.flush()
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return PerfettoWriteReport(str(target), writer.events, writer.bundles, sink.count,
-                               dict(sorted(writer.dropped.items())))
+    with output_file(path, force=force) as fh:
+        sink = _PacketSink(fh, compress)
+        writer = _Writer(sink, EventEncoder(encoding), bundle_events,
+                         clock=ftrace_clock_value(trace.metadata.clock))
+        _write_rows(trace, writer)
+        writer.flush_bundle()
+        writer.stats()
+        sink.flush()
+    return PerfettoWriteReport(str(path), writer.events, writer.bundles, sink.count,
+                               dict(sorted(writer.dropped.items())), clock_notes(trace))
+
+
+def clock_notes(trace: Trace) -> list[str]:
+    """What a Perfetto trace cannot say about ``trace``'s clock and units: Perfetto's
+    ``ftrace_clock`` names only global, local and mono_raw, and timestamps are always ns."""
+    meta = trace.metadata
+    notes = []
+    if meta.ts_unit != "ns":
+        notes.append(f"timestamps are {meta.ts_unit} of the {meta.clock or 'unknown'} clock; "
+                     "Perfetto has no field for a tick unit: they are written unchanged and "
+                     "read back as ns")
+    if ftrace_clock_value(meta.clock) == FTRACE_CLOCK_UNKNOWN:
+        notes.append(f"Perfetto's ftrace_clock has no name for the {meta.clock} clock: written "
+                     "as FTRACE_CLOCK_UNKNOWN")
+    return notes
 
 
 def _chunks(trace: Trace) -> Iterator[pa.Table]:

@@ -23,13 +23,15 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from parsers.errors import RecordError
+from parsers.output import check_output_file, output_file
 from parsers.recording.capture import TracePipeCapture
 from parsers.recording.presets import default_buffer_kb, resolve_events
 from parsers.recording.session import CpuStats, TracefsSession, find_trace_readers, find_tracefs
@@ -109,6 +111,7 @@ def record(
     clock: str | None = None,
     euid: int | None = None,
     proc: Path = Path("/proc"),
+    force: bool = False,
 ) -> RecordReport:
     """Record the preset's events while ``command`` runs and write them to ``out``.
 
@@ -116,7 +119,9 @@ def record(
     ----------
     out:
         Output file: ftrace text (``trace_pipe``) or trace.dat (``use_trace_cmd``). Written
-        under a temporary name in the same directory and renamed when complete.
+        by the output policy of :func:`parsers.output.output_file` (checked before tracefs
+        is touched): a temporary name renamed when complete; an existing file is replaced
+        only with ``force``; a FIFO, a device or ``-`` gets the bytes as they come.
     command:
         The program and its arguments; its exit status is in the report.
     preset:
@@ -136,6 +141,8 @@ def record(
 
     Raises
     ------
+    OutputError
+        The output policy refuses ``out``.
     RecordError
         Not root, tracefs absent or locked, another reader consumes the ring buffer, the kernel
         has no kvm events, the command cannot start, or trace-cmd is missing or fails.
@@ -145,18 +152,13 @@ def record(
     if (os.geteuid() if euid is None else euid) != 0:
         raise RecordError("recording needs root (tracefs settings are root-only); run it with sudo")
     plan = _plan(Path(tracefs) if tracefs is not None else find_tracefs(), preset, buffer_kb, proc)
+    check_output_file(out, force=force)
     if use_trace_cmd and shutil.which("trace-cmd") is None:
         raise RecordError("trace-cmd is not installed (Debian package trace-cmd); "
                           "or record without --trace-cmd")
-    target = Path(out)
-    part = target.with_name(f".{target.name}.part")
-    try:
-        report = _record_session(target, part, list(command), preset, plan, use_trace_cmd, clock)
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
-    part.replace(target)
-    return report
+    with output_file(out, force=force) as sink:
+        return _record_session(Path(out), sink, list(command), preset, plan, use_trace_cmd,
+                               clock)
 
 
 def _plan(root: Path, preset: str, buffer_kb: int | None, proc: Path) -> _Plan:
@@ -186,23 +188,21 @@ def _mem_available_kb() -> int:
     return 1 << 20
 
 
-def _record_session(target: Path, part: Path, command: list[str], preset: str, plan: _Plan,
+def _record_session(target: Path, sink: BinaryIO, command: list[str], preset: str, plan: _Plan,
                     use_trace_cmd: bool, clock: str | None) -> RecordReport:
     with TracefsSession(plan.tracefs) as session:
         _configure(session, plan, clock)
         before = session.cpu_stats()
         if use_trace_cmd:
-            returncode, duration, counts = _run_then_extract(session, command, part)
-            events, nbytes, lost = sum(s.entries for s in counts.values()), 0, {}
+            returncode, duration, counts, nbytes = _run_then_extract(session, command, sink)
+            events, lost = sum(s.entries for s in counts.values()), {}
             by_event: dict[str, int] = {}
         else:
-            returncode, duration, capture = _run_streaming(session, command, part)
+            returncode, duration, capture = _run_streaming(session, command, sink)
             events, nbytes = capture.counts.events, capture.bytes_written
             lost, by_event = dict(capture.counts.lost), dict(capture.counts.by_event)
             counts = session.cpu_stats()
         warnings = list(plan.warnings) + _tracer_warnings(session)
-    if use_trace_cmd:
-        nbytes = part.stat().st_size
     return RecordReport(
         out=target, command=tuple(command), returncode=returncode,
         method="trace-cmd" if use_trace_cmd else "trace_pipe", preset=preset,
@@ -239,21 +239,20 @@ def _tracer_warnings(session: TracefsSession) -> list[str]:
 
 
 def _run_streaming(session: TracefsSession, command: list[str],
-                   part: Path) -> tuple[int, int, TracePipeCapture]:
-    with part.open("wb") as sink:
-        capture = TracePipeCapture(session.root / "trace_pipe", sink)
-        capture.start()
-        try:
-            session.write("tracing_on", "1")
-            returncode, duration = _run(command)
-            session.write("tracing_on", "0")
-        finally:
-            capture.stop()
+                   sink: BinaryIO) -> tuple[int, int, TracePipeCapture]:
+    capture = TracePipeCapture(session.root / "trace_pipe", sink)
+    capture.start()
+    try:
+        session.write("tracing_on", "1")
+        returncode, duration = _run(command)
+        session.write("tracing_on", "0")
+    finally:
+        capture.stop()
     return returncode, duration, capture
 
 
 def _run_then_extract(session: TracefsSession, command: list[str],
-                      part: Path) -> tuple[int, int, dict[int, CpuStats]]:
+                      sink: BinaryIO) -> tuple[int, int, dict[int, CpuStats], int]:
     session.write("tracing_on", "1")
     returncode, duration = _run(command)
     session.write("tracing_on", "0")
@@ -262,12 +261,16 @@ def _run_then_extract(session: TracefsSession, command: list[str],
     # filter cleared, current_tracer set to nop; save what it would lose.
     session.remember_event_filters()
     session.remember("current_tracer")
-    done = subprocess.run(["trace-cmd", "extract", "-o", str(part)], capture_output=True,
-                          text=True, check=False)
-    if done.returncode != 0 or not part.exists():
-        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
-        raise RecordError(f"trace-cmd extract failed (status {done.returncode}): {last}", str(part))
-    return returncode, duration, counts
+    with tempfile.TemporaryDirectory(prefix="kvm-mmu-replay-") as scratch:
+        part = Path(scratch) / "trace.dat"
+        done = subprocess.run(["trace-cmd", "extract", "-o", str(part)], capture_output=True,
+                              text=True, check=False)
+        if done.returncode != 0 or not part.exists():
+            last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+            raise RecordError(f"trace-cmd extract failed (status {done.returncode}): {last}")
+        with part.open("rb") as extracted:
+            shutil.copyfileobj(extracted, sink, 1 << 20)
+        return returncode, duration, counts, part.stat().st_size
 
 
 def _run(command: list[str]) -> tuple[int, int]:

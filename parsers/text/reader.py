@@ -49,6 +49,7 @@ class _State:
     out_of_order: int = 0
     undecoded: dict[str, int] = field(default_factory=dict)
     units: set[str] = field(default_factory=set)
+    salvage: bool = False
 
 
 def read_ftrace_text(
@@ -56,6 +57,7 @@ def read_ftrace_text(
     *,
     events: Collection[str] | None = None,
     strict: bool = False,
+    salvage: bool = False,
     chunk_bytes: int = CHUNK_BYTES,
 ) -> Trace:
     """Read a kernel ftrace or ``trace-cmd report`` text file (plain, .gz, .xz or .zst).
@@ -65,6 +67,8 @@ def read_ftrace_text(
         events: keep only these event names (markers are always kept).
         strict: raise :class:`~parsers.errors.TraceParseError` naming ``file:line`` on the
             first line that matches no grammar, instead of counting and sampling it.
+        salvage: skip (and count) lines with a NUL byte or not UTF-8, and keep the complete
+            lines of a truncated compressed file (see :func:`iter_ftrace_text`).
         chunk_bytes: input bytes per streamed batch.
 
     Examples:
@@ -73,7 +77,8 @@ def read_ftrace_text(
         ('ftrace-text', True)
     """
     return Trace.from_stream(
-        iter_ftrace_text(source, events=events, strict=strict, chunk_bytes=chunk_bytes))
+        iter_ftrace_text(source, events=events, strict=strict, salvage=salvage,
+                         chunk_bytes=chunk_bytes))
 
 
 def iter_ftrace_text(
@@ -81,16 +86,26 @@ def iter_ftrace_text(
     *,
     events: Collection[str] | None = None,
     strict: bool = False,
+    salvage: bool = False,
     chunk_bytes: int = CHUNK_BYTES,
 ) -> TraceStream:
-    """Stream a text trace as :class:`~parsers.trace.TraceBatch` es of about ``chunk_bytes``."""
+    """Stream a text trace as :class:`~parsers.trace.TraceBatch` es of about ``chunk_bytes``.
+
+    A line holding a NUL byte is an error naming its line and byte; with ``salvage`` it is
+    skipped and counted (``skipped_lines["nul_byte"]``, sampled with its line number), as is
+    a line that is not UTF-8 (``not_utf8``; without ``salvage`` it is read with U+FFFD and
+    counted as ``not_utf8_replaced``), and a truncated compressed file gives its complete
+    lines plus a warning naming the offset where it breaks off.
+    """
     meta = TraceMetadata(source=str(source), format="ftrace-text")
-    state = _State(str(source), strict, frozenset(events) if events is not None else None, meta)
+    state = _State(str(source), strict, frozenset(events) if events is not None else None, meta,
+                   salvage=salvage)
     return TraceStream(_batches(source, state, chunk_bytes), meta)
 
 
 def _batches(source: str | Path, state: _State, chunk_bytes: int) -> Iterator[TraceBatch]:
-    for chunk in iter_line_chunks(source, chunk_bytes=chunk_bytes):
+    for chunk in iter_line_chunks(source, chunk_bytes=chunk_bytes, salvage=state.salvage,
+                                  notes=state.meta.warnings):
         batch = _chunk_batch(chunk, state)
         if batch is not None:
             yield batch
@@ -100,12 +115,11 @@ def _batches(source: str | Path, state: _State, chunk_bytes: int) -> Iterator[Tr
 
 
 def _chunk_batch(chunk: LineChunk, state: _State) -> TraceBatch | None:
-    lines = chunk.lines
+    lines, dropped = _damaged_lines(chunk, state)
     base_seq = chunk.first_line - 1
-    for i in chunk.not_utf8:
-        state.meta.skip("not_utf8_replaced", chunk.first_line + i, "line decoded with U+FFFD")
     ev = split_event_lines(lines)
-    others = np.setdiff1d(np.arange(len(lines)), ev.rows, assume_unique=True)
+    others = np.setdiff1d(np.arange(len(lines)), np.union1d(ev.rows, dropped),
+                          assume_unique=True)
     markers = _classify_others(lines, others, chunk.first_line, state)
     if state.prefixed:
         ev = _split_prefix(ev)
@@ -120,6 +134,38 @@ def _chunk_batch(chunk: LineChunk, state: _State) -> TraceBatch | None:
         state.last_ts = int(ts[-1])
     batch = _assemble(ev, seq, marker_rows, state)
     return None if batch is None else replace(batch, source_bytes=chunk.nbytes)
+
+
+def _damaged_lines(chunk: LineChunk, state: _State) -> tuple[pa.StringArray, np.ndarray]:
+    """The chunk's lines, those with a NUL byte (and, salvaging, those not UTF-8) blanked
+    after being counted with their line numbers (also returned, to count nothing else);
+    a NUL without ``salvage`` is an error."""
+    lines = chunk.lines
+    starts = chunk.line_starts or {}
+    if chunk.nul and not state.salvage:
+        i = chunk.nul[0]
+        raise TraceParseError(state.path, f"a NUL byte (binary data) in the line starting at "
+                              f"byte {chunk.first_byte + starts[i]}; --salvage skips such "
+                              "lines", lineno=chunk.first_line + i)
+    dropped = set(chunk.nul)
+    for i in chunk.nul:
+        state.meta.skip("nul_byte", chunk.first_line + i,
+                        f"line with a NUL byte at byte {chunk.first_byte + starts[i]}")
+    for i in chunk.not_utf8:
+        if i in dropped:
+            continue
+        if state.salvage:
+            dropped.add(i)
+            state.meta.skip("not_utf8", chunk.first_line + i,
+                            f"line not UTF-8, at byte {chunk.first_byte + starts[i]}")
+        else:
+            state.meta.skip("not_utf8_replaced", chunk.first_line + i, "line decoded with U+FFFD")
+    rows = np.array(sorted(dropped), dtype=np.int64)
+    if not dropped:
+        return lines, rows
+    mask = np.zeros(len(lines), np.bool_)
+    mask[rows] = True
+    return pc.if_else(pa.array(mask), pa.scalar("\n"), lines), rows
 
 
 def _classify_others(
@@ -284,7 +330,7 @@ def _assemble(
     cols = {
         "ts": pa.array(ev.ts, pa.int64()), "seq": pa.array(seq, pa.int64()), "cpu": ev.cpu,
         "pid": ev.pid, "tgid": ev.tgid, "comm": ev.comm, "event": ev.event,
-        "flags": ev.flags, "instance": instance, "args": args,
+        "latency_flags": ev.flags, "instance": instance, "args": args,
     }
     if markers:
         cols = _with_markers(cols, markers)
@@ -295,7 +341,7 @@ def _assemble(
                 ts=pa.array([t for _, t, _ in lost], pa.int64()),
                 cpu=pa.array([m.cpu for _, _, m in lost], pa.int32()),
                 pid=pa.nulls(len(lost), pa.int32()),
-                fields={"count": pa.array([m.count for _, _, m in lost], pa.uint64())})
+                fields={"lost": pa.array([m.count for _, _, m in lost], pa.uint64())})
     if not len(cols["seq"]):
         return None
     arrays = [

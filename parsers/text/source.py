@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 
 from parsers.errors import MissingExtraError, TraceFormatError, TraceParseError
@@ -25,6 +26,8 @@ CHUNK_BYTES = 8 << 20
 _GZIP, _XZ, _ZSTD, _BZ2 = b"\x1f\x8b", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd", b"BZh"
 
 
+I32 = npt.NDArray[np.int32]
+
 #: A line longer than this is not trace text (bounds memory on binary input).
 MAX_LINE_BYTES = 1 << 20
 
@@ -34,13 +37,18 @@ class LineChunk:
     """Whole lines of the input: ``lines[i]`` is line number ``first_line + i`` (1-based).
 
     ``not_utf8`` lists (0-based, within the chunk) lines that were not valid UTF-8 and were
-    decoded with replacement characters.
+    decoded with replacement characters; ``nul`` those holding a NUL byte. ``first_byte`` is
+    the (decompressed) byte offset of the chunk's first line; ``line_starts`` the offsets of
+    the lines in ``nul`` and ``not_utf8`` within the chunk.
     """
 
     lines: pa.StringArray
     first_line: int
     nbytes: int
     not_utf8: tuple[int, ...] = ()
+    nul: tuple[int, ...] = ()
+    first_byte: int = 0
+    line_starts: dict[int, int] | None = None
 
 
 def _open_compressed(path: str, raw: BinaryIO, head: bytes) -> BinaryIO:
@@ -90,12 +98,14 @@ def open_text(path: str | Path) -> BinaryIO:
 
 
 def sniff(path: str | Path, size: int = 64 << 10) -> bytes:
-    """The first ``size`` bytes of ``path``, decompressed when the file is compressed."""
+    """The first ``size`` bytes of ``path``, decompressed when the file is compressed (those
+    that decompress, when the compressed data breaks off before ``size``)."""
     with open_text(path) as f:
-        try:
-            return f.read(size)
-        except (OSError, EOFError, lzma.LZMAError) as exc:
-            raise TraceFormatError(str(path), f"cannot decompress: {exc}") from None
+        cut: list[str] = []
+        head = _read_salvaging(str(path), f, size, cut)
+        if cut and not head:  # nothing decompresses at all; a cut later is the reader's
+            raise TraceFormatError(str(path), f"cannot decompress: {cut[0]}")
+        return head
 
 
 def _read(path: str, f: BinaryIO, size: int) -> bytes:
@@ -109,17 +119,38 @@ def _read(path: str, f: BinaryIO, size: int) -> bytes:
         raise
 
 
-def _to_lines(data: bytes) -> tuple[pa.StringArray, tuple[int, ...]]:
-    """Split ``data`` (ending in ``\\n``) at newlines into a string array sharing its buffer."""
+def _read_salvaging(path: str, f: BinaryIO, size: int, cut: list[str]) -> bytes:
+    """Like :func:`_read`, but a compressed stream that breaks off gives the bytes that
+    decompressed before the break (read in small steps), and the reason goes into ``cut``."""
+    parts: list[bytes] = []
+    got = 0
+    step = getattr(f, "read1", f.read)
+    while got < size:
+        try:
+            piece = step(min(64 << 10, size - got))
+        except Exception as exc:  # OSError, EOFError, LZMAError, ZstdError
+            cut.append(str(exc) or type(exc).__name__)
+            break
+        if not piece:
+            break
+        parts.append(piece)
+        got += len(piece)
+    return b"".join(parts)
+
+
+def _to_lines(data: bytes) -> tuple[pa.StringArray, tuple[int, ...], tuple[int, ...], I32]:
+    """Split ``data`` (ending in ``\n``) at newlines into a string array sharing its buffer;
+    also the lines that are not UTF-8, those holding a NUL byte, and the line offsets."""
     arr = np.frombuffer(data, dtype=np.uint8)
     ends = np.flatnonzero(arr == 10)
     offsets = np.empty(len(ends) + 1, dtype=np.int32)
     offsets[0] = 0
     offsets[1:] = ends + 1
+    nul = tuple(np.unique(np.searchsorted(ends, np.flatnonzero(arr == 0))).tolist())
     buf = pa.py_buffer(data)
     binary = pa.Array.from_buffers(pa.binary(), len(ends), [None, pa.py_buffer(offsets), buf])
     try:
-        return binary.cast(pa.string()), ()  # validates UTF-8
+        return binary.cast(pa.string()), (), nul, offsets  # validates UTF-8
     except pa.ArrowInvalid:
         pass
     # Rare: invalid UTF-8 (binary garbage or a corrupt line): decode those lines with
@@ -132,25 +163,37 @@ def _to_lines(data: bytes) -> tuple[pa.StringArray, tuple[int, ...]]:
         except UnicodeDecodeError:
             texts.append(line.decode("utf-8", "replace") + "\n")
             bad.append(i)
-    return pa.array(texts, pa.string()), tuple(bad)
+    return pa.array(texts, pa.string()), tuple(bad), nul, offsets
+
+
+def _chunk(data: bytes, line_no: int, nbytes: int, first_byte: int) -> LineChunk:
+    lines, bad, nul, offsets = _to_lines(data)
+    starts = {i: int(offsets[i]) for i in (*bad, *nul)} if bad or nul else None
+    return LineChunk(lines, line_no, nbytes, bad, nul, first_byte, starts)
 
 
 def iter_line_chunks(
-    path: str | Path, *, chunk_bytes: int = CHUNK_BYTES
+    path: str | Path, *, chunk_bytes: int = CHUNK_BYTES, salvage: bool = False,
+    notes: list[str] | None = None,
 ) -> Iterator[LineChunk]:
     """Yield the file's lines in chunks of about ``chunk_bytes``, cut at line boundaries.
 
-    Each line keeps its ``\\n``; a final line without one gets it added.
+    Each line keeps its ``\\n``; a final line without one gets it added. With ``salvage``, a
+    compressed stream that breaks off (a truncated ``.gz``) ends the file after its last
+    complete line, and a note naming the offsets goes into ``notes``.
 
     Raises:
-        TraceParseError: a line is longer than :data:`MAX_LINE_BYTES` (not trace text).
+        TraceParseError: a line is longer than :data:`MAX_LINE_BYTES` (not trace text), or
+            (without ``salvage``) the compressed data cannot be decompressed.
     """
     name = str(path)
+    cut_off: list[str] = []
     with open_text(path) as f:
         carry = b""
-        line_no = 1
+        line_no, offset = 1, 0
         while True:
-            block = _read(name, f, chunk_bytes)
+            block = (_read_salvaging(name, f, chunk_bytes, cut_off) if salvage
+                     else _read(name, f, chunk_bytes))
             if not block:
                 break
             data = carry + block
@@ -161,11 +204,24 @@ def iter_line_chunks(
                         name, f"line longer than {MAX_LINE_BYTES} bytes: not trace text",
                         lineno=line_no)
                 carry = data
+                if cut_off:
+                    break
                 continue
             carry = data[cut:]
-            lines, bad = _to_lines(data[:cut])
-            yield LineChunk(lines, line_no, cut, bad)
-            line_no += len(lines)
+            chunk = _chunk(data[:cut], line_no, cut, offset)
+            yield chunk
+            line_no += len(chunk.lines)
+            offset += cut
+            if cut_off:
+                break
+        if cut_off:
+            if notes is not None:
+                notes.append(
+                    f"salvaged: the compressed data breaks off ({cut_off[0]}) at byte "
+                    f"{offset + len(carry)} of the decompressed text: kept the {line_no - 1} "
+                    f"complete lines before byte {offset}, dropped the {len(carry)}-byte "
+                    "partial line after them")
+            return
         if carry:
-            lines, bad = _to_lines(carry + b"\n")
-            yield LineChunk(lines, line_no, len(carry), bad)
+            chunk = _chunk(carry + b"\n", line_no, len(carry), offset)
+            yield chunk

@@ -261,7 +261,7 @@ def _typed_batches(
     if lost_rows.size:
         counts = cat["lost"][lost_rows]
         out[LOST_EVENTS] = _typed(LOST_EVENTS, lost_rows, cat, seq, cpu, {
-            "count": pa.array(np.maximum(counts, 0).astype(np.uint64), pa.uint64(),
+            "lost": pa.array(np.maximum(counts, 0).astype(np.uint64), pa.uint64(),
                               mask=counts < 0)})
     for name, chunks in rows.items():
         at = np.concatenate(chunks)

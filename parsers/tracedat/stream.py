@@ -175,6 +175,7 @@ def _decode_window(
 ) -> tuple[Block, bool]:
     """Decode one window; ``where`` is its file offset (``-1 - offset`` when decompressed)."""
     recs = walk_pages(pages, page, dec.layout, dec.info.big_endian)
+    _check_lost_counts(dec, recs, where, cpu, page)
     damaged = recs.damage is not None
     if recs.damage is not None:
         d = recs.damage
@@ -188,7 +189,26 @@ def _decode_window(
                 recs.offset[short]), where, cpu), offset=_file_offset(where, int(
                 recs.offset[short]))))
         recs = _cut(recs, short)
-    return _rows(dec, pages, recs, inst, cpu), damaged
+    return _rows(dec, pages, recs, inst, cpu, where), damaged
+
+
+def _check_lost_counts(dec: Decoder, recs: PageRecords, where: int, cpu: int, page: int) -> None:
+    """A page flagged with a stored lost-event count of 0 is damaged (the kernel stores the
+    count only when events were lost): the count becomes unknown, with a warning."""
+    bad = np.flatnonzero(recs.missed & (recs.lost == 0))
+    if bad.size:
+        recs.lost[bad] = -1
+        dec.warnings.append(
+            f"CPU {cpu}: {bad.size} page(s) flag lost events with a stored count of 0 (a "
+            f"damaged page header?), first at {_at(where, int(bad[0]) * page)}; their lost-"
+            "event markers have an unknown count")
+
+
+def _at(where: int, pos: int) -> str:
+    """Where ``pos`` of a window is, for a message: a file byte, or a byte of a chunk."""
+    if where < 0:
+        return f"byte {pos} of the chunk decompressed from byte {-where - 1}"
+    return f"byte {where + pos}"
 
 
 def _place(reason: str, pos: int, where: int, cpu: int) -> str:
@@ -220,7 +240,8 @@ def _cut(recs: PageRecords, n: int) -> PageRecords:
 
 
 def _rows(
-    dec: Decoder, buf: npt.NDArray[np.uint8], recs: PageRecords, inst: int, cpu: int
+    dec: Decoder, buf: npt.NDArray[np.uint8], recs: PageRecords, inst: int, cpu: int,
+    where: int = 0,
 ) -> Block:
     big = dec.info.big_endian
     n = len(recs.ts)
@@ -235,7 +256,7 @@ def _rows(
     typed: Typed = {}
     for ident in np.flatnonzero(np.bincount(etype & 0xFFFF)).tolist():
         rows = np.flatnonzero(etype == ident)
-        _decode_event(dec, buf, recs, ident, rows, code, keep, args, typed)
+        _decode_event(dec, buf, recs, ident, rows, code, keep, args, typed, (cpu, where))
     block = Block(inst, cpu, dec.convert_ts(recs.ts), np.zeros(n, np.int64), pid,
                   code, (flags << 8 | pc).astype(np.int32), np.zeros(n, np.int64), keep,
                   args, typed)
@@ -252,12 +273,15 @@ def _common_int(dec: Decoder, rec: npt.NDArray[np.uint8], name: str, off: int, s
 def _decode_event(
     dec: Decoder, buf: npt.NDArray[np.uint8], recs: PageRecords, ident: int, rows: I64,
     code: npt.NDArray[np.int32], keep: npt.NDArray[np.bool_], args: npt.NDArray[np.object_],
-    typed: Typed,
+    typed: Typed, place: tuple[int, int] = (0, 0),
 ) -> None:
     ev = dec.formats.get(ident)
     if ev is None:
         code[rows] = dec.code(f"unknown_event_{ident}")
-        dec.warnings.append(f"{len(rows)} records of event id {ident}, which has no format")
+        cpu, where = place
+        dec.warnings.append(
+            f"CPU {cpu}: {len(rows)} records of event id {ident}, which has no format (damaged "
+            f"records?), the first one's data at {_at(where, int(recs.offset[rows[0]]))}")
         return
     code[rows] = dec.code(ev.name)
     if dec.wanted is not None and ev.name not in dec.wanted:

@@ -355,7 +355,7 @@ def _history(rows: pd.DataFrame, threads: ThreadMap) -> pa.Table:
             reasons.append(ev.removeprefix("kvm_mmu_"))
     return pa.Table.from_pydict({
         "ts": rows["ts"].astype(np.int64).to_numpy(), "root": rows["root"].astype(np.int64).to_numpy(),
-        "count": count.astype(np.int32), "delta": delta.astype(np.int32),
+        "refcount": count.astype(np.int32), "delta": delta.astype(np.int32),
         "holder": [threads.thread_name(int(p)) for p in rows["pid"]], "reason": reasons,
     }, schema=REFCOUNT_SCHEMA)
 

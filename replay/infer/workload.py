@@ -49,8 +49,8 @@ _PAGE_OF_LEVEL: Final = {1: PAGE_4K, 2: PAGE_2M, 3: PAGE_1G}
 _HUGE_BIT: Final = 1 << 7
 
 EVIDENCE_SCHEMA: Final = pa.schema([
-    ("vm", pa.int64()), ("index", pa.int32()), ("op", pa.string()), ("actor", pa.string()),
-    ("at", pa.int64()), ("seq", pa.int64()), ("evidence", pa.string()),
+    ("vm", pa.int64()), ("step", pa.int32()), ("op", pa.string()), ("actor", pa.string()),
+    ("ts", pa.int64()), ("seq", pa.int64()), ("evidence", pa.string()),
     ("confidence", pa.string()),
 ])
 
@@ -105,8 +105,8 @@ def derive_workloads(trace: Trace, threads: ThreadMap) -> DerivedWorkloads:
         if not any(isinstance(s.op, LoadRoot) for s in items):
             continue
         workloads[vm] = Workload.of([s.op for s in items], name=f"{trace.metadata.source}:vm{vm}")
-        rows += [{"vm": vm, "index": i, "op": type(s.op).__name__, "actor": s.op.actor,
-                  "at": s.op.at, "seq": s.seq, "evidence": s.evidence,
+        rows += [{"vm": vm, "step": i, "op": type(s.op).__name__, "actor": s.op.actor,
+                  "ts": s.op.at, "seq": s.seq, "evidence": s.evidence,
                   "confidence": s.confidence} for i, s in enumerate(items)]
     skipped = [vm for vm in threads.vms if vm not in workloads]
     if skipped:

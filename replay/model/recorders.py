@@ -35,7 +35,7 @@ BLOCKS_SCHEMA: Final = pa.schema(
         ("start", pa.int64()),
         ("end", pa.int64()),
         ("cause", _CAUSE),
-        ("count", pa.int64()),
+        ("n_blocks", pa.int64()),
         ("each_ns", pa.int64()),
         ("root", pa.int64()),
     ]
@@ -44,7 +44,7 @@ REFCOUNT_SCHEMA: Final = pa.schema(
     [
         ("ts", pa.int64()),
         ("root", pa.int64()),
-        ("count", pa.int32()),
+        ("refcount", pa.int32()),
         ("delta", pa.int32()),
         ("holder", pa.string()),
         ("reason", pa.string()),
@@ -122,7 +122,7 @@ class Recorder:
 
 
 class BlockLatency(Recorder):
-    """Per-vCPU block intervals: ``vcpu, start, end, cause, count, each_ns, root``."""
+    """Per-vCPU block intervals: ``vcpu, start, end, cause, n_blocks, each_ns, root``."""
 
     name = "blocks"
 
@@ -149,7 +149,7 @@ class BlockLatency(Recorder):
 
 
 class RefcountHistory(Recorder):
-    """Per-root refcount history: ``ts, root, count, delta, holder, reason``."""
+    """Per-root refcount history: ``ts, root, refcount, delta, holder, reason``."""
 
     name = "refcounts"
 

@@ -11,14 +11,14 @@ all printed. Lines are written to a temporary file renamed into place on success
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
 import pyarrow as pa
 
+from parsers.output import output_file
 from replay.model.ids import PAGE_1G, PAGE_2M, PAGE_4K, ActorId, Nanos, RootId
 from replay.model.policies import get_policy
 from replay.model.population import Extent, Granularity
@@ -197,20 +197,16 @@ class KernelTextTrace(Recorder):
             {"event": names, "lines": [self._counts[n] for n in names]}, schema=TRACE_LINES_SCHEMA
         )
 
-    def write(self, path: str | Path) -> Path:
-        """Write the trace, sorted by (time, emission order), atomically."""
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
+    def write(self, path: str | Path, *, force: bool = False) -> Path:
+        """Write the trace, sorted by (time, emission order), by the output policy of
+        :func:`parsers.output.output_file` (an existing file is replaced only with ``force``)."""
         self._lines.sort()
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as out:
-                out.write(_HEADER.format(n=len(self._lines), cpus=self.cpus))
-                for _, _, line in self._lines:
-                    out.write(line)
-                    out.write("\n")
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return target
+        with output_file(path, force=force) as fh:
+            out = io.TextIOWrapper(fh, encoding="utf-8", newline="\n")
+            out.write(_HEADER.format(n=len(self._lines), cpus=self.cpus))
+            for _, _, line in self._lines:
+                out.write(line)
+                out.write("\n")
+            out.flush()
+            out.detach()
+        return Path(path)

@@ -32,13 +32,29 @@ from replay.render.series import (
     weighted_cdf,
 )
 from replay.result import summarize_blocks
-from replay.sizes import format_ns
+from replay.sizes import format_duration
 
-__all__ = ["RunTables", "LaneRows", "Zap", "check_runs", "BLOCK_COLUMNS"]
+__all__ = ["RunTables", "LaneRows", "Zap", "check_runs", "BLOCK_COLUMNS", "MMU_CAUSES",
+           "cause_kind"]
+
+#: Block causes the model replays (the MMU's own): the headline compares these only.
+MMU_CAUSES = ("zap", "lock_wait", "root_alloc", "root_put", "fault")
+
+
+def cause_kind(cause: str) -> str:
+    """``mmu`` for :data:`MMU_CAUSES`, ``userspace``, ``exit`` (exit handling), or ``other``.
+
+    Examples:
+        >>> [cause_kind(c) for c in ("zap", "userspace", "exit", "preempted")]
+        ['mmu', 'userspace', 'exit', 'other']
+    """
+    if cause in MMU_CAUSES:
+        return "mmu"
+    return cause if cause in ("userspace", "exit") else "other"
 
 #: Columns ``blocks`` must have (``lost`` is optional).
-BLOCK_COLUMNS = ("vcpu", "start", "end", "cause", "count", "each_ns", "root")
-_NOT_NULL = ("vcpu", "start", "end", "count", "each_ns")
+BLOCK_COLUMNS = ("vcpu", "start", "end", "cause", "n_blocks", "each_ns", "root")
+_NOT_NULL = ("vcpu", "start", "end", "n_blocks", "each_ns")
 _ROOT_MARKS = ("invalidated", "zap_start", "zap_end", "freed")
 
 
@@ -65,6 +81,16 @@ class LaneRows:
     lost: npt.NDArray[np.bool_] | None
     marker: tuple[int, str] | None = None
 
+    def instants(self, span: Span, columns: int) -> list[int]:
+        """Times of the lane's zero-length intervals (drawn as ticks: no column covers them),
+        the first of each of ``columns`` pixel columns (so their number stays bounded)."""
+        at = np.unique(self.starts[self.starts == self.ends])
+        if not at.size:
+            return []
+        col = np.minimum((at - span.t0) * columns // max(span.ns, 1), columns - 1)
+        _, first = np.unique(col, return_index=True)
+        return [int(t) for t in at[first]]
+
     def runs(self, span: Span, columns: int) -> list[Run]:
         """The lane merged into at most ``columns`` runs."""
         return lane_runs(self.starts, self.ends, self.codes, self.names, span, columns)
@@ -76,7 +102,8 @@ class LaneRows:
         return covered_columns(self.starts[self.lost], self.ends[self.lost], span, columns)
 
 
-def check_runs(runs: Mapping[str, Mapping[str, pa.Table]]) -> list[RunTables]:
+def check_runs(runs: Mapping[str, Mapping[str, pa.Table]],
+               units: Mapping[str, str] | None = None) -> list[RunTables]:
     """Validate ``runs`` and wrap each in a :class:`RunTables`, in the mapping's order.
 
     Raises:
@@ -96,7 +123,7 @@ def check_runs(runs: Mapping[str, Mapping[str, pa.Table]]) -> list[RunTables]:
             nulls = tables["blocks"].column(name).null_count
             if nulls:
                 raise ReplayConfigError(f"run {label!r}: {nulls} blocks rows have no {name}")
-        run = RunTables(label, tables)
+        run = RunTables(label, tables, (units or {}).get(label, "ns"))
         backwards = np.flatnonzero(run.end < run.start)
         if backwards.size:
             i = int(backwards[0])
@@ -110,14 +137,16 @@ def check_runs(runs: Mapping[str, Mapping[str, pa.Table]]) -> list[RunTables]:
 class RunTables:
     """The tables of one run as NumPy columns (computed once, on first use)."""
 
-    def __init__(self, label: str, tables: Mapping[str, pa.Table]) -> None:
+    def __init__(self, label: str, tables: Mapping[str, pa.Table], unit: str = "ns") -> None:
         self.label = label
+        #: The unit of this run's times: ``ns``, or ``ticks`` for an observed tick-clock trace.
+        self.unit = unit
         self.tables = tables
         blocks = tables["blocks"]
         self.vcpu = int_column(blocks, "vcpu")
         self.start = int_column(blocks, "start")
         self.end = int_column(blocks, "end")
-        self.count = int_column(blocks, "count")
+        self.count = int_column(blocks, "n_blocks")
         self.each = int_column(blocks, "each_ns")
         self.root = int_column(blocks, "root", -1)
         self.has_root = np.asarray(blocks.column("root").is_valid().to_numpy(zero_copy_only=False),
@@ -189,19 +218,32 @@ class RunTables:
         return {v: int(self.count[rows][self.lost[rows]].sum())
                 for v in self.vcpus for rows in [self.vcpu_rows(v)]}
 
-    def lanes(self) -> list[tuple[str, LaneRows]]:
-        """Timeline lanes: ``vcpu N`` for each vCPU, then ``zap: <thread>`` per zapper."""
+    def lanes(self, names: Mapping[int, str] | None = None) -> list[tuple[str, LaneRows]]:
+        """Timeline lanes: one per vCPU (``names[v]``, e.g. its thread and VM, else
+        ``vcpu N``), then ``zap: <thread>`` per zapping thread, names never cut."""
         out: list[tuple[str, LaneRows]] = []
         for v in self.vcpus:
             rows = self.vcpu_rows(v)
             lost = self.lost[rows] if self.lost is not None else None
-            out.append((f"vcpu {v}", LaneRows(self.start[rows], self.end[rows],
+            out.append(((names or {}).get(v, f"vcpu {v}"), LaneRows(self.start[rows], self.end[rows],
                                               self.cause_codes[rows], self.cause_names, lost,
                                               self._worst_marker(v, rows))))
         for name, (starts, ends) in sorted(self.zappers().items()):
             codes = np.zeros(starts.size, dtype=np.int64)
-            short = name if len(name) <= 16 else "…" + name[-15:]  # keep the tid at the end
-            out.append((f"zap: {short}", LaneRows(starts, ends, codes, ("zap",), None)))
+            out.append((f"zap: {name}", LaneRows(starts, ends, codes, ("zap",), None)))
+        return out
+
+    def worst_by_kind(self, v: int) -> dict[str, tuple[int, str]]:
+        """vCPU ``v``'s longest block per kind of cause: ``mmu`` (what the model replays:
+        :data:`MMU_CAUSES`), ``userspace``, ``exit`` (exit handling) and ``other``."""
+        rows = self.vcpu_rows(v)
+        out: dict[str, tuple[int, str]] = {}
+        for i in rows.tolist():
+            cause = self.cause_names[int(self.cause_codes[i])]
+            kind = cause_kind(cause)
+            each = int(self.each[i])
+            if kind not in out or each > out[kind][0]:
+                out[kind] = (each, cause)
         return out
 
     def _worst_marker(self, v: int, rows: npt.NDArray[np.intp]) -> tuple[int, str] | None:
@@ -210,8 +252,8 @@ class RunTables:
         i = int(rows[int(np.argmax(self.each[rows]))])
         cause = self.cause_names[int(self.cause_codes[i])]
         at = int(self.start[i])
-        return at, (f"worst block of vcpu {v}: {format_ns(int(self.each[i]))} {cause}"
-                    f" at +{format_ns(at - self.span.t0)}")
+        return at, (f"worst block of vcpu {v}: {format_duration(int(self.each[i]), self.unit)}"
+                    f" {cause} at +{format_duration(at - self.span.t0, self.unit)}")
 
     def zaps(self) -> list[Zap]:
         """The roots' zaps (those with a ``zap_start``) by root id.
@@ -243,10 +285,10 @@ class RunTables:
         if "refcounts" not in self.tables or self.tables["refcounts"].num_rows == 0:
             return {}
         ref = self.tables["refcounts"]
-        for name in ("ts", "root", "count"):
+        for name in ("ts", "root", "refcount"):
             if ref.column(name).null_count:
                 raise ReplayConfigError(f"run {self.label!r}: refcounts rows without {name}")
-        ts, root, count = (int_column(ref, c) for c in ("ts", "root", "count"))
+        ts, root, count = (int_column(ref, c) for c in ("ts", "root", "refcount"))
         order = np.lexsort((np.arange(ts.size), ts, root))
         ts, root, count = ts[order], root[order], count[order]
         cuts = np.flatnonzero(np.r_[True, root[1:] != root[:-1]])
@@ -280,7 +322,7 @@ class RunTables:
                 if r.get(k) is not None]
 
     def _at(self, ts: int) -> str:
-        return f"+{format_ns(int(ts) - self.span.t0)}"
+        return f"+{format_duration(int(ts) - self.span.t0, self.unit)}"
 
 
 def _non_null(table: pa.Table, name: str) -> I64:

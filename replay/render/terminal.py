@@ -89,10 +89,10 @@ def _roots(result: TraceReplayResult) -> Table:
 
 def _history(result: TraceReplayResult) -> Table:
     rows = result.runs[OBSERVED]["refcounts"].to_pylist()
-    table = Table("ts", "root", "count", "delta", "holder", "reason",
+    table = Table("ts", "root", "refcount", "delta", "holder", "reason",
                   title=f"observed refcount history ({len(rows)} changes)")
     for r in rows[:MAX_ROWS]:
-        table.add_row(str(r["ts"]), str(r["root"]), str(r["count"]), f"{r['delta']:+d}",
+        table.add_row(str(r["ts"]), str(r["root"]), str(r["refcount"]), f"{r['delta']:+d}",
                       r["holder"] or "-", r["reason"] or "-")
     if len(rows) > MAX_ROWS:
         table.caption = f"... {len(rows) - MAX_ROWS} more changes (-o writes them all)"

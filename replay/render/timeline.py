@@ -4,7 +4,7 @@ Each run (``"observed"`` or a policy name) is a process track group named after 
 own packet sequence. Under it, in this order:
 
 * ``vcpu N``: one track per vCPU whose slices are its blocked intervals, named by cause,
-  with debug args ``count``, ``each_ns``, ``root`` (and ``lost`` when the blocks say);
+  with debug args ``n_blocks``, ``each_ns``, ``root`` (and ``lost`` when the blocks say);
   intervals that overlap an earlier one of the same vCPU go on ``vcpu N #k`` tracks, so
   every track's slices nest;
 * ``zap: <thread>``: one track per zapping thread (the roots' ``zapped_by``) with a slice
@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from parsers.atomic_file import atomic_file
+from parsers.output import output_file
 from parsers.perfetto.bytecols import ByteColumn, concat, constant, varints
 from parsers.perfetto.encode import key, len_field, varint_field
 from parsers.perfetto.protos import field_number
@@ -113,8 +113,10 @@ def _protos() -> _Protos:
     )
 
 
-def write_timeline(runs: Mapping[str, Mapping[str, pa.Table]], path: str | Path) -> Path:
-    """Write ``runs`` to ``path`` as a Perfetto trace (temp file, renamed when complete).
+def write_timeline(runs: Mapping[str, Mapping[str, pa.Table]], path: str | Path, *,
+                   force: bool = False) -> Path:
+    """Write ``runs`` to ``path`` as a Perfetto trace, by the output policy of
+    :func:`parsers.output.output_file` (an existing file is replaced only with ``force``).
 
     Args:
         runs: run label (``"observed"`` or a policy name) → tables ``blocks`` (required),
@@ -126,14 +128,14 @@ def write_timeline(runs: Mapping[str, Mapping[str, pa.Table]], path: str | Path)
 
     Raises:
         ReplayConfigError: a run lacks ``blocks`` or a column, or has a negative timestamp.
-        KvmMmuError: the parent directory of ``path`` does not exist.
+        OutputError: the output policy (:mod:`parsers.output`) refuses ``path``.
     """
     prepared = check_runs(runs)
     for run in prepared:
         if run.span.t0 < 0:
             raise ReplayConfigError(f"run {run.label!r}: timestamp {run.span.t0} < 0; Perfetto"
                                     " timestamps are unsigned")
-    with atomic_file(path) as fh:
+    with output_file(path, force=force) as fh:
         for chunk in timeline_packets(prepared):
             fh.write(chunk)
     return Path(path)

@@ -154,7 +154,7 @@ def _slices(run: RunTables, rows: I64, track: I64, zap: dict[str, I64]) -> Slice
     name = np.r_[run.cause_codes[rows], len(run.cause_names) + np.arange(n_z, dtype=np.int64)]
     zeros = np.zeros(n_z, np.int64)
     args = [
-        Arg("count", np.r_[run.count[rows], zeros], is_block),
+        Arg("n_blocks", np.r_[run.count[rows], zeros], is_block),
         Arg("each_ns", np.r_[run.each[rows], zeros], is_block),
         Arg("root", np.r_[run.root[rows], zap["root"]],
             np.r_[run.has_root[rows], np.ones(n_z, bool)]),

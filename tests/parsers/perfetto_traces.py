@@ -57,7 +57,7 @@ _TYPED: dict[str, list[tuple[int, dict[str, Any]]]] = {
                                       "root_count": 0, "unsync": True,
                                       "level": 4, "access": 7, "efer_nx": True})],
     "kvm_userspace_exit": [(11, {"reason": 6})],
-    LOST_EVENTS: [(5, {"count": 16496}), (12, {"count": None})],
+    LOST_EVENTS: [(5, {"lost": 16496}), (12, {"lost": None})],
 }
 
 
@@ -70,7 +70,7 @@ def synthetic_trace() -> Trace:
     """A small x86 KVM trace covering typed, compiled, untyped, free-text and loss rows."""
     names = ("seq", "ts", "cpu", "pid", "tgid", "comm", "event", "args")
     cols = {n: [r[i] for r in ROWS] for i, n in enumerate(names)}
-    cols["flags"] = ["....." if r[6] != LOST_EVENTS else None for r in ROWS]
+    cols["latency_flags"] = ["....." if r[6] != LOST_EVENTS else None for r in ROWS]
     cols["instance"] = [None] * len(ROWS)
     events = pa.table({f.name: _col(cols[f.name], f.type) for f in EVENTS_SCHEMA},
                       schema=EVENTS_SCHEMA)

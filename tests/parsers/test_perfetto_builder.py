@@ -82,7 +82,7 @@ def test_lost_events_and_ftrace_stats() -> None:
     assert "ftrace_stats: CPU 1 lost 7 events (ring buffer overrun)" in trace.metadata.warnings
     stream = iter_perfetto(builder_trace("dense"))
     lost = [b.typed["lost_events"] for b in stream if "lost_events" in b.typed]
-    assert lost[0].column("count").to_pylist() == [None]  # streaming: count not known yet
+    assert lost[0].column("lost").to_pylist() == [None]  # streaming: count not known yet
 
 
 def test_event_filter_keeps_markers() -> None:

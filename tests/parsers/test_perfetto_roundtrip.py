@@ -25,7 +25,8 @@ FORMS = [("dense", False), ("legacy", False), ("dense", True), ("legacy", True)]
 
 def _trip(trace: Trace, tmp_path: Path, encoding: str, compress: bool) -> Trace:
     out = tmp_path / f"t_{encoding}_{compress}.pftrace"
-    write_perfetto(trace, out, encoding=encoding, compress=compress)  # type: ignore[arg-type]
+    write_perfetto(trace, out, encoding=encoding, compress=compress,  # type: ignore[arg-type]
+                   force=True)
     return read_perfetto(out)
 
 
@@ -39,7 +40,7 @@ def _assert_same(original: Trace, back: Trace, free_text: set[str]) -> None:
     for name in original.names:
         want, got = typed_view(original, name), typed_view(back, name)
         if name == LOST_EVENTS:
-            want, got = want.drop_columns(["count"]), got.drop_columns(["count"])
+            want, got = want.drop_columns(["lost"]), got.drop_columns(["lost"])
         if name in ("kvm_entry", "kvm_exit"):
             keep = ["seq", "ts", "cpu", "pid", "vcpu_id"]
             want, got = want.select(keep), got.select(keep)
@@ -61,8 +62,8 @@ def test_synthetic_round_trip(tmp_path: Path, encoding: str, compress: bool) -> 
     assert back.lost_events() == {0: None, 1: 16496}
     assert back.table("kvm_mmu_get_page").column("gfn").to_pylist() == [2**64 - 1]
     assert back.table("kvm_mmu_set_spte").column("u").to_pylist() == [-1]
-    assert back.events.column("flags").null_count == back.events.num_rows  # lossy
-    assert "flags" in " ".join(LOSSY_COLUMNS)
+    assert back.events.column("latency_flags").null_count == back.events.num_rows  # lossy
+    assert "latency_flags" in " ".join(LOSSY_COLUMNS)
 
 
 def test_writer_is_deterministic_and_atomic(tmp_path: Path) -> None:
@@ -124,7 +125,7 @@ def test_typed_values_round_trip(tmp_path: Path, gfn: int, role: int, gen: int, 
         "cpu": pa.array([3, 3], pa.int32()), "pid": pa.array([pid, pid], pa.int32()),
         "tgid": pa.nulls(2, pa.int32()), "comm": pa.nulls(2, pa.string()),
         "event": pa.array(["kvm_mmu_get_page", "kvm_mmu_set_spte"]),
-        "flags": pa.nulls(2, pa.string()), "instance": pa.nulls(2, pa.string()),
+        "latency_flags": pa.nulls(2, pa.string()), "instance": pa.nulls(2, pa.string()),
         "args": pa.nulls(2, pa.string())})
     events = pa.table([events.column(f.name).cast(f.type) for f in EVENTS_SCHEMA],
                       schema=EVENTS_SCHEMA)
@@ -142,3 +143,26 @@ def test_typed_values_round_trip(tmp_path: Path, gfn: int, role: int, gen: int, 
     assert back.table("kvm_mmu_get_page").equals(trace.table("kvm_mmu_get_page"))
     assert back.table("kvm_mmu_set_spte").equals(trace.table("kvm_mmu_set_spte"))
     assert back.events.select(list(KEPT)).equals(trace.events.select(list(KEPT)))
+
+
+@pytest.mark.parametrize(("clock", "named"), [("global", True), ("local", True),
+                                              ("mono_raw", True), ("x86-tsc", False)])
+def test_the_clock_survives_or_is_a_note(tmp_path: Path, clock: str, named: bool) -> None:
+    """Perfetto's bundles carry global/local/mono_raw in ``ftrace_clock``; other clocks and
+    tick units cannot be carried, and the writer says so."""
+    from dataclasses import replace
+
+    from parsers import read_trace
+
+    src = read_trace(SAMPLES / "tracefs_record_tgid.txt")
+    meta = replace(src.metadata, clock=clock, ts_unit="ns" if named else "ticks")
+    written = write_perfetto(Trace(src.events, {n: src.table(n) for n in src.names}, meta),
+                             tmp_path / "t.pftrace")
+    back = read_trace(tmp_path / "t.pftrace")
+    if named:
+        assert back.metadata.clock == clock and written.notes == []
+    else:
+        assert back.metadata.clock is None
+        assert any("no name for the x86-tsc clock" in n for n in written.notes)
+        assert any("ticks of the x86-tsc clock" in n for n in written.notes)
+        assert any("FTRACE_CLOCK_UNKNOWN" in w for w in back.metadata.warnings)

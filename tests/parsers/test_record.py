@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -317,3 +318,41 @@ def test_recorded_samples_read_back(name: str, trace_file: str, vms: int) -> Non
     assert len(zappers) == vms
     log = (samples / f"{name}.workload.log").read_text()
     assert "done rc 0" in log and "_exit with vCPUs in KVM_RUN" in log
+
+
+def test_record_output_policy_is_checked_before_tracefs_is_touched(fake: Path,
+                                                                   tmp_path: Path) -> None:
+    from parsers.errors import OutputError
+
+    before = settings(fake)
+    out = tmp_path / "t.txt"
+    out.write_text("my own notes")
+    with pytest.raises(OutputError, match="--force"):
+        _record(fake, out, ["true"])
+    with pytest.raises(OutputError, match="does not exist"):
+        _record(fake, tmp_path / "no" / "t.txt", ["true"])
+    assert out.read_text() == "my own notes" and settings(fake) == before
+    assert not (tmp_path / "no").exists()
+    report = record(out, emitting_command(fake, tmp_path / "d.json"), tracefs=fake, euid=0,
+                    proc=fake.parent / "no-proc", force=True)
+    assert out.read_text() == EVENT_LINES and report.events_written == 3
+    assert oct(out.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+
+def test_record_into_a_fifo_streams_the_text(fake: Path, tmp_path: Path) -> None:
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()))
+    reader.start()
+    _record(fake, fifo, emitting_command(fake, tmp_path / "d.json"))
+    reader.join(30)
+    assert got == [EVENT_LINES] and stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

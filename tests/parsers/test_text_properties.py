@@ -26,7 +26,7 @@ def records(draw: st.DrawFn) -> dict[str, object]:
         "pid": draw(st.integers(0, 4_194_304)),
         "tgid": draw(st.one_of(st.none(), st.integers(1, 9_999_999))),
         "cpu": draw(st.integers(0, 511)),
-        "flags": draw(flags),
+        "latency_flags": draw(flags),
         "sec": draw(st.integers(0, 10**7)),
         "usec": draw(st.integers(0, 999_999)),
         "nsec": draw(st.integers(0, 999)),
@@ -45,7 +45,7 @@ def _payload(r: dict[str, object]) -> str:
 def kernel_line(r: dict[str, object], tgid: bool) -> str:
     """kernel/trace/trace_output.c: "%16s-%-7d", "(%7d) ", "[%03d] ", flags, " %5lu.%06lu: "."""
     t = "" if not tgid else (f"({r['tgid']:>7}) " if r["tgid"] is not None else "(-------) ")
-    return (f"{r['comm']:>16}-{r['pid']:<7} {t}[{r['cpu']:03d}] {r['flags']} "
+    return (f"{r['comm']:>16}-{r['pid']:<7} {t}[{r['cpu']:03d}] {r['latency_flags']} "
             f"{r['sec']:5d}.{r['usec']:06d}: {r['event']}: {_payload(r)}")
 
 
@@ -56,9 +56,9 @@ def report_line(r: dict[str, object], variant: str) -> str:
         ts = f"{r['sec']}.{r['usec']:06d}{r['nsec']:03d}"
     head = f"{r['comm']:>16}-{r['pid']:<5} [{r['cpu']:03d}]"
     if variant == "3.3":
-        head += f" {r['flags']}"
+        head += f" {r['latency_flags']}"
     if variant == "l":
-        head = f"{str(r['comm'])[:8]:>8}-{r['pid']:<5} {r['cpu']:3d}{r['flags']}"
+        head = f"{str(r['comm'])[:8]:>8}-{r['pid']:<5} {r['cpu']:3d}{r['latency_flags']}"
     diff = " (+12)   " if variant == "diff" else ""
     return f"{head} {ts:>12}:{diff} {r['event']:<20} {_payload(r)}".replace(
         f"{r['event']:<20} ", f"{r['event']+':':<21} ")

@@ -39,7 +39,7 @@ def test_lost_event_markers_become_rows() -> None:
     trace = read_trace(SAMPLES / "trace_pipe_lost_events.txt")
     assert trace.lost_events() == {0: 16496, 1: 15154}
     lost = trace.table("lost_events").to_pylist()
-    assert [(r["seq"], r["cpu"], r["count"]) for r in lost] == [(0, 0, 16496), (47, 1, 15154)]
+    assert [(r["seq"], r["cpu"], r["lost"]) for r in lost] == [(0, 0, 16496), (47, 1, 15154)]
     events = trace.events
     # The marker takes the timestamp of the record that follows it in the file.
     row = events.filter(pc.equal(events.column("seq"), 47)).to_pylist()[0]

@@ -23,7 +23,7 @@ def test_raw_flags_glued_to_cpu(tmp_path: Path) -> None:
     line = REAL.replace("[000] ", "[000]-0x1 ")  # trace-cmd >= 3.3 -R
     trace = read_trace(_write(tmp_path, ["cpus=2", line]))
     row = trace.events.to_pylist()[0]
-    assert (row["cpu"], row["flags"], row["comm"]) == (0, "0x1", "CPU 0/KVM")
+    assert (row["cpu"], row["latency_flags"], row["comm"]) == (0, "0x1", "CPU 0/KVM")
     assert trace.table("kvm_mmu_get_page").column("role").to_pylist() == [14084]
 
 

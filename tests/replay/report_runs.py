@@ -30,20 +30,20 @@ def blocks_table(rows: list[dict[str, Any]], *, lost: list[bool] | None = None) 
 def observed_tables() -> dict[str, pa.Table]:
     """A small observed run: two vCPUs, a lost-events window, two roots, no summary."""
     rows = [
-        dict(vcpu=0, start=1_000, end=3_000, cause="exit", count=1, each_ns=2_000, root=None),
-        dict(vcpu=0, start=5_000, end=25_000, cause="fault", count=10, each_ns=2_000, root=7),
-        dict(vcpu=0, start=40_000, end=1_040_000, cause="zap", count=1, each_ns=1_000_000, root=7),
-        dict(vcpu=1, start=2_000, end=2_500, cause="userspace", count=1, each_ns=500, root=None),
-        dict(vcpu=1, start=2_400, end=9_000, cause="preempted", count=1, each_ns=6_600, root=None),
-        dict(vcpu=1, start=50_000, end=60_000, cause="lock_wait", count=1, each_ns=10_000,
+        dict(vcpu=0, start=1_000, end=3_000, cause="exit", n_blocks=1, each_ns=2_000, root=None),
+        dict(vcpu=0, start=5_000, end=25_000, cause="fault", n_blocks=10, each_ns=2_000, root=7),
+        dict(vcpu=0, start=40_000, end=1_040_000, cause="zap", n_blocks=1, each_ns=1_000_000, root=7),
+        dict(vcpu=1, start=2_000, end=2_500, cause="userspace", n_blocks=1, each_ns=500, root=None),
+        dict(vcpu=1, start=2_400, end=9_000, cause="preempted", n_blocks=1, each_ns=6_600, root=None),
+        dict(vcpu=1, start=50_000, end=60_000, cause="lock_wait", n_blocks=1, each_ns=10_000,
              root=8),
-        dict(vcpu=3, start=70_000, end=70_000, cause="unknown", count=1, each_ns=0, root=None),
+        dict(vcpu=3, start=70_000, end=70_000, cause="unknown", n_blocks=1, each_ns=0, root=None),
     ]
     lost = [False, False, True, False, False, True, False]
     refs = pa.Table.from_pydict({
         "ts": [1_000, 2_000, 40_000, 1_040_000, 45_000, 60_000],
         "root": [7, 7, 7, 7, 8, 8],
-        "count": [1, 2, 1, 0, 1, 2],
+        "refcount": [1, 2, 1, 0, 1, 2],
         "delta": [1, 1, -1, -1, 1, 1],
         "holder": ["vcpu0", "vcpu1", "vcpu1", "vcpu0", "vcpu1", "vcpu0"],
         "reason": ["alloc", "reuse", "put", "put", "alloc", "reuse"],
@@ -81,7 +81,7 @@ def random_blocks(draw: st.DrawFn) -> pa.Table:
         each = draw(st.integers(0, 10**6))
         rows.append(dict(vcpu=draw(st.integers(0, 3)), start=start, end=start + count * each,
                          cause=draw(st.sampled_from(OBSERVED_CAUSES + ("odd <cause>&",))),
-                         count=count, each_ns=each,
+                         n_blocks=count, each_ns=each,
                          root=draw(st.one_of(st.none(), st.integers(0, 3)))))
     lost = draw(st.one_of(st.none(), st.lists(st.booleans(), min_size=n, max_size=n)))
     return blocks_table(rows, lost=lost)
@@ -94,6 +94,6 @@ def random_refcounts(draw: st.DrawFn) -> pa.Table:
     rows = [(draw(st.integers(0, 10**7)), draw(st.integers(0, 3)), draw(st.integers(0, 9)))
             for _ in range(n)]
     return pa.Table.from_pydict({
-        "ts": [r[0] for r in rows], "root": [r[1] for r in rows], "count": [r[2] for r in rows],
+        "ts": [r[0] for r in rows], "root": [r[1] for r in rows], "refcount": [r[2] for r in rows],
         "delta": [1] * n, "holder": ["vcpu0"] * n, "reason": ["x"] * n,
     }, schema=REFCOUNT_SCHEMA)

@@ -104,11 +104,11 @@ def test_every_policy_keeps_the_invariants(w: Workload) -> None:
         # raises ReplayInvariantError on any violation
         res = run(w, policy=name, cost=COST, recorders=[*default_recorders(), installs])
         hist = res.to_arrow("refcounts").to_pylist()
-        assert all(h["count"] >= 0 for h in hist)
+        assert all(h["refcount"] >= 0 for h in hist)
         roots = res.to_arrow("roots").to_pylist()
         assert all(r["freed"] is not None for r in roots), "every root freed"
         assert all(r["freed"] >= r["unlinked"] for r in roots)
-        zeros = Counter(h["root"] for h in hist if h["count"] == 0)
+        zeros = Counter(h["root"] for h in hist if h["refcount"] == 0)
         revived = Counter(h["root"] for h in hist if h["reason"].startswith("resurrect"))
         for r in roots:  # 0 once, plus once per era B/C resurrection of a defunct root
             assert revived[r["root"]] <= (1 if name in ("async", "5.18") else 0)
@@ -117,7 +117,7 @@ def test_every_policy_keeps_the_invariants(w: Workload) -> None:
         assert all(e >= s for s, e in zip(b["start"], b["end"], strict=True))
         assert all(x >= 0 for x in b["each_ns"])
         # Every SPTE a vCPU installed is zapped exactly once, whatever the era.
-        faults = sum(c for c, cause in zip(b["count"], b["cause"], strict=True)
+        faults = sum(c for c, cause in zip(b["n_blocks"], b["cause"], strict=True)
                      if cause == "fault")
         assert installs.leaves <= faults  # concurrent faults on one page: one is spurious
         assert sum(r["leaves_zapped"] for r in roots) == installs.leaves

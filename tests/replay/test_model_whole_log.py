@@ -45,7 +45,7 @@ def workload() -> Workload:
 def blocks(policy: str) -> list[tuple[int, int, int, str, int]]:
     res = run(workload(), policy=policy, cost=COST)
     t = res.to_arrow("blocks").to_pydict()
-    rows = zip(t["vcpu"], t["start"], t["end"], t["cause"], t["count"], strict=True)
+    rows = zip(t["vcpu"], t["start"], t["end"], t["cause"], t["n_blocks"], strict=True)
     return sorted(rows, key=lambda r: (r[1], r[0], r[2]))
 
 
@@ -91,7 +91,7 @@ def test_worker_zaps_and_the_vcpu_waits_one_gib(policy: str) -> None:
     assert (root0["zapped_by"], root0["zap_start"], root0["zap_end"]) == (
         worker, T_PUT, T_PUT + 2 * ZAP_GIB + 1000)  # + vcpu0's alloc while it yielded
     history = res.to_arrow("refcounts").to_pylist()
-    assert [(h["root"], h["count"], h["delta"], h["holder"]) for h in history][:6] == [
+    assert [(h["root"], h["refcount"], h["delta"], h["holder"]) for h in history][:6] == [
         (0, 1, +1, "vcpu0"), (0, 2, +1, "vcpu1"), (0, 1, -1, "vcpu1"), (0, 0, -1, "vcpu0"),
         (0, 1, +1, "zap_work"), (1, 1, +1, "vcpu0"),
     ]
@@ -103,7 +103,7 @@ def test_preserved_root_is_reused_without_faults(policy: str) -> None:
     res = run(workload(), policy=policy, cost=COST)
     roots = res.to_arrow("roots").to_pylist()
     assert len(roots) == 1 and roots[0]["zapped_by"] == "vmm"  # only the VM's teardown zaps
-    counts = [(h["count"], h["holder"]) for h in res.to_arrow("refcounts").to_pylist()]
+    counts = [(h["refcount"], h["holder"]) for h in res.to_arrow("refcounts").to_pylist()]
     assert counts == [
         (1, "vcpu0"), (2, "tdp_mmu"), (3, "vcpu1"),  # alloc (refcount 2), reuse
         (2, "vcpu1"), (1, "vcpu0"),  # both unload: the TDP MMU's reference keeps it

@@ -170,8 +170,8 @@ def test_reset_rules_hold_on_every_recording(path: Path) -> None:
     for r in rows:
         if r["op"] in ("SetSregs", "Unload") and ("cr_write" in r["evidence"]
                                                    or "msr_write" in r["evidence"]):
-            assert (int(r["actor"][4:]), r["at"]) in writes, r
-    resets = [(int(r["actor"][4:]), r["index"], r["vm"]) for r in rows
+            assert (int(r["actor"][4:]), r["ts"]) in writes, r
+    resets = [(int(r["actor"][4:]), r["step"], r["vm"]) for r in rows
               if r["op"] in ("SetSregs", "Unload")]
     for vcpu, index, vm in resets:  # a reset vCPU that runs again loads a root first
         later = [op for op in d.workloads[vm].ops[index + 1:]

@@ -248,7 +248,7 @@ def test_observed_roots(case: tuple[str, Lifecycle, Any]) -> None:
 def test_derived_workload(case: tuple[str, Lifecycle, Any]) -> None:
     _, life, result = case
     rows = result.derived.evidence.to_pylist()
-    assert [(r["op"], r["actor"], r["at"]) for r in rows] == [o[:3] for o in life.ops]
+    assert [(r["op"], r["actor"], r["ts"]) for r in rows] == [o[:3] for o in life.ops]
     for row, (*_, phrase) in zip(rows, life.ops, strict=True):
         assert phrase in row["evidence"], (row, phrase)
     assert {r["vm"] for r in rows} == {5000}

@@ -19,7 +19,7 @@ from report_runs import (
     scenario_runs,
 )
 
-from parsers.errors import KvmMmuError
+from parsers.errors import KvmMmuError, OutputError
 from replay.errors import ReplayConfigError
 from replay.render.html import MAX_ROOTS, TIMELINE_RECTS, render_report, write_report
 from replay.result import summarize_blocks
@@ -89,7 +89,7 @@ class Page(HTMLParser):
 def _expected_summary(tables: dict[str, pa.Table]) -> list[dict[str, object]]:
     blocks = tables["blocks"]
     vcpus = sorted(set(blocks.column("vcpu").to_pylist()))
-    return summarize_blocks(blocks.select(["vcpu", "start", "end", "cause", "count", "each_ns",
+    return summarize_blocks(blocks.select(["vcpu", "start", "end", "cause", "n_blocks", "each_ns",
                                            "root"]), vcpus).to_pylist()
 
 
@@ -134,7 +134,7 @@ def test_roots_beyond_the_cap_are_named() -> None:
     n = MAX_ROOTS + 3
     tables["refcounts"] = pa.Table.from_pydict({
         "ts": list(range(n * 2)), "root": [r for r in range(n) for _ in range(2)],
-        "count": [1, 0] * n, "delta": [1, -1] * n, "holder": ["v"] * (2 * n),
+        "refcount": [1, 0] * n, "delta": [1, -1] * n, "holder": ["v"] * (2 * n),
         "reason": ["x"] * (2 * n)}, schema=tables["refcounts"].schema)
     text = render_report({"observed": tables}, title="t")
     page = Page(text)
@@ -167,7 +167,7 @@ def test_failure_inside_the_write_leaves_nothing(tmp_path: Path,
             raise OSError("disk full")
 
     monkeypatch.setattr("replay.render.html.render_report", lambda *a, **k: Boom("x"))
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match="r.html: cannot write: disk full"):
         write_report(mixed_runs(), tmp_path / "r.html", title="t")
     assert list(tmp_path.iterdir()) == []
 

@@ -98,5 +98,7 @@ def test_header_matches_a_real_tracefs_file(tmp_path: Path) -> None:
 
 
 def test_emission_is_byte_identical_across_runs(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()  # missing parents are an error, never created
     assert emit(tmp_path / "a", "async") == emit(tmp_path / "b", "async")
     assert not list((tmp_path / "a").glob(".*.tmp"))  # written via a temp name, renamed

@@ -22,7 +22,7 @@ from report_runs import (
     scenario_runs,
 )
 
-from parsers.errors import KvmMmuError
+from parsers.errors import KvmMmuError, OutputError
 from replay.errors import ReplayConfigError
 from replay.render.timeline import write_timeline
 
@@ -108,9 +108,9 @@ def test_structure_matches_the_tables(tmp_path: Path) -> None:
     assert sorted(dec.processes.values()) == sorted(runs)
     for label, tables in runs.items():
         blocks = tables["blocks"]
-        got = sorted((v, s, e, n, a["count"], a["each_ns"], a.get("root"))
+        got = sorted((v, s, e, n, a["n_blocks"], a["each_ns"], a.get("root"))
                      for v, (s, e, n, a) in _vcpu_slices(dec, label))
-        want = sorted((r["vcpu"], r["start"], r["end"], r["cause"], r["count"], r["each_ns"],
+        want = sorted((r["vcpu"], r["start"], r["end"], r["cause"], r["n_blocks"], r["each_ns"],
                        r["root"]) for r in blocks.to_pylist())
         assert got == want
         tracks = dec.by_name(label)
@@ -121,7 +121,7 @@ def test_structure_matches_the_tables(tmp_path: Path) -> None:
             assert (r["zap_start"], r["zap_end"], f"zap root {r['root']}") in [z[:3] for z in zaps]
         per_root: dict[int, list[tuple[int, int]]] = defaultdict(list)
         for row in tables["refcounts"].to_pylist():
-            per_root[row["root"]].append((row["ts"], row["count"]))
+            per_root[row["root"]].append((row["ts"], row["refcount"]))
         for root, history in per_root.items():
             assert dec.counters[tracks[f"refcount root {root}"]] == sorted(history,
                                                                           key=lambda h: h[0])
@@ -130,9 +130,9 @@ def test_structure_matches_the_tables(tmp_path: Path) -> None:
 
 
 def test_overlapping_blocks_go_on_extra_tracks(tmp_path: Path) -> None:
-    rows = [dict(vcpu=2, start=0, end=100, cause="exit", count=1, each_ns=100, root=None),
-            dict(vcpu=2, start=50, end=150, cause="preempted", count=1, each_ns=100, root=None),
-            dict(vcpu=2, start=100, end=100, cause="unknown", count=1, each_ns=0, root=None)]
+    rows = [dict(vcpu=2, start=0, end=100, cause="exit", n_blocks=1, each_ns=100, root=None),
+            dict(vcpu=2, start=50, end=150, cause="preempted", n_blocks=1, each_ns=100, root=None),
+            dict(vcpu=2, start=100, end=100, cause="unknown", n_blocks=1, each_ns=0, root=None)]
     dec = decode(write_timeline({"observed": {"blocks": blocks_table(rows)}},
                                 tmp_path / "t.pftrace").read_bytes())
     tracks = dec.by_name("observed")
@@ -159,13 +159,13 @@ def test_failure_mid_write_leaves_no_file(tmp_path: Path, monkeypatch: pytest.Mo
         raise OSError("disk full")
 
     monkeypatch.setattr(tp, "timeline_packets", broken)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match="t.pftrace: cannot write: disk full"):
         write_timeline(mixed_runs(), tmp_path / "t.pftrace")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_bad_input_is_an_error_and_writes_nothing(tmp_path: Path) -> None:
-    rows = [dict(vcpu=0, start=-5, end=10, cause="exit", count=1, each_ns=15, root=None)]
+    rows = [dict(vcpu=0, start=-5, end=10, cause="exit", n_blocks=1, each_ns=15, root=None)]
     with pytest.raises(ReplayConfigError, match="< 0"):
         write_timeline({"observed": {"blocks": blocks_table(rows)}}, tmp_path / "t.pftrace")
     with pytest.raises(ReplayConfigError, match="no 'blocks'"):
@@ -198,8 +198,8 @@ def test_sixty_four_tib_run_stays_small(tmp_path: Path) -> None:
 @given(blocks=random_blocks(), refs=random_refcounts())
 def test_random_tables_give_valid_traces(tmp_path: Path, blocks: pa.Table, refs: pa.Table) -> None:
     runs = {"observed": {"blocks": blocks, "refcounts": refs}, "async": {"blocks": blocks}}
-    data = write_timeline(runs, tmp_path / "t.pftrace").read_bytes()
-    assert data == write_timeline(runs, tmp_path / "u.pftrace").read_bytes()
+    data = write_timeline(runs, tmp_path / "t.pftrace", force=True).read_bytes()
+    assert data == write_timeline(runs, tmp_path / "u.pftrace", force=True).read_bytes()
     dec = decode(data)
     assert sum(1 for _ in _vcpu_slices(dec, "observed")) == blocks.num_rows
     assert sum(len(v) for v in dec.counters.values()) == refs.num_rows

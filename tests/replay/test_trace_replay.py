@@ -44,7 +44,7 @@ def test_observed_refcounts_match_every_root_count_field() -> None:
     result = replay(path, policy="sync")
     history = result.runs["observed"]["refcounts"].to_pandas()
     fields, positive = _root_count_fields(path)
-    rows = Counter(zip(history["ts"].astype(int), history["count"].astype(int), strict=True))
+    rows = Counter(zip(history["ts"].astype(int), history["refcount"].astype(int), strict=True))
     assert not rows - fields, "history rows that are no root_count field"
     trace = read_trace(path)
     # every event whose page ever held a reference (a root) is in the history, exactly
@@ -56,7 +56,7 @@ def test_observed_refcounts_match_every_root_count_field() -> None:
     assert positive > 0 and len(history) >= positive
     # deltas chain per root: count[i] = count[i-1] + delta[i]
     for _, g in history.groupby("root"):
-        counts, deltas = g["count"].tolist(), g["delta"].tolist()
+        counts, deltas = g["refcount"].tolist(), g["delta"].tolist()
         assert counts[0] == deltas[0]
         assert all(c == p + d for p, c, d in zip(counts, counts[1:], deltas[1:], strict=False))
 
@@ -116,7 +116,7 @@ def test_replay_cli_writes_tables(tmp_path: Path) -> None:
     out = runner.invoke(app, ["replay", str(SAMPLES / "tracefs_record_tgid.txt"), "-p", "6.6",
                               "-o", str(target)])
     assert out.exit_code == 0, out.output
-    names = sorted(p.stem for p in target.iterdir())
+    names = sorted(p.stem for p in target.iterdir() if p.name != ".kvm-mmu-replay")
     assert names == ["block_intervals", "evidence", "refcount_history", "roots", "summary",
                      "vcpus"]
     table = pq.read_table(target / "summary.parquet")
