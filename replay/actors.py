@@ -275,7 +275,7 @@ class _Driver:
             if remove:
                 touched = remove_range(root.population, start, start + size)
             else:
-                touched = remove_range(list(root.population), start, start + size)
+                touched = root.population.touched(start, start + size)
             leaves = counts_of(touched).leaves
             shared = mode == READ
             cur = WorkCursor([Segment(leaves, rp.cost.leaf_ns(shared))])

@@ -1,9 +1,10 @@
 """What a root maps, as counts per extent (never one object per SPTE), and its zap work.
 
-A root's population is a sorted list of non-overlapping :class:`Extent` (guest-physical
-byte ranges mapped with one page size). From it follow the counts of kernel-semantics §2.1:
-leaves per level and page tables per level (4K-level tables cover 2 MiB, 2M-level tables
-1 GiB, 1G-level tables 512 GiB). A zap becomes a short list of :class:`Segment` runs of
+A root's population is a sorted :class:`Population` of non-overlapping :class:`Extent`
+(guest-physical byte ranges mapped with one page size; the functions also take a sorted
+list). From it follow the counts of kernel-semantics §2.1: leaves per level and page
+tables per level (4K-level tables cover 2 MiB, 2M-level tables 1 GiB, 1G-level tables
+512 GiB). A zap becomes a short list of :class:`Segment` runs of
 identical non-yieldable units, whose size depends on the era's zap granularity (§1.5).
 """
 
@@ -11,7 +12,12 @@ from __future__ import annotations
 
 import enum
 import math
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import chain, takewhile
+from operator import attrgetter
+from typing import ClassVar
 
 from replay.cost import CostModel
 from replay.ids import PAGE_1G, PAGE_2M, PAGE_4K, PAGE_512G
@@ -21,6 +27,7 @@ __all__ = [
     "Counts",
     "Segment",
     "Granularity",
+    "Population",
     "WorkCursor",
     "add_extent",
     "counts_of",
@@ -31,6 +38,7 @@ __all__ = [
 ]
 
 _ENTRIES = 512
+_start = attrgetter("start")
 
 
 @dataclass(frozen=True, order=True)
@@ -95,7 +103,7 @@ def _extent_counts(e: Extent) -> Counts:
     )
 
 
-def counts_of(extents: list[Extent]) -> Counts:
+def counts_of(extents: Iterable[Extent]) -> Counts:
     """Total counts of a population."""
     total = Counts()
     for e in extents:
@@ -103,25 +111,21 @@ def counts_of(extents: list[Extent]) -> Counts:
     return total
 
 
-def add_extent(extents: list[Extent], new: Extent) -> list[Extent]:
-    """Add ``new`` to the sorted population ``extents`` in place; return the parts not yet mapped.
-
-    Bytes already mapped (at any page size) are not mapped again: a guest touching them
-    takes no fault.
-    """
+def _fresh_parts(window: Iterable[Extent], new: Extent) -> list[Extent]:
+    """The parts of ``new`` not covered by ``window``: sorted extents, from the last one
+    starting at or before ``new.start`` on (the rest of the population cannot overlap)."""
     fresh: list[Extent] = []
     cursor = new.start
-    for e in extents:
-        if e.end <= cursor or e.start >= new.end:
+    for e in window:
+        if e.start >= new.end:
+            break
+        if e.end <= cursor:
             continue
         if e.start > cursor:
             fresh.append(Extent(cursor, e.start - cursor, new.page))
         cursor = max(cursor, e.end)
     if cursor < new.end:
         fresh.append(Extent(cursor, new.end - cursor, new.page))
-    if fresh:
-        merged = sorted(extents + fresh)
-        extents[:] = _coalesce(merged)
     return fresh
 
 
@@ -133,6 +137,162 @@ def _coalesce(extents: list[Extent]) -> list[Extent]:
             e = Extent(last.start, last.size + e.size, e.page)
         out.append(e)
     return out
+
+
+def _merged(window: list[Extent], fresh: list[Extent]) -> list[Extent]:
+    """``window`` with ``fresh`` added, adjacent extents of one page size joined.
+
+    The population is coalesced already, so only the extents around the fresh parts (the
+    window: from ``new``'s predecessor to its successor) can join."""
+    return _coalesce(sorted(window + fresh, key=_start))
+
+
+def _cut(window: Iterable[Extent], start: int, end: int) -> tuple[list[Extent], list[Extent]]:
+    """``(kept, gone)``: ``window`` without ``[start, end)`` rounded out to whole leaves."""
+    kept: list[Extent] = []
+    gone: list[Extent] = []
+    for e in window:
+        hi_raw = min(e.end, end)
+        if hi_raw <= max(e.start, start):
+            kept.append(e)
+            continue
+        lo = e.start + ((max(e.start, start) - e.start) // e.page) * e.page
+        hi = e.start + -(-(hi_raw - e.start) // e.page) * e.page
+        if lo > e.start:
+            kept.append(Extent(e.start, lo - e.start, e.page))
+        gone.append(Extent(lo, hi - lo, e.page))
+        if hi < e.end:
+            kept.append(Extent(hi, e.end - hi, e.page))
+    return kept, gone
+
+
+class Population:
+    """The extents a root maps, in address order: non-overlapping, adjacent extents of one
+    page size joined (as :func:`add_extent` and :func:`remove_range` leave them).
+
+    Kept as blocks of a few hundred extents, with their starts for bisection: a lookup,
+    insert or removal around one address costs O(log n) plus one block's copy (one sorted
+    list rebuilt per fault made n scattered faults cost O(n^2)).
+    """
+
+    #: Extents per block after a split (a block splits beyond twice this).
+    LOAD: ClassVar[int] = 256
+
+    __slots__ = ("_blocks", "_starts", "_firsts")
+
+    def __init__(self) -> None:
+        self._blocks: list[list[Extent]] = []
+        self._starts: list[list[int]] = []
+        self._firsts: list[int] = []
+
+    def __iter__(self) -> Iterator[Extent]:
+        return chain.from_iterable(self._blocks)
+
+    def __len__(self) -> int:
+        return sum(map(len, self._blocks))
+
+    def __bool__(self) -> bool:
+        return bool(self._blocks)  # no block is ever left empty
+
+    def clear(self) -> None:
+        """Forget every extent (the root was zapped)."""
+        self._blocks.clear()
+        self._starts.clear()
+        self._firsts.clear()
+
+    def add(self, new: Extent) -> list[Extent]:
+        """:func:`add_extent` on this population."""
+        fresh = self.unmapped(new)
+        if not fresh:
+            return fresh
+        if not self._blocks:
+            self._blocks.append([])
+            self._starts.append([])
+            self._firsts.append(new.start)
+        b = self._join(new.start, new.end)
+        starts = self._starts[b]
+        lo = max(bisect_right(starts, new.start) - 1, 0)
+        hi = min(bisect_left(starts, new.end) + 1, len(starts))
+        self._splice(b, lo, hi, _merged(self._blocks[b][lo:hi], fresh))
+        return fresh
+
+    def unmapped(self, new: Extent) -> list[Extent]:
+        """:func:`unmapped_parts` of this population."""
+        return _fresh_parts(self._from(new.start), new)
+
+    def remove(self, start: int, end: int) -> list[Extent]:
+        """:func:`remove_range` on this population."""
+        if not self._blocks:
+            return []
+        b = self._join(start, end)
+        starts = self._starts[b]
+        lo = max(bisect_right(starts, start) - 1, 0)
+        hi = max(bisect_left(starts, end), lo)
+        kept, gone = _cut(self._blocks[b][lo:hi], start, end)
+        self._splice(b, lo, hi, kept)
+        return gone
+
+    def touched(self, start: int, end: int) -> list[Extent]:
+        """What :meth:`remove` would return, without removing anything."""
+        return _cut(takewhile(lambda e: e.start < end, self._from(start)), start, end)[1]
+
+    def _block(self, address: int) -> int:
+        """The block holding the last extent starting at or before ``address`` (else 0)."""
+        return max(bisect_right(self._firsts, address) - 1, 0)
+
+    def _from(self, address: int) -> Iterator[Extent]:
+        """Extents in order from the last one starting at or before ``address``."""
+        if not self._blocks:
+            return
+        b = self._block(address)
+        block = self._blocks[b]
+        for i in range(max(bisect_right(self._starts[b], address) - 1, 0), len(block)):
+            yield block[i]
+        for k in range(b + 1, len(self._blocks)):
+            yield from self._blocks[k]
+
+    def _join(self, lo: int, hi: int) -> int:
+        """Make one block of those holding the extents that start in ``(pred(lo), hi]``
+        (``pred(lo)``: the last start at or before ``lo``); return its index."""
+        b0 = self._block(lo)
+        b1 = max(self._block(hi), b0)
+        if b1 > b0:
+            self._blocks[b0:b1 + 1] = [list(chain.from_iterable(self._blocks[b0:b1 + 1]))]
+            self._starts[b0:b1 + 1] = [list(chain.from_iterable(self._starts[b0:b1 + 1]))]
+            del self._firsts[b0 + 1:b1 + 1]
+        return b0
+
+    def _splice(self, b: int, lo: int, hi: int, items: list[Extent]) -> None:
+        """Replace ``[lo, hi)`` of block ``b`` by ``items``; drop or split the block."""
+        block, starts = self._blocks[b], self._starts[b]
+        block[lo:hi] = items
+        starts[lo:hi] = [e.start for e in items]
+        if not block:
+            del self._blocks[b], self._starts[b], self._firsts[b]
+        elif len(block) <= 2 * self.LOAD:
+            self._firsts[b] = starts[0]
+        else:
+            cuts = range(0, len(block), self.LOAD)
+            self._blocks[b:b + 1] = [block[i:i + self.LOAD] for i in cuts]
+            self._starts[b:b + 1] = [starts[i:i + self.LOAD] for i in cuts]
+            self._firsts[b:b + 1] = [starts[i] for i in cuts]
+
+
+def add_extent(extents: list[Extent] | Population, new: Extent) -> list[Extent]:
+    """Add ``new`` to the population ``extents`` in place; return the parts not yet mapped.
+
+    ``extents`` is a :class:`Population` or a sorted list of non-overlapping, coalesced
+    extents (as this module leaves them). Bytes already mapped (at any page size) are not
+    mapped again: a guest touching them takes no fault.
+    """
+    if isinstance(extents, Population):
+        return extents.add(new)
+    lo = max(bisect_right(extents, new.start, key=_start) - 1, 0)
+    hi = min(bisect_left(extents, new.end, key=_start) + 1, len(extents))
+    fresh = _fresh_parts(extents[lo:hi], new)
+    if fresh:
+        extents[lo:hi] = _merged(extents[lo:hi], fresh)
+    return fresh
 
 
 class Granularity(enum.Enum):
@@ -173,7 +333,7 @@ class _TableCost:
 
 
 def zap_segments(
-    extents: list[Extent],
+    extents: Iterable[Extent],
     granularity: Granularity,
     cost: CostModel,
     *,
@@ -214,7 +374,7 @@ def zap_segments(
     return subtrees + top + [root_scan]
 
 
-def _leaf_passes(extents: list[Extent], tc: _TableCost) -> list[Segment]:
+def _leaf_passes(extents: Iterable[Extent], tc: _TableCost) -> list[Segment]:
     """6.9+: leaves one by one, then each emptied table level by level."""
     counts = [_extent_counts(e) for e in extents]
     passes: list[Segment] = []
@@ -317,28 +477,22 @@ def split_extents(extents: list[Extent], leaves: int) -> tuple[list[Extent], lis
     return head, tail
 
 
-def unmapped_parts(extents: list[Extent], new: Extent) -> list[Extent]:
+def unmapped_parts(extents: list[Extent] | Population, new: Extent) -> list[Extent]:
     """The parts of ``new`` not mapped by ``extents`` (without changing them)."""
-    return add_extent(list(extents), new)
+    if isinstance(extents, Population):
+        return extents.unmapped(new)
+    lo = max(bisect_right(extents, new.start, key=_start) - 1, 0)
+    return _fresh_parts(extents[lo:bisect_left(extents, new.end, key=_start)], new)
 
 
-def remove_range(extents: list[Extent], start: int, end: int) -> list[Extent]:
+def remove_range(extents: list[Extent] | Population, start: int, end: int) -> list[Extent]:
     """Remove ``[start, end)`` from ``extents`` in place (rounded out to whole leaves).
 
     Returns the removed extents."""
-    kept: list[Extent] = []
-    gone: list[Extent] = []
-    for e in extents:
-        hi_raw = min(e.end, end)
-        if hi_raw <= max(e.start, start):
-            kept.append(e)
-            continue
-        lo = e.start + ((max(e.start, start) - e.start) // e.page) * e.page
-        hi = e.start + -(-(hi_raw - e.start) // e.page) * e.page
-        if lo > e.start:
-            kept.append(Extent(e.start, lo - e.start, e.page))
-        gone.append(Extent(lo, hi - lo, e.page))
-        if hi < e.end:
-            kept.append(Extent(hi, e.end - hi, e.page))
-    extents[:] = kept
+    if isinstance(extents, Population):
+        return extents.remove(start, end)
+    lo = max(bisect_right(extents, start, key=_start) - 1, 0)
+    hi = max(bisect_left(extents, end, key=_start), lo)
+    kept, gone = _cut(extents[lo:hi], start, end)
+    extents[lo:hi] = kept
     return gone
