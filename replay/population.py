@@ -15,7 +15,7 @@ import math
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from itertools import chain, takewhile
+from itertools import accumulate, chain, takewhile
 from operator import attrgetter
 from typing import ClassVar
 
@@ -402,7 +402,12 @@ class WorkCursor:
 
     def __init__(self, segments: list[Segment]) -> None:
         self.segments = [s for s in segments if s.count > 0]
-        self.total_ns = sum(s.total_ns for s in self.segments)
+        # time and units of segments[i:], so remaining_ns and finish cost O(1)
+        self._tail_ns = [*accumulate((s.total_ns for s in reversed(self.segments)),
+                                     initial=0)][::-1]
+        self._tail_units = [*accumulate((s.count for s in reversed(self.segments)),
+                                        initial=0)][::-1]
+        self.total_ns = self._tail_ns[0]
         self.index = 0
         self.done = 0  # units done in the current segment
         self.units_done = 0
@@ -414,17 +419,14 @@ class WorkCursor:
 
     def remaining_ns(self) -> int:
         """Time to finish all remaining units."""
-        total = 0
-        for i in range(self.index, len(self.segments)):
-            s = self.segments[i]
-            done = self.done if i == self.index else 0
-            total += round(s.count * s.unit_ns) - round(done * s.unit_ns)
-        return total
+        if self.finished:
+            return 0
+        done = round(self.done * self.segments[self.index].unit_ns)
+        return self._tail_ns[self.index] - done
 
     def finish(self) -> None:
         """Mark every unit done."""
-        for i in range(self.index, len(self.segments)):
-            self.units_done += self.segments[i].count - (self.done if i == self.index else 0)
+        self.units_done += self._tail_units[self.index] - self.done
         self.index = len(self.segments)
         self.done = 0
 
