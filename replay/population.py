@@ -15,7 +15,8 @@ import math
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from itertools import accumulate, chain, takewhile
+from functools import reduce
+from itertools import chain, takewhile
 from operator import attrgetter
 from typing import ClassVar
 
@@ -105,10 +106,9 @@ def _extent_counts(e: Extent) -> Counts:
 
 def counts_of(extents: Iterable[Extent]) -> Counts:
     """Total counts of a population."""
-    total = Counts()
-    for e in extents:
-        total = total + _extent_counts(e)
-    return total
+    parts = map(_extent_counts, extents)
+    first = next(parts, None)
+    return Counts() if first is None else reduce(Counts.__add__, parts, first)
 
 
 def _fresh_parts(window: Iterable[Extent], new: Extent) -> list[Extent]:
@@ -140,10 +140,8 @@ def _coalesce(extents: list[Extent]) -> list[Extent]:
 
 
 def _merged(window: list[Extent], fresh: list[Extent]) -> list[Extent]:
-    """``window`` with ``fresh`` added, adjacent extents of one page size joined.
-
-    The population is coalesced already, so only the extents around the fresh parts (the
-    window: from ``new``'s predecessor to its successor) can join."""
+    """``window`` (``new``'s predecessor to successor) with ``fresh`` added and coalesced:
+    the population is coalesced already, so only extents around the fresh parts can join."""
     return _coalesce(sorted(window + fresh, key=_start))
 
 
@@ -167,13 +165,10 @@ def _cut(window: Iterable[Extent], start: int, end: int) -> tuple[list[Extent], 
 
 
 class Population:
-    """The extents a root maps, in address order: non-overlapping, adjacent extents of one
-    page size joined (as :func:`add_extent` and :func:`remove_range` leave them).
-
-    Kept as blocks of a few hundred extents, with their starts for bisection: a lookup,
-    insert or removal around one address costs O(log n) plus one block's copy (one sorted
-    list rebuilt per fault made n scattered faults cost O(n^2)).
-    """
+    """The extents a root maps, in address order, non-overlapping, adjacent extents of one
+    page size joined; kept as blocks of a few hundred with their starts for bisection, so a
+    lookup, insert or removal around one address costs O(log n) plus one block's copy (one
+    sorted list rebuilt per fault made n scattered faults cost O(n^2))."""
 
     #: Extents per block after a split (a block splits beyond twice this).
     LOAD: ClassVar[int] = 256
@@ -196,9 +191,7 @@ class Population:
 
     def clear(self) -> None:
         """Forget every extent (the root was zapped)."""
-        self._blocks.clear()
-        self._starts.clear()
-        self._firsts.clear()
+        self._blocks, self._starts, self._firsts = [], [], []
 
     def add(self, new: Extent) -> list[Extent]:
         """:func:`add_extent` on this population."""
@@ -206,9 +199,7 @@ class Population:
         if not fresh:
             return fresh
         if not self._blocks:
-            self._blocks.append([])
-            self._starts.append([])
-            self._firsts.append(new.start)
+            self._blocks, self._starts, self._firsts = [[]], [[]], [new.start]
         b = self._join(new.start, new.end)
         starts = self._starts[b]
         lo = max(bisect_right(starts, new.start) - 1, 0)
@@ -218,6 +209,13 @@ class Population:
 
     def unmapped(self, new: Extent) -> list[Extent]:
         """:func:`unmapped_parts` of this population."""
+        if self._blocks:
+            b = self._block(new.start)
+            starts = self._starts[b]
+            lo = max(bisect_right(starts, new.start) - 1, 0)
+            hi = bisect_left(starts, new.end, lo)
+            if hi < len(starts) or b + 1 == len(self._blocks):  # the window is in block b
+                return _fresh_parts(self._blocks[b][lo:hi], new)
         return _fresh_parts(self._from(new.start), new)
 
     def remove(self, start: int, end: int) -> list[Extent]:
@@ -252,8 +250,7 @@ class Population:
             yield from self._blocks[k]
 
     def _join(self, lo: int, hi: int) -> int:
-        """Make one block of those holding the extents that start in ``(pred(lo), hi]``
-        (``pred(lo)``: the last start at or before ``lo``); return its index."""
+        """Join the blocks from the one holding ``lo``'s predecessor to ``hi``'s; its index."""
         b0 = self._block(lo)
         b1 = max(self._block(hi), b0)
         if b1 > b0:
@@ -403,10 +400,12 @@ class WorkCursor:
     def __init__(self, segments: list[Segment]) -> None:
         self.segments = [s for s in segments if s.count > 0]
         # time and units of segments[i:], so remaining_ns and finish cost O(1)
-        self._tail_ns = [*accumulate((s.total_ns for s in reversed(self.segments)),
-                                     initial=0)][::-1]
-        self._tail_units = [*accumulate((s.count for s in reversed(self.segments)),
-                                        initial=0)][::-1]
+        self._tail_ns, self._tail_units = [0], [0]
+        for s in reversed(self.segments):
+            self._tail_ns.append(self._tail_ns[-1] + s.total_ns)
+            self._tail_units.append(self._tail_units[-1] + s.count)
+        self._tail_ns.reverse()
+        self._tail_units.reverse()
         self.total_ns = self._tail_ns[0]
         self.index = 0
         self.done = 0  # units done in the current segment
