@@ -115,17 +115,17 @@ def _fresh_parts(window: Iterable[Extent], new: Extent) -> list[Extent]:
     """The parts of ``new`` not covered by ``window``: sorted extents, from the last one
     starting at or before ``new.start`` on (the rest of the population cannot overlap)."""
     fresh: list[Extent] = []
-    cursor = new.start
+    cursor, end = new.start, new.end
     for e in window:
-        if e.start >= new.end:
+        if e.start >= end:
             break
         if e.end <= cursor:
             continue
         if e.start > cursor:
             fresh.append(Extent(cursor, e.start - cursor, new.page))
         cursor = max(cursor, e.end)
-    if cursor < new.end:
-        fresh.append(Extent(cursor, new.end - cursor, new.page))
+    if cursor < end:
+        fresh.append(Extent(cursor, end - cursor, new.page))
     return fresh
 
 
@@ -195,26 +195,22 @@ class Population:
 
     def add(self, new: Extent) -> list[Extent]:
         """:func:`add_extent` on this population."""
-        fresh = self.unmapped(new)
-        if not fresh:
-            return fresh
         if not self._blocks:
             self._blocks, self._starts, self._firsts = [[]], [[]], [new.start]
-        b = self._join(new.start, new.end)
-        starts = self._starts[b]
-        lo = max(bisect_right(starts, new.start) - 1, 0)
-        hi = min(bisect_left(starts, new.end) + 1, len(starts))
-        self._splice(b, lo, hi, _merged(self._blocks[b][lo:hi], fresh))
+        b, lo, hi = self._window(new.start, end := new.end)
+        if hi == len(self._starts[b]) and b + 1 < len(self._blocks):
+            b, lo, hi = self._window(new.start, end, join=True)  # it may reach later blocks
+        block = self._blocks[b]
+        fresh = _fresh_parts(block[lo:hi], new)
+        if fresh or not block:  # the window and the successor (it may touch the last part)
+            self._splice(b, lo, hi + 1, _merged(block[lo:hi + 1], fresh))
         return fresh
 
     def unmapped(self, new: Extent) -> list[Extent]:
         """:func:`unmapped_parts` of this population."""
         if self._blocks:
-            b = self._block(new.start)
-            starts = self._starts[b]
-            lo = max(bisect_right(starts, new.start) - 1, 0)
-            hi = bisect_left(starts, new.end, lo)
-            if hi < len(starts) or b + 1 == len(self._blocks):  # the window is in block b
+            b, lo, hi = self._window(new.start, new.end)
+            if hi < len(self._starts[b]) or b + 1 == len(self._blocks):  # all in block b
                 return _fresh_parts(self._blocks[b][lo:hi], new)
         return _fresh_parts(self._from(new.start), new)
 
@@ -222,10 +218,7 @@ class Population:
         """:func:`remove_range` on this population."""
         if not self._blocks:
             return []
-        b = self._join(start, end)
-        starts = self._starts[b]
-        lo = max(bisect_right(starts, start) - 1, 0)
-        hi = max(bisect_left(starts, end), lo)
+        b, lo, hi = self._window(start, end, join=True)
         kept, gone = _cut(self._blocks[b][lo:hi], start, end)
         self._splice(b, lo, hi, kept)
         return gone
@@ -249,15 +242,19 @@ class Population:
         for k in range(b + 1, len(self._blocks)):
             yield from self._blocks[k]
 
-    def _join(self, lo: int, hi: int) -> int:
-        """Join the blocks from the one holding ``lo``'s predecessor to ``hi``'s; its index."""
-        b0 = self._block(lo)
-        b1 = max(self._block(hi), b0)
-        if b1 > b0:
-            self._blocks[b0:b1 + 1] = [list(chain.from_iterable(self._blocks[b0:b1 + 1]))]
-            self._starts[b0:b1 + 1] = [list(chain.from_iterable(self._starts[b0:b1 + 1]))]
-            del self._firsts[b0 + 1:b1 + 1]
-        return b0
+    def _window(self, start: int, end: int, join: bool = False) -> tuple[int, int, int]:
+        """``(b, lo, hi)``: block ``b`` from the last extent starting at or before ``start``
+        (else its first) to the first one starting at or after ``end`` (exclusive), this
+        end in block ``b`` when ``join`` (the blocks up to ``end``'s are joined into ``b``)."""
+        b = self._block(start)
+        last = max(self._block(end), b) if join else b
+        if last > b:
+            self._blocks[b:last + 1] = [list(chain.from_iterable(self._blocks[b:last + 1]))]
+            self._starts[b:last + 1] = [list(chain.from_iterable(self._starts[b:last + 1]))]
+            del self._firsts[b + 1:last + 1]
+        starts = self._starts[b]
+        lo = max(bisect_right(starts, start) - 1, 0)
+        return b, lo, max(bisect_left(starts, end, lo), lo)
 
     def _splice(self, b: int, lo: int, hi: int, items: list[Extent]) -> None:
         """Replace ``[lo, hi)`` of block ``b`` by ``items``; drop or split the block."""
