@@ -202,8 +202,8 @@ class Population:
             b, lo, hi = self._window(new.start, end, join=True)  # it may reach later blocks
         block = self._blocks[b]
         fresh = _fresh_parts(block[lo:hi], new)
-        if fresh or not block:  # the window and the successor (it may touch the last part)
-            self._splice(b, lo, hi + 1, _merged(block[lo:hi + 1], fresh))
+        if fresh or not 0 < len(block) <= 2 * self.LOAD:  # a new or a joined block: resize
+            self._splice(b, lo, hi + 1, _merged(block[lo:hi + 1], fresh))  # with the successor
         return fresh
 
     def unmapped(self, new: Extent) -> list[Extent]:
@@ -265,11 +265,12 @@ class Population:
             del self._blocks[b], self._starts[b], self._firsts[b]
         elif len(block) <= 2 * self.LOAD:
             self._firsts[b] = starts[0]
-        else:
-            cuts = range(0, len(block), self.LOAD)
-            self._blocks[b:b + 1] = [block[i:i + self.LOAD] for i in cuts]
-            self._starts[b:b + 1] = [starts[i:i + self.LOAD] for i in cuts]
-            self._firsts[b:b + 1] = [starts[i] for i in cuts]
+        else:  # into k blocks of LOAD to 2 * LOAD
+            k = len(block) // self.LOAD
+            cuts = [len(block) * i // k for i in range(k + 1)]
+            self._blocks[b:b + 1] = [block[i:j] for i, j in zip(cuts, cuts[1:], strict=False)]
+            self._starts[b:b + 1] = [starts[i:j] for i, j in zip(cuts, cuts[1:], strict=False)]
+            self._firsts[b:b + 1] = [starts[i] for i in cuts[:-1]]
 
 
 def add_extent(extents: list[Extent] | Population, new: Extent) -> list[Extent]:

@@ -235,6 +235,19 @@ def test_scattered_faults_coalesce_like_the_list(pages: list[int]) -> None:
     s.check()
 
 
+def test_adding_mapped_bytes_across_blocks_keeps_them_small() -> None:
+    """Adjacent extents of alternating page sizes (never joined) over many blocks, then an
+    add of bytes all mapped already: the blocks joined to look at it are split again."""
+    s = States(Tiny)
+    for i in range(16):
+        page = PAGE_2M if i % 2 else PAGE_4K
+        apply(s, ("add", Extent(i * PAGE_2M, PAGE_2M, page)))
+    s.check()
+    apply(s, ("add", Extent(0, 16 * PAGE_2M, PAGE_4K)))
+    apply(s, ("fault", Extent(PAGE_2M - PAGE_4K, 4 * PAGE_4K, PAGE_4K), 4))
+    s.check()
+
+
 segments = st.lists(st.builds(Segment, st.integers(0, 6), st.sampled_from(
     [0.0, 1.0, 2.5, 3.3333, 10.0, 52.39])), max_size=8)
 
