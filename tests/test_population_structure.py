@@ -270,3 +270,19 @@ def test_work_cursor_matches_the_walk(segs: list[Segment], steps: list[int | Non
         assert (cur.index, cur.done, cur.units_done) == (ref.index, ref.done, ref.units_done)
     assert cur.remaining_ns() == ref.remaining_ns()
     assert cur.finished == (ref.index >= len(ref.segments))
+
+
+def test_first_of_leaves_no_hook_on_the_signals_that_did_not_fire() -> None:
+    """A fault waits on first_of(timeout, mmu_lock.contended()); while the lock is never
+    contended, a hook left per wait on that one signal would pile up for the whole run."""
+    from replay.engine import Signal, Sim
+
+    sim = Sim()
+    lasting = Signal(sim)
+    outs = [sim.first_of(sim.timeout(10 + i), lasting) for i in range(100)]
+    sim.run()
+    assert all(o.fired and o.value == (0, None) for o in outs)
+    assert lasting._callbacks == []
+    fired = Signal(sim)
+    fired.fire("now")
+    assert sim.first_of(lasting, fired).value == (1, "now") and lasting._callbacks == []
