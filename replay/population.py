@@ -4,8 +4,8 @@ A root's population is a sorted :class:`Population` of non-overlapping :class:`E
 (guest-physical byte ranges mapped with one page size; the functions also take a sorted
 list). From it follow the counts of kernel-semantics §2.1: leaves per level and page
 tables per level (4K-level tables cover 2 MiB, 2M-level tables 1 GiB, 1G-level tables
-512 GiB). A zap becomes a short list of :class:`Segment` runs of
-identical non-yieldable units, whose size depends on the era's zap granularity (§1.5).
+512 GiB). A zap becomes a short list of :class:`Segment` runs of identical non-yieldable
+units, whose size depends on the era's zap granularity (§1.5).
 """
 
 from __future__ import annotations
