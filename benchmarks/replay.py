@@ -1,8 +1,8 @@
-"""Benchmark: derive + replay of a large real-shaped trace (issue 5's target: >= 1 M trace
-events/s through derive + replay of one policy on a 10 M-event trace).
+"""Benchmark: derive + replay of large traces.
 
-Two inputs, both built from real data so the VMs keep running the same recorded workload
-for longer (each copy shifted past the end of the previous one):
+Shadow MMU (issue 5's target: >= 1 M trace events/s through derive + replay of one policy
+on a 10 M-event trace). Two inputs, both built from real data so the VMs keep running the
+same recorded workload for longer (each copy shifted past the end of the previous one):
 
 1. streaming: a trace.dat repeating the ring-buffer pages of
    ../shared/traces/real/tc_kvm.v6.dat (as benchmarks/parse_tracedat.py builds it), read
@@ -11,7 +11,13 @@ for longer (each copy shifted past the end of the previous one):
 2. in memory: copies of the bundled sample_traces/tracefs_record_tgid.txt tables (two VMs x
    two vCPUs, tgid known) replayed from a whole :class:`~parsers.trace.Trace`.
 
-    python benchmarks/replay.py [EVENTS] [POLICY]
+TDP MMU, scattered faults (issue 12's targets: >= 0.3 M trace events/s through derive +
+replay at 200 k faults, and time(200 k) / time(50 k) <= 5.5, i.e. about linear): one VM
+(tgid recorded) whose 2 vCPUs fault N random distinct 4 KiB pages of a 16 GiB guest, N =
+50 000 and 200 000, written as kernel ftrace text (:func:`write_tdp_trace`). Each size runs
+in its own process, so its peak RSS is its own (parse, derive and replay).
+
+    python benchmarks/replay.py [EVENTS] [POLICY] [shadow|tdp]
 """
 
 from __future__ import annotations
@@ -33,6 +39,9 @@ from replay import replay  # noqa: E402
 
 TARGET_EVENTS_PER_S = 1_000_000
 SAMPLE = "sample_traces/tracefs_record_tgid.txt"
+TDP_FAULTS = (50_000, 200_000)
+TDP_TARGET_EVENTS_PER_S = 300_000
+TDP_TARGET_SCALING = 5.5
 
 
 def _repeat(table: pa.Table, copies: int, span: int, rows: int) -> pa.Table:
@@ -99,8 +108,20 @@ def streaming(events: int, policy: str) -> None:
 
 
 def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--tdp-child":
+        return tdp_child(int(sys.argv[2]), sys.argv[3])
     events = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000_000
     policy = sys.argv[2] if len(sys.argv) > 2 else "6.9"
+    cases = sys.argv[3].split(",") if len(sys.argv) > 3 else ["shadow", "tdp"]
+    if "shadow" in cases:
+        shadow(events, policy)
+    if "tdp" in cases:
+        tdp(policy)
+    return 0
+
+
+def shadow(events: int, policy: str) -> None:
+    """The shadow-MMU figures: streaming trace.dat, then the in-memory copies."""
     streaming(events, policy)
     t0 = time.perf_counter()
     trace = build(events)
@@ -118,7 +139,144 @@ def main() -> int:
           f"({rate / TARGET_EVENTS_PER_S:.2f}x target)")
     print(f"peak RSS   {rss_mb:,.0f} MB (max of the process so far; the whole input Trace, "
           f"payload text included, is in memory)")
+
+
+
+# ---------------------------------------------------------------- TDP, scattered faults
+_TGID = 5000
+_GUEST_PAGES = 1 << 22  # 16 GiB of 4 KiB pages
+_TDP_HEADER = (
+    "# tracer: nop\n#\n# entries-in-buffer/entries-written: {n}/{n}   #P:2\n#\n"
+    "#                                          _-----=> irqs-off/BH-disabled\n"
+    "#                                         / _----=> need-resched\n"
+    "#                                        | / _---=> hardirq/softirq\n"
+    "#                                        || / _--=> preempt-depth\n"
+    "#                                        ||| / _-=> migrate-disable\n"
+    "#                                        |||| /     delay\n"
+    "#           TASK-PID       TGID    CPU#  |||||  TIMESTAMP  FUNCTION\n"
+    "#              | |           |       |   |||||     |         |\n")
+#: (level of the page table, gfn bits it covers): 1G-level table per 512 GiB, 2M-level per
+#: 1 GiB, 4K-level per 2 MiB; each is linked by a non-leaf SPTE one level up.
+_TABLES = ((3, 27), (2, 18), (1, 9))
+
+
+def write_tdp_trace(path: Path, faults: int, seed: int = 12) -> int:
+    """Write the tracefs ``trace`` (record-tgid) of 2 vCPUs faulting ``faults`` random
+    distinct 4 KiB pages on a 4-level TDP root; returns the number of events.
+
+    The shapes are those of sample_traces/handwritten (kernel-semantics §3.1 print formats):
+    vCPU 0 allocates the root (``kvm_mmu_get_page ... l4 ... new``) and both enter; per
+    fault, on alternate vCPUs 5 us apart: ``kvm_exit`` (EPT_VIOLATION), ``kvm_page_fault``,
+    ``kvm_mmu_spte_requested``, for each missing page table its ``kvm_mmu_get_page`` and the
+    non-leaf ``kvm_tdp_mmu_spte_changed`` linking it, the leaf's ``kvm_tdp_mmu_spte_changed``
+    and ``kvm_mmu_set_spte``, then ``kvm_entry``. ``replay.render.kernel_text.format_line`` has no
+    tgid column, so the lines are formatted here; page payloads use its ``page_role_text``.
+    """
+    import numpy as np
+
+    from replay.model.workload import TDP_ROOT_ROLE
+    from replay.render.kernel_text import page_role_text
+
+    gfns = np.random.default_rng(seed).choice(_GUEST_PAGES, size=faults, replace=False)
+    heads = [f"{f'CPU {v}/KVM':>16}-{_TGID + 1 + v:<7} ({_TGID:>7}) [{v:03d}]" for v in (0, 1)]
+    lines: list[str] = []
+
+    def emit(v: int, us: int, flags: str, event: str, payload: str) -> None:
+        lines.append(f"{heads[v]} {flags} {100 + us // 1_000_000:5d}.{us % 1_000_000:06d}: "
+                     f"{event}: {payload}")
+
+    def page(gfn: int, level: int) -> str:
+        return page_role_text(0, gfn, (TDP_ROOT_ROLE & ~0xF) | level, 0) + " new"
+
+    emit(0, 10, "...1.", "kvm_mmu_get_page", page(0, 4))
+    for v in (0, 1):
+        emit(v, 12 + 3 * v, "d..1.", "kvm_entry",
+             f"vcpu {v}, rip 0xfff0 intr_info 0x{0:08x} error_code 0x{0:08x}")
+    tables: dict[tuple[int, int], int] = {}
+    for i, gfn in enumerate(gfns.tolist()):
+        v, us, rip, pfn = i & 1, 100 + 5 * i, 0x401000 + 16 * (i % 4096), 0x200000 + i
+        emit(v, us, "d..1.", "kvm_exit",
+             f"vcpu {v} reason EPT_VIOLATION rip {rip:#x} info1 0x{0x181:016x} info2 0x{0:016x}"
+             f" intr_info 0x{0:08x} error_code 0x{0:08x} requests 0x{0:016x}")
+        emit(v, us + 1, ".....", "kvm_page_fault",
+             f"vcpu {v} rip {rip:#x} address 0x{gfn << 12:016x} error_code 0x181")
+        emit(v, us + 1, "...1.", "kvm_mmu_spte_requested", f"gfn {gfn:x} pfn {pfn:x} level 1")
+        for level, shift in _TABLES:
+            base = gfn >> shift << shift
+            if (level, base) not in tables:
+                tables[level, base] = table = 0x10A001 + len(tables)
+                emit(v, us + 2, "...1.", "kvm_mmu_get_page", page(base, level))
+                emit(v, us + 2, "...1.", "kvm_tdp_mmu_spte_changed",
+                     f"as id 0 gfn {base:x} level {level + 1} old_spte 0 "
+                     f"new_spte {table << 12 | 0x907:x}")
+        spte, sptep = 0x600000000000B77 | pfn << 12, 0xFFFF888000000000 | tables[1, gfn >> 9 << 9] << 12
+        emit(v, us + 2, "...1.", "kvm_tdp_mmu_spte_changed",
+             f"as id 0 gfn {gfn:x} level 1 old_spte 0 new_spte {spte:x}")
+        emit(v, us + 2, "...1.", "kvm_mmu_set_spte",
+             f"gfn {gfn:x} spte {spte:x} (rwx) level 1 at {sptep + 8 * (gfn & 511):x}")
+        emit(v, us + 3, "d..1.", "kvm_entry",
+             f"vcpu {v}, rip {rip:#x} intr_info 0x{0:08x} error_code 0x{0:08x}")
+    with path.open("w", encoding="utf-8", newline="\n") as out:
+        out.write(_TDP_HEADER.format(n=len(lines)))
+        out.write("\n".join(lines))
+        out.write("\n")
+    return len(lines)
+
+
+def tdp_child(faults: int, policy: str) -> int:
+    """One size, in its own process: write, parse (timed apart), then derive + replay.
+    Prints one JSON line for :func:`tdp`."""
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="bench-tdp-") as tmp:
+        path = Path(tmp) / f"tdp_{faults}.txt"
+        write_tdp_trace(path, faults)
+        t0 = time.perf_counter()
+        trace = read_trace(path)
+        parse = time.perf_counter() - t0
+    t0, c0 = time.perf_counter(), time.process_time()
+    result = replay(trace, policy=policy)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    blocks = result.block_intervals
+    faulted = blocks.filter(pc.and_(pc.equal(blocks.column("run"), policy),
+                                    pc.equal(blocks.column("cause"), "fault"))).column("count")
+    print(json.dumps({"faults": faults, "events": trace.events.num_rows, "parse": parse,
+                      "wall": wall, "cpu": cpu, "rss_mb": rss_mb, "replayed": pc.sum(faulted).as_py()}))
     return 0
+
+
+def tdp(policy: str) -> None:
+    """Scattered TDP faults at each of :data:`TDP_FAULTS`, each size in a fresh process."""
+    import json
+    import subprocess
+
+    rows = []
+    for faults in TDP_FAULTS:
+        out = subprocess.run([sys.executable, __file__, "--tdp-child", str(faults), policy],
+                             check=True, capture_output=True, text=True).stdout
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+    print(f"tdp        2 vCPUs fault N random distinct 4 KiB pages of a 16 GiB guest "
+          f"(text, record-tgid; {policy})")
+    print("  faults     events  parse s  derive+replay s (CPU s)  M events/s (CPU)  peak RSS MB"
+          "  faults replayed")
+    for r in rows:
+        print(f"  {r['faults']:>7,} {r['events']:>10,} {r['parse']:>8.2f} {r['wall']:>16.2f} "
+              f"({r['cpu']:5.2f}) {r['events'] / r['wall'] / 1e6:>11.3f} "
+              f"({r['events'] / r['cpu'] / 1e6:.3f}) {r['rss_mb']:>12,.0f} {r['replayed']:>16,}")
+    last = rows[-1]
+    rate = last["events"] / last["wall"]
+    scaling = rows[-1]["wall"] / rows[0]["wall"]
+    cpu_scaling = rows[-1]["cpu"] / rows[0]["cpu"]
+    print(f"  rate at {last['faults']:,}: {rate / 1e6:.3f} M events/s, target >= "
+          f"{TDP_TARGET_EVENTS_PER_S / 1e6:.1f} M ({rate / TDP_TARGET_EVENTS_PER_S:.2f}x target)")
+    print(f"  time({rows[-1]['faults'] // 1000}k)/time({rows[0]['faults'] // 1000}k) "
+          f"{scaling:.2f} (CPU {cpu_scaling:.2f}), target <= {TDP_TARGET_SCALING} "
+          f"({scaling / TDP_TARGET_SCALING:.2f} of the bound; linear is "
+          f"{rows[-1]['faults'] / rows[0]['faults']:.1f})")
+    print("  (wall time is the figure; CPU time shows what a machine shared with other work "
+          "took from it)")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ Times are the trace's own nanoseconds, so replayed tables line up with observed 
 from __future__ import annotations
 
 import weakref
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -236,9 +237,12 @@ def _reloads_at_entry(trace: Trace, threads: ThreadMap, steps: dict[int, list[_S
             k = int(np.searchsorted(ts, z, side="right"))
             if k < ts.size:
                 marks.append((int(ts[k]), int(seq[k]), z, what))
+        first: dict[int, int] = {}  # entry time -> the earliest mark it is the first entry after
+        for m in marks:
+            first[m[0]] = min(first.get(m[0], m[2]), m[2])
         for at, sq, since, what in sorted(set(marks)):
-            if any(since < t <= at for t in mine) or any(
-                    m[0] == at and m[2] < since for m in marks):
+            k = bisect_right(mine, since)  # a root get_page of its own in (since, at]?
+            if (k < len(mine) and mine[k] <= at) or first[at] < since:
                 continue
             why = ("first kvm_entry" if since < 0 else
                    f"first kvm_entry after {what} at {since}")
@@ -429,19 +433,19 @@ def _fast_zap_passes(trace: Trace, zaps: pd.DataFrame) -> str | None:
     zaps = zaps.sort_values("seq", kind="stable")
     new = zaps["new_spte"].fillna(0).astype(np.uint64).to_numpy()
     iterator = (new & np.uint64(~_NONPRESENT_VALUE & (2**64 - 1))) == 0
+    zseq, zpid, zlevel = (zaps[c].to_numpy() for c in ("seq", "pid", "level"))
     votes: set[str] = set()
-    for seq, pid in zip(fast["seq"], fast["pid"], strict=True):
-        mine = (zaps["pid"].to_numpy() == pid) & (zaps["seq"].to_numpy() > seq)
-        later = fast[(fast["pid"] == pid) & (fast["seq"] > seq)]["seq"]
-        if len(later):
-            mine &= zaps["seq"].to_numpy() < int(later.min())
-        idx = np.flatnonzero(mine)
-        top = idx[zaps["level"].to_numpy()[idx] == level]
-        if not top.size:
-            continue
-        window = idx[idx <= top[0]]
-        below = zaps["level"].to_numpy()[window] < level
-        votes.add("multi" if (below & iterator[window]).any() else "one")
+    for pid in pd.unique(fast["pid"]):  # per task, by seq: its zaps, its fast zaps
+        mine = np.flatnonzero(zpid == pid)
+        seqs, tops = zseq[mine], np.flatnonzero(zlevel[mine] == level)
+        hits = np.r_[0, np.cumsum((zlevel[mine] < level) & iterator[mine])]
+        starts = np.sort(fast["seq"].to_numpy()[fast["pid"].to_numpy() == pid])
+        ends = np.append(starts[1:], np.iinfo(np.int64).max)  # the task's next fast zap
+        for lo, hi in zip(np.searchsorted(seqs, starts, "right").tolist(),
+                          np.searchsorted(seqs, ends, "left").tolist(), strict=True):
+            t = int(np.searchsorted(tops, lo))  # its first top-level zap in the window
+            if t < tops.size and tops[t] < hi:  # iterator writes below it, up to it?
+                votes.add("multi" if hits[tops[t] + 1] > hits[lo] else "one")
     return "multi" if "multi" in votes else ("one" if votes else None)
 
 

@@ -57,6 +57,9 @@ class _Driver:
         self.vcpu_done: list[Signal] = []
         self.slots_lock_free = True
         self.slots_waiters: list[Signal] = []
+        #: roots given extents since last seen empty: a superset of the roots that map
+        #: something, which the fast zap's check reads instead of every root ever made
+        self.mapped: dict[int, Any] = {}
 
     def start(self) -> None:
         per_actor: dict[str, list[tuple[int, Op]]] = {}
@@ -170,6 +173,8 @@ class _Driver:
             installed: list[Extent] = []
             for e in head:  # another vCPU may have installed some meanwhile: spurious faults
                 installed += add_extent(root.population, e)
+            if installed:
+                self.mapped[root.id] = root
             rp.block(v.actor, t0, "fault", count=cur.units_done - u0, each=each, root=root)
             for r in rp.recorders:
                 r.populated(Nanos(t0), rp.now, v.actor, root.id, installed)
@@ -233,8 +238,11 @@ class _Driver:
             r.fast_zap(rp.now, ActorId(op.actor), rp.mmu_valid_gen)
         existing = len(rp.roots)  # roots created meanwhile cannot map the deleted slot
         yield from rp.policy.fast_zap(rp, ActorId(op.actor))
-        for root in rp.roots[:existing]:
-            if root.invalid and root.population:
+        for rid in sorted(self.mapped):  # in root order, as rp.roots
+            root = self.mapped[rid]
+            if not root.population:
+                del self.mapped[rid]  # until its next add
+            elif rid < existing and root.invalid:
                 rp.violate("fast zap returned with SPTEs of an invalidated root left",
                            root=root, holder=op.actor, invariant=7)
         rp.fast_zap_busy = False
@@ -275,7 +283,7 @@ class _Driver:
             if remove:
                 touched = remove_range(root.population, start, start + size)
             else:
-                touched = remove_range(list(root.population), start, start + size)
+                touched = root.population.touched(start, start + size)
             leaves = counts_of(touched).leaves
             shared = mode == READ
             cur = WorkCursor([Segment(leaves, rp.cost.leaf_ns(shared))])

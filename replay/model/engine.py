@@ -111,14 +111,26 @@ class Sim:
         return sig
 
     def first_of(self, *signals: Signal) -> Signal:
-        """A signal firing with ``(index, value)`` of the first of ``signals`` to fire."""
+        """A signal firing with ``(index, value)`` of the first of ``signals`` to fire.
+
+        Once it fired, its hooks leave the signals that have not: a long-lived one
+        (``mmu_lock``'s contention, a vCPU's kick) would otherwise keep a dead hook per
+        wait, one per fault of a long replay (they could only fire a fired signal)."""
         out = Signal(self)
+        hooks: list[tuple[Signal, Callable[[Any], None]]] = []
 
         def forward(index: int) -> Callable[[Any], None]:
             return lambda value: out.fire((index, value))
 
+        def unhook(_: Any) -> None:
+            for sig, hook in hooks:
+                if not sig.fired:
+                    sig._callbacks.remove(hook)
+
         for i, sig in enumerate(signals):
-            sig.on_fire(forward(i))
+            hooks.append((sig, forward(i)))
+            sig.on_fire(hooks[-1][1])
+        out.on_fire(unhook)
         return out
 
     def process(self, gen: Wait, name: str) -> Process:

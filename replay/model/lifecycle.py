@@ -107,6 +107,9 @@ class Replay:
         self.system_wq = Workqueue(self.sim, "events", cost.host_cpus, "kworker/")
         self.vm_wq = Workqueue(self.sim, "kvm", cost.host_cpus, "kworker/u:")
         self.roots: list[RootState] = []
+        #: the linked roots (``tdp_mmu_roots``) by id, in creation order: a long trace makes
+        #: thousands of roots, and every load and fast zap looks at the linked ones only
+        self._linked: dict[RootId, RootState] = {}
         self.vcpus: dict[int, VcpuState] = {}
         self.mmu_valid_gen = 0
         self.vm_dying = False
@@ -165,12 +168,13 @@ class Replay:
     # ---------------------------------------------------------------- references
     def new_root(self, role: int, actor: ActorId) -> RootState:
         """ALLOC: a new linked root with the era's initial references (§1.2)."""
-        for other in self.roots:
-            if other.linked and not other.invalid and other.role == role:
+        for other in self._linked.values():
+            if not other.invalid and other.role == role:
                 self.violate("second valid root with the same role", root=other, holder=actor,
                              invariant=10)
         root = RootState(RootId(len(self.roots)), role, self.now, actor)
         self.roots.append(root)
+        self._linked[root.id] = root
         for r in self.recorders:
             r.root_created(self.now, root.id, role, actor)
         root.refcount = 1
@@ -242,6 +246,7 @@ class Replay:
         if root.linked:
             root.linked = False
             root.unlinked = self.now
+            del self._linked[root.id]
 
     def free_rcu(self, root: RootState) -> None:
         """``call_rcu(tdp_mmu_free_sp_rcu_callback)``: free after a grace period."""
@@ -283,7 +288,7 @@ class Replay:
 
     def live_roots(self) -> list[RootState]:
         """Roots on ``tdp_mmu_roots``, in creation order."""
-        return [r for r in self.roots if r.linked]
+        return list(self._linked.values())
 
     # ---------------------------------------------------------------- mmu_lock
     def acquire(self, actor: str, mode: Mode) -> Wait:

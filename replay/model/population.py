@@ -1,17 +1,24 @@
 """What a root maps, as counts per extent (never one object per SPTE), and its zap work.
 
-A root's population is a sorted list of non-overlapping :class:`Extent` (guest-physical
-byte ranges mapped with one page size). From it follow the counts of kernel-semantics §2.1:
-leaves per level and page tables per level (4K-level tables cover 2 MiB, 2M-level tables
-1 GiB, 1G-level tables 512 GiB). A zap becomes a short list of :class:`Segment` runs of
-identical non-yieldable units, whose size depends on the era's zap granularity (§1.5).
+A root's population is a sorted :class:`Population` of non-overlapping :class:`Extent`
+(guest-physical byte ranges mapped with one page size; the functions also take a sorted
+list). From it follow the counts of kernel-semantics §2.1: leaves per level and page
+tables per level (4K-level tables cover 2 MiB, 2M-level tables 1 GiB, 1G-level tables
+512 GiB). A zap becomes a short list of :class:`Segment` runs of identical non-yieldable
+units, whose size depends on the era's zap granularity (§1.5).
 """
 
 from __future__ import annotations
 
 import enum
 import math
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import reduce
+from itertools import chain, takewhile
+from operator import attrgetter
+from typing import ClassVar
 
 from replay.model.cost import CostModel
 from replay.model.ids import PAGE_1G, PAGE_2M, PAGE_4K, PAGE_512G
@@ -21,6 +28,7 @@ __all__ = [
     "Counts",
     "Segment",
     "Granularity",
+    "Population",
     "WorkCursor",
     "add_extent",
     "counts_of",
@@ -31,6 +39,7 @@ __all__ = [
 ]
 
 _ENTRIES = 512
+_start = attrgetter("start")
 
 
 @dataclass(frozen=True, order=True)
@@ -95,33 +104,28 @@ def _extent_counts(e: Extent) -> Counts:
     )
 
 
-def counts_of(extents: list[Extent]) -> Counts:
+def counts_of(extents: Iterable[Extent]) -> Counts:
     """Total counts of a population."""
-    total = Counts()
-    for e in extents:
-        total = total + _extent_counts(e)
-    return total
+    parts = map(_extent_counts, extents)
+    first = next(parts, None)
+    return Counts() if first is None else reduce(Counts.__add__, parts, first)
 
 
-def add_extent(extents: list[Extent], new: Extent) -> list[Extent]:
-    """Add ``new`` to the sorted population ``extents`` in place; return the parts not yet mapped.
-
-    Bytes already mapped (at any page size) are not mapped again: a guest touching them
-    takes no fault.
-    """
+def _fresh_parts(window: Iterable[Extent], new: Extent) -> list[Extent]:
+    """The parts of ``new`` not covered by ``window``: sorted extents, from the last one
+    starting at or before ``new.start`` on (the rest of the population cannot overlap)."""
     fresh: list[Extent] = []
-    cursor = new.start
-    for e in extents:
-        if e.end <= cursor or e.start >= new.end:
+    cursor, end = new.start, new.end
+    for e in window:
+        if e.start >= end:
+            break
+        if e.end <= cursor:
             continue
         if e.start > cursor:
             fresh.append(Extent(cursor, e.start - cursor, new.page))
         cursor = max(cursor, e.end)
-    if cursor < new.end:
-        fresh.append(Extent(cursor, new.end - cursor, new.page))
-    if fresh:
-        merged = sorted(extents + fresh)
-        extents[:] = _coalesce(merged)
+    if cursor < end:
+        fresh.append(Extent(cursor, end - cursor, new.page))
     return fresh
 
 
@@ -133,6 +137,157 @@ def _coalesce(extents: list[Extent]) -> list[Extent]:
             e = Extent(last.start, last.size + e.size, e.page)
         out.append(e)
     return out
+
+
+def _merged(window: list[Extent], fresh: list[Extent]) -> list[Extent]:
+    """``window`` (``new``'s predecessor to successor) with ``fresh`` added and coalesced:
+    the population is coalesced already, so only extents around the fresh parts can join."""
+    return _coalesce(sorted(window + fresh, key=_start))
+
+
+def _cut(window: Iterable[Extent], start: int, end: int) -> tuple[list[Extent], list[Extent]]:
+    """``(kept, gone)``: ``window`` without ``[start, end)`` rounded out to whole leaves."""
+    kept: list[Extent] = []
+    gone: list[Extent] = []
+    for e in window:
+        hi_raw = min(e.end, end)
+        if hi_raw <= max(e.start, start):
+            kept.append(e)
+            continue
+        lo = e.start + ((max(e.start, start) - e.start) // e.page) * e.page
+        hi = e.start + -(-(hi_raw - e.start) // e.page) * e.page
+        if lo > e.start:
+            kept.append(Extent(e.start, lo - e.start, e.page))
+        gone.append(Extent(lo, hi - lo, e.page))
+        if hi < e.end:
+            kept.append(Extent(hi, e.end - hi, e.page))
+    return kept, gone
+
+
+class Population:
+    """The extents a root maps, in address order, non-overlapping, adjacent extents of one
+    page size joined; kept as blocks of a few hundred with their starts for bisection, so a
+    lookup, insert or removal around one address costs O(log n) plus one block's copy (one
+    sorted list rebuilt per fault made n scattered faults cost O(n^2))."""
+
+    #: Extents per block after a split (a block splits beyond twice this).
+    LOAD: ClassVar[int] = 256
+
+    __slots__ = ("_blocks", "_starts", "_firsts")
+
+    def __init__(self) -> None:
+        self._blocks: list[list[Extent]] = []
+        self._starts: list[list[int]] = []
+        self._firsts: list[int] = []
+
+    def __iter__(self) -> Iterator[Extent]:
+        return chain.from_iterable(self._blocks)
+
+    def __len__(self) -> int:
+        return sum(map(len, self._blocks))
+
+    def __bool__(self) -> bool:
+        return bool(self._blocks)  # no block is ever left empty
+
+    def clear(self) -> None:
+        """Forget every extent (the root was zapped)."""
+        self._blocks, self._starts, self._firsts = [], [], []
+
+    def add(self, new: Extent) -> list[Extent]:
+        """:func:`add_extent` on this population."""
+        if not self._blocks:
+            self._blocks, self._starts, self._firsts = [[]], [[]], [new.start]
+        b, lo, hi = self._window(new.start, end := new.end)
+        if hi == len(self._starts[b]) and b + 1 < len(self._blocks):
+            b, lo, hi = self._window(new.start, end, join=True)  # it may reach later blocks
+        block = self._blocks[b]
+        fresh = _fresh_parts(block[lo:hi], new)
+        if fresh or not 0 < len(block) <= 2 * self.LOAD:  # a new or a joined block: resize
+            self._splice(b, lo, hi + 1, _merged(block[lo:hi + 1], fresh))  # with the successor
+        return fresh
+
+    def unmapped(self, new: Extent) -> list[Extent]:
+        """:func:`unmapped_parts` of this population."""
+        if self._blocks:
+            b, lo, hi = self._window(new.start, new.end)
+            if hi < len(self._starts[b]) or b + 1 == len(self._blocks):  # all in block b
+                return _fresh_parts(self._blocks[b][lo:hi], new)
+        return _fresh_parts(self._from(new.start), new)
+
+    def remove(self, start: int, end: int) -> list[Extent]:
+        """:func:`remove_range` on this population."""
+        if not self._blocks:
+            return []
+        b, lo, hi = self._window(start, end, join=True)
+        kept, gone = _cut(self._blocks[b][lo:hi], start, end)
+        self._splice(b, lo, hi, kept)
+        return gone
+
+    def touched(self, start: int, end: int) -> list[Extent]:
+        """What :meth:`remove` would return, without removing anything."""
+        return _cut(takewhile(lambda e: e.start < end, self._from(start)), start, end)[1]
+
+    def _block(self, address: int) -> int:
+        """The block holding the last extent starting at or before ``address`` (else 0)."""
+        return max(bisect_right(self._firsts, address) - 1, 0)
+
+    def _from(self, address: int) -> Iterator[Extent]:
+        """Extents in order from the last one starting at or before ``address``."""
+        if not self._blocks:
+            return
+        b = self._block(address)
+        block = self._blocks[b]
+        for i in range(max(bisect_right(self._starts[b], address) - 1, 0), len(block)):
+            yield block[i]
+        for k in range(b + 1, len(self._blocks)):
+            yield from self._blocks[k]
+
+    def _window(self, start: int, end: int, join: bool = False) -> tuple[int, int, int]:
+        """``(b, lo, hi)``: block ``b`` from the last extent starting at or before ``start``
+        (else its first) to the first one starting at or after ``end`` (exclusive), this
+        end in block ``b`` when ``join`` (the blocks up to ``end``'s are joined into ``b``)."""
+        b = self._block(start)
+        last = max(self._block(end), b) if join else b
+        if last > b:
+            self._blocks[b:last + 1] = [list(chain.from_iterable(self._blocks[b:last + 1]))]
+            self._starts[b:last + 1] = [list(chain.from_iterable(self._starts[b:last + 1]))]
+            del self._firsts[b + 1:last + 1]
+        starts = self._starts[b]
+        lo = max(bisect_right(starts, start) - 1, 0)
+        return b, lo, max(bisect_left(starts, end, lo), lo)
+
+    def _splice(self, b: int, lo: int, hi: int, items: list[Extent]) -> None:
+        """Replace ``[lo, hi)`` of block ``b`` by ``items``; drop or split the block."""
+        block, starts = self._blocks[b], self._starts[b]
+        block[lo:hi] = items
+        starts[lo:hi] = [e.start for e in items]
+        if not block:
+            del self._blocks[b], self._starts[b], self._firsts[b]
+        elif len(block) <= 2 * self.LOAD:
+            self._firsts[b] = starts[0]
+        else:  # into k blocks of LOAD to 2 * LOAD
+            k = len(block) // self.LOAD
+            cuts = [len(block) * i // k for i in range(k + 1)]
+            self._blocks[b:b + 1] = [block[i:j] for i, j in zip(cuts, cuts[1:], strict=False)]
+            self._starts[b:b + 1] = [starts[i:j] for i, j in zip(cuts, cuts[1:], strict=False)]
+            self._firsts[b:b + 1] = [starts[i] for i in cuts[:-1]]
+
+
+def add_extent(extents: list[Extent] | Population, new: Extent) -> list[Extent]:
+    """Add ``new`` to the population ``extents`` in place; return the parts not yet mapped.
+
+    ``extents`` is a :class:`Population` or a sorted list of non-overlapping, coalesced
+    extents (as this module leaves them). Bytes already mapped (at any page size) are not
+    mapped again: a guest touching them takes no fault.
+    """
+    if isinstance(extents, Population):
+        return extents.add(new)
+    lo = max(bisect_right(extents, new.start, key=_start) - 1, 0)
+    hi = min(bisect_left(extents, new.end, key=_start) + 1, len(extents))
+    fresh = _fresh_parts(extents[lo:hi], new)
+    if fresh:
+        extents[lo:hi] = _merged(extents[lo:hi], fresh)
+    return fresh
 
 
 class Granularity(enum.Enum):
@@ -173,7 +328,7 @@ class _TableCost:
 
 
 def zap_segments(
-    extents: list[Extent],
+    extents: Iterable[Extent],
     granularity: Granularity,
     cost: CostModel,
     *,
@@ -214,7 +369,7 @@ def zap_segments(
     return subtrees + top + [root_scan]
 
 
-def _leaf_passes(extents: list[Extent], tc: _TableCost) -> list[Segment]:
+def _leaf_passes(extents: Iterable[Extent], tc: _TableCost) -> list[Segment]:
     """6.9+: leaves one by one, then each emptied table level by level."""
     counts = [_extent_counts(e) for e in extents]
     passes: list[Segment] = []
@@ -242,7 +397,14 @@ class WorkCursor:
 
     def __init__(self, segments: list[Segment]) -> None:
         self.segments = [s for s in segments if s.count > 0]
-        self.total_ns = sum(s.total_ns for s in self.segments)
+        # time and units of segments[i:], so remaining_ns and finish cost O(1)
+        self._tail_ns, self._tail_units = [0], [0]
+        for s in reversed(self.segments):
+            self._tail_ns.append(self._tail_ns[-1] + s.total_ns)
+            self._tail_units.append(self._tail_units[-1] + s.count)
+        self._tail_ns.reverse()
+        self._tail_units.reverse()
+        self.total_ns = self._tail_ns[0]
         self.index = 0
         self.done = 0  # units done in the current segment
         self.units_done = 0
@@ -254,17 +416,14 @@ class WorkCursor:
 
     def remaining_ns(self) -> int:
         """Time to finish all remaining units."""
-        total = 0
-        for i in range(self.index, len(self.segments)):
-            s = self.segments[i]
-            done = self.done if i == self.index else 0
-            total += round(s.count * s.unit_ns) - round(done * s.unit_ns)
-        return total
+        if self.finished:
+            return 0
+        done = round(self.done * self.segments[self.index].unit_ns)
+        return self._tail_ns[self.index] - done
 
     def finish(self) -> None:
         """Mark every unit done."""
-        for i in range(self.index, len(self.segments)):
-            self.units_done += self.segments[i].count - (self.done if i == self.index else 0)
+        self.units_done += self._tail_units[self.index] - self.done
         self.index = len(self.segments)
         self.done = 0
 
@@ -317,28 +476,22 @@ def split_extents(extents: list[Extent], leaves: int) -> tuple[list[Extent], lis
     return head, tail
 
 
-def unmapped_parts(extents: list[Extent], new: Extent) -> list[Extent]:
+def unmapped_parts(extents: list[Extent] | Population, new: Extent) -> list[Extent]:
     """The parts of ``new`` not mapped by ``extents`` (without changing them)."""
-    return add_extent(list(extents), new)
+    if isinstance(extents, Population):
+        return extents.unmapped(new)
+    lo = max(bisect_right(extents, new.start, key=_start) - 1, 0)
+    return _fresh_parts(extents[lo:bisect_left(extents, new.end, key=_start)], new)
 
 
-def remove_range(extents: list[Extent], start: int, end: int) -> list[Extent]:
+def remove_range(extents: list[Extent] | Population, start: int, end: int) -> list[Extent]:
     """Remove ``[start, end)`` from ``extents`` in place (rounded out to whole leaves).
 
     Returns the removed extents."""
-    kept: list[Extent] = []
-    gone: list[Extent] = []
-    for e in extents:
-        hi_raw = min(e.end, end)
-        if hi_raw <= max(e.start, start):
-            kept.append(e)
-            continue
-        lo = e.start + ((max(e.start, start) - e.start) // e.page) * e.page
-        hi = e.start + -(-(hi_raw - e.start) // e.page) * e.page
-        if lo > e.start:
-            kept.append(Extent(e.start, lo - e.start, e.page))
-        gone.append(Extent(lo, hi - lo, e.page))
-        if hi < e.end:
-            kept.append(Extent(hi, e.end - hi, e.page))
-    extents[:] = kept
+    if isinstance(extents, Population):
+        return extents.remove(start, end)
+    lo = max(bisect_right(extents, start, key=_start) - 1, 0)
+    hi = max(bisect_left(extents, end, key=_start), lo)
+    kept, gone = _cut(extents[lo:hi], start, end)
+    extents[lo:hi] = kept
     return gone

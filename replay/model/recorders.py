@@ -7,6 +7,7 @@ overrides the hooks it needs (all no-ops in :class:`Recorder`) and returns its t
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import ClassVar, Final
 
 import pyarrow as pa
@@ -101,7 +102,7 @@ class Recorder:
         """``actor`` faulted ``extents`` into ``root`` between ``start`` and ``end``."""
 
     def zapped(
-        self, start: Nanos, end: Nanos, actor: ActorId, root: RootId, extents: list[Extent],
+        self, start: Nanos, end: Nanos, actor: ActorId, root: RootId, extents: Iterable[Extent],
         done_from: float, done_to: float,
     ) -> None:
         """``actor`` zapped ``root`` (mapping ``extents``) in one uninterrupted stretch, from

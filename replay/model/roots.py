@@ -10,7 +10,7 @@ from collections import Counter
 
 from replay.model.engine import Signal
 from replay.model.ids import ActorId, Nanos, RootId
-from replay.model.population import Extent, WorkCursor
+from replay.model.population import Population, WorkCursor
 from replay.model.records import Root
 
 __all__ = ["RootState"]
@@ -66,7 +66,7 @@ class RootState:
         self.scheduled_to_zap = False
         self.queued = False
         self.linked = True
-        self.population: list[Extent] = []
+        self.population = Population()
         self.zap: WorkCursor | None = None
         self.zap_active = False
         self.zap_changed: Signal | None = None

@@ -12,7 +12,7 @@ all printed. Lines are written to a temporary file renamed into place on success
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Final
 
@@ -155,12 +155,12 @@ class KernelTextTrace(Recorder):
                        "d..1.")
 
     def zapped(self, start: Nanos, end: Nanos, actor: ActorId, root: RootId,
-               extents: list[Extent], done_from: float, done_to: float) -> None:
+               extents: Iterable[Extent], done_from: float, done_to: float) -> None:
         span = end - start
         leaf_pass = self.policy.fast_zap_granularity is Granularity.LEAF
         new = 0 if leaf_pass else _REMOVED_SPTE
         last_table = -1
-        for pos, gfn, level in _sampled(extents, self.every, done_from, done_to):
+        for pos, gfn, level in _sampled(list(extents), self.every, done_from, done_to):
             t = start + int(pos * span)
             old = ((_PFN_BASE + gfn) << 12) | _LEAF_BITS | (0x80 if level > 1 else 0)
             table_gfn = gfn & ~0x1FF
