@@ -241,7 +241,7 @@ def tdp_child(faults: int, policy: str) -> int:
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     blocks = result.block_intervals
     faulted = blocks.filter(pc.and_(pc.equal(blocks.column("run"), policy),
-                                    pc.equal(blocks.column("cause"), "fault"))).column("count")
+                                    pc.equal(blocks.column("cause"), "fault"))).column("n_blocks")
     print(json.dumps({"faults": faults, "events": trace.events.num_rows, "parse": parse,
                       "wall": wall, "cpu": cpu, "rss_mb": rss_mb, "replayed": pc.sum(faulted).as_py()}))
     return 0
