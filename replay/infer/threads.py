@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from parsers.trace import Trace
+from parsers.trace import Trace, event_mask, rows_named
 from replay.infer.generations import assign_by_generation
 from replay.infer.grouping import (
     Life,
@@ -159,10 +159,8 @@ def _work_items(trace: Trace, out: ThreadMap) -> list[WorkItem]:
     """Which VM's work each kernel worker runs, from the workqueue events' ``work`` address:
     queued by a thread of a known VM, executed (start..end) by a worker."""
     ev = trace.events
-    names = ev.column("event").cast(pa.string())
-    wanted = pc.is_in(names, pa.array(["workqueue_queue_work", "workqueue_execute_start",
-                                       "workqueue_execute_end"]))
-    rows = ev.filter(pc.fill_null(wanted, False)).select(["ts", "pid", "seq", "event", "args"])
+    rows = rows_named(ev, ["workqueue_queue_work", "workqueue_execute_start",
+                           "workqueue_execute_end"], ["ts", "pid", "seq", "event", "args"])
     queued: dict[str, tuple[int, int, int, int, str]] = {}
     open_: dict[int, tuple[str, int, tuple[int, int, int, int, str]]] = {}
     items: list[WorkItem] = []
@@ -194,9 +192,8 @@ def _work_items(trace: Trace, out: ThreadMap) -> list[WorkItem]:
 
 def _kvm_pids(trace: Trace) -> list[int]:
     """Threads that emitted a kvm or kvmmmu event (not sched/workqueue-only threads)."""
-    names = trace.events.column("event").cast(pa.string())
-    kvm = pc.or_(pc.starts_with(names, "kvm"), pc.starts_with(names, "vcpu_"))
-    pids = trace.events.column("pid").filter(pc.fill_null(kvm, False))
+    kvm = event_mask(trace.events, lambda name: name.startswith(("kvm", "vcpu_")))
+    pids = trace.events.column("pid").filter(kvm)
     return sorted(int(p) for p in pc.unique(pids).to_pylist() if p is not None)
 
 
@@ -243,9 +240,7 @@ def _last_per_pid(ev: pa.Table, column: str) -> dict[Any, Any]:
 
 def _fork_parents(trace: Trace) -> dict[int, int]:
     """child pid → parent pid from ``sched_process_fork`` (args text) when recorded."""
-    ev = trace.events
-    names = ev.column("event").cast(pa.string())
-    forks = ev.filter(pc.fill_null(pc.equal(names, "sched_process_fork"), False))
+    forks = rows_named(trace.events, ["sched_process_fork"], ["args"])
     parents: dict[int, int] = {}
     for args in forks.column("args").to_pylist():
         child = _FORK_RE.search(args or "")
