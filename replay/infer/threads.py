@@ -231,11 +231,24 @@ def _tgids(ev: pa.Table) -> dict[int, int]:
     return {int(k): int(v) for k, v in _last_per_pid(ev, "tgid").items()}
 
 
+#: Rows converted to pandas at a time by :func:`_last_per_pid` (bounds its memory).
+_SLICE_ROWS = 1 << 20
+
+
 def _last_per_pid(ev: pa.Table, column: str) -> dict[Any, Any]:
-    """The last non-null ``column`` value of each pid."""
-    df = ev.select(["pid", column]).to_pandas().dropna()
-    last = df.drop_duplicates("pid", keep="last")
-    return dict(zip(last["pid"].tolist(), last[column].astype(object).tolist(), strict=True))
+    """The last non-null ``column`` value of each pid, in the order of those last rows.
+
+    Slice by slice (a later slice's value replaces an earlier one and moves to the end), so
+    only one slice of the events is ever a DataFrame."""
+    out: dict[Any, Any] = {}
+    for lo in range(0, ev.num_rows, _SLICE_ROWS):
+        df = ev.slice(lo, _SLICE_ROWS).select(["pid", column]).to_pandas().dropna()
+        last = df.drop_duplicates("pid", keep="last")
+        for pid, value in zip(last["pid"].tolist(), last[column].astype(object).tolist(),
+                              strict=True):
+            out.pop(pid, None)
+            out[pid] = value
+    return out
 
 
 def _fork_parents(trace: Trace) -> dict[int, int]:
