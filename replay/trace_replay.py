@@ -102,12 +102,14 @@ def replay(
 def load_for_replay(source: str | Path, *, strict: bool = False, salvage: bool = False
                     ) -> Trace:
     """Stream ``source`` keeping only what :func:`replay` reads: every event row, but
-    ``args`` text only for :data:`REPLAY_ARGS_EVENTS`, and only :data:`REPLAY_TABLES`.
+    ``args`` text only for :data:`REPLAY_ARGS_EVENTS`, only :data:`REPLAY_TABLES`, and the
+    ``events`` columns the replay never reads (``flags``, ``instance``) null.
 
     Memory is then a few dozen bytes per event instead of the whole payload text.
     """
     stream = iter_trace(source, strict=strict, salvage=salvage)
     trace = stream.complete(Trace.from_batches(_slim(stream), stream.metadata))
+    trace.events = _without_unread(trace.events)
     # The streamed batches, freed once concatenated, stay reserved by Arrow's pool (mimalloc
     # keeps freed pages for reuse): give them back, as the trace is about a third of them.
     pa.default_memory_pool().release_unused()
@@ -123,11 +125,32 @@ def _slim(batches: Iterable[TraceBatch]) -> Iterator[TraceBatch]:
                           pa.scalar(None, pa.int32()))
         args = ev.column(ev.schema.get_field_index("args")).take(rows)
         ev = pa.RecordBatch.from_arrays(
-            [args if f.name == "args" else _owned(ev.column(i))
+            [args if f.name == "args" else
+             pa.nulls(ev.num_rows, f.type) if f.name in _UNREAD else _owned(ev.column(i))
              for i, f in enumerate(ev.schema)], schema=ev.schema)
         typed = {k: pa.RecordBatch.from_arrays([_owned(c) for c in v.columns], schema=v.schema)
                  for k, v in batch.typed.items() if k in REPLAY_TABLES}
         yield TraceBatch(ev, typed, batch.source_bytes)
+
+
+#: ``events`` columns that :func:`replay` never reads.
+_UNREAD: frozenset[str] = frozenset({"flags", "instance"})
+#: Rows per chunk of a column :func:`_without_unread` makes null (all chunks share one).
+_NULL_CHUNK = 1 << 20
+
+
+def _without_unread(events: pa.Table) -> pa.Table:
+    """``events`` with the :data:`_UNREAD` columns, and every column that holds only nulls
+    (``tgid`` when the trace does not record it), made of null chunks that share one
+    buffer: 4 bytes per event each instead of a buffer of their own."""
+    n = events.num_rows
+    for i, f in enumerate(events.schema):
+        column = events.column(i)
+        if n and f.nullable and (f.name in _UNREAD or column.null_count == n):
+            block = pa.nulls(min(n, _NULL_CHUNK), f.type)
+            chunks = [block] * (n // _NULL_CHUNK) + [block.slice(0, n % _NULL_CHUNK)]
+            events = events.set_column(i, f, pa.chunked_array(chunks, f.type))
+    return events
 
 
 def _owned(array: pa.Array) -> pa.Array:
