@@ -9,6 +9,7 @@ converted (TSC2NSEC multiplier/shift, then the OFFSET option, as trace-cmd's
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -138,6 +139,20 @@ def _plain_windows(
         count = min(step, pages - start) * page
         where = cpu.offset + start * page
         yield np.frombuffer(data, np.uint8, count, where), where
+        _drop_pages(data, where, count)
+
+
+def _drop_pages(data: Any, where: int, count: int) -> None:
+    """Unmap a decoded window's pages of a mapped file from this process (the page cache
+    keeps them; a later read faults them back in). Read once, they would otherwise stay in
+    the process's RSS until the whole file is read: as much as the file's size."""
+    if not isinstance(data, mmap.mmap):
+        return
+    lo = where // mmap.PAGESIZE * mmap.PAGESIZE
+    try:
+        data.madvise(mmap.MADV_DONTNEED, lo, where + count - lo)
+    except (OSError, ValueError, AttributeError):
+        pass  # a platform without madvise: the pages stay mapped, nothing else changes
 
 
 def _compressed_windows(

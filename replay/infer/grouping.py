@@ -23,7 +23,7 @@ from typing import Final
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from parsers.trace import Trace
+from parsers.trace import Trace, rows_named
 
 __all__ = ["vcpu_creators", "lifetimes", "clashes", "assign_by_creation", "split_by_id", "Life"]
 
@@ -44,9 +44,7 @@ def vcpu_creators(trace: Trace, exclude: set[int]) -> dict[int, dict[int, int]]:
         >>> sorted(c[0])
         [17504, 17505]
     """
-    ev = trace.events
-    names = ev.column("event").cast(pa.string())
-    rows = ev.filter(pc.fill_null(pc.is_in(names, pa.array(list(_CREATION_EVENTS))), False))
+    rows = rows_named(trace.events, _CREATION_EVENTS, ["pid", "ts", "args"])
     out: dict[int, dict[int, int]] = {}
     for pid, ts, args in zip(*(rows.column(c).to_pylist() for c in ("pid", "ts", "args")),
                              strict=True):

@@ -40,7 +40,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from parsers.trace import Trace
+from parsers.trace import Trace, rows_named
 from replay.infer.observed import SPTE_PRESENT
 from replay.infer.root_pages import tdp_root_level
 from replay.infer.threads import Confidence, ThreadMap
@@ -158,9 +158,7 @@ def control_writes(trace: Trace) -> list[ControlWrite]:
         >>> [(w.reg, hex(w.value), w.write) for w in control_writes(t)][:2]
         [('cr0', '0x80050033', True), ('cr4', '0xb0', True)]
     """
-    ev = trace.events
-    names = ev.column("event").cast(pa.string())
-    rows = ev.filter(pc.fill_null(pc.is_in(names, pa.array(["kvm_cr", "kvm_msr"])), False))
+    rows = rows_named(trace.events, ["kvm_cr", "kvm_msr"], ["pid", "ts", "seq", "event", "args"])
     out: list[ControlWrite] = []
     for pid, ts, seq, event, args in zip(*(rows.column(c).to_pylist() for c in (
             "pid", "ts", "seq", "event", "args")), strict=True):

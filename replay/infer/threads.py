@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from parsers.trace import Trace
+from parsers.trace import Trace, event_mask, rows_named
 from replay.infer.generations import assign_by_generation
 from replay.infer.grouping import (
     Life,
@@ -159,10 +159,8 @@ def _work_items(trace: Trace, out: ThreadMap) -> list[WorkItem]:
     """Which VM's work each kernel worker runs, from the workqueue events' ``work`` address:
     queued by a thread of a known VM, executed (start..end) by a worker."""
     ev = trace.events
-    names = ev.column("event").cast(pa.string())
-    wanted = pc.is_in(names, pa.array(["workqueue_queue_work", "workqueue_execute_start",
-                                       "workqueue_execute_end"]))
-    rows = ev.filter(pc.fill_null(wanted, False)).select(["ts", "pid", "seq", "event", "args"])
+    rows = rows_named(ev, ["workqueue_queue_work", "workqueue_execute_start",
+                           "workqueue_execute_end"], ["ts", "pid", "seq", "event", "args"])
     queued: dict[str, tuple[int, int, int, int, str]] = {}
     open_: dict[int, tuple[str, int, tuple[int, int, int, int, str]]] = {}
     items: list[WorkItem] = []
@@ -194,9 +192,8 @@ def _work_items(trace: Trace, out: ThreadMap) -> list[WorkItem]:
 
 def _kvm_pids(trace: Trace) -> list[int]:
     """Threads that emitted a kvm or kvmmmu event (not sched/workqueue-only threads)."""
-    names = trace.events.column("event").cast(pa.string())
-    kvm = pc.or_(pc.starts_with(names, "kvm"), pc.starts_with(names, "vcpu_"))
-    pids = trace.events.column("pid").filter(pc.fill_null(kvm, False))
+    kvm = event_mask(trace.events, lambda name: name.startswith(("kvm", "vcpu_")))
+    pids = trace.events.column("pid").filter(kvm)
     return sorted(int(p) for p in pc.unique(pids).to_pylist() if p is not None)
 
 
@@ -238,18 +235,29 @@ def _tgids(ev: pa.Table) -> dict[int, int]:
     return {int(k): int(v) for k, v in _last_per_pid(ev, "tgid").items()}
 
 
+#: Rows converted to pandas at a time by :func:`_last_per_pid` (bounds its memory).
+_SLICE_ROWS = 1 << 20
+
+
 def _last_per_pid(ev: pa.Table, column: str) -> dict[Any, Any]:
-    """The last non-null ``column`` value of each pid."""
-    df = ev.select(["pid", column]).to_pandas().dropna()
-    last = df.drop_duplicates("pid", keep="last")
-    return dict(zip(last["pid"].tolist(), last[column].astype(object).tolist(), strict=True))
+    """The last non-null ``column`` value of each pid, in the order of those last rows.
+
+    Slice by slice (a later slice's value replaces an earlier one and moves to the end), so
+    only one slice of the events is ever a DataFrame."""
+    out: dict[Any, Any] = {}
+    for lo in range(0, ev.num_rows, _SLICE_ROWS):
+        df = ev.slice(lo, _SLICE_ROWS).select(["pid", column]).to_pandas().dropna()
+        last = df.drop_duplicates("pid", keep="last")
+        for pid, value in zip(last["pid"].tolist(), last[column].astype(object).tolist(),
+                              strict=True):
+            out.pop(pid, None)
+            out[pid] = value
+    return out
 
 
 def _fork_parents(trace: Trace) -> dict[int, int]:
     """child pid → parent pid from ``sched_process_fork`` (args text) when recorded."""
-    ev = trace.events
-    names = ev.column("event").cast(pa.string())
-    forks = ev.filter(pc.fill_null(pc.equal(names, "sched_process_fork"), False))
+    forks = rows_named(trace.events, ["sched_process_fork"], ["args"])
     parents: dict[int, int] = {}
     for args in forks.column("args").to_pylist():
         child = _FORK_RE.search(args or "")
