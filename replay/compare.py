@@ -5,15 +5,18 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from replay.model.cost import DEFAULT_COST, CostModel
 from replay.model.policies import ALL, get_policy, policy_names
 from replay.model.recorders import Recorder
 from replay.model.runner import default_recorders, run
 from replay.model.scenarios import SELFTEST_BINARIES, build_scenario
-from replay.model.workload import Populate, Workload
+from replay.model.workload import Workload
 from replay.result import ReplayResult
+
+if TYPE_CHECKING:
+    from replay.render.kernel_text import Layout
 
 __all__ = ["Comparison", "run_scenario", "expand_policies"]
 
@@ -63,11 +66,6 @@ class Comparison:
         }
 
 
-def _auto_sample(workload: Workload) -> int:
-    leaves = sum(op.size // op.page for op in workload.ops if isinstance(op, Populate))
-    return max(1, leaves // 20_000)
-
-
 def _trace_path(base: Path, policy: str, many: bool) -> Path:
     if not many:
         return base
@@ -85,12 +83,16 @@ def run_scenario(
     page_size: int | None = None,
     emit_trace: Path | None = None,
     sample_every: int | None = None,
+    emit_layout: Layout = "tracefs",
+    emit_tgid: bool = True,
 ) -> Comparison:
     """Build scenario ``name`` and run it under each of ``policies`` (default: all).
 
     With ``emit_trace`` each run also writes the kernel-text trace its era would print
-    (``PATH`` for one policy, ``<stem>.<policy><suffix>`` for several), sampling per-SPTE
-    events one in ``sample_every`` (None: about 20,000 sampled leaves per run).
+    (``PATH`` for one policy, ``<stem>.<policy><suffix>`` for several): every event, unless
+    ``sample_every`` N > 1 keeps one in N faults and zapped SPTEs (said in the file's
+    header). ``emit_layout`` ``"tracefs"`` (µs, the kernel's ``trace`` file) or ``"ns"``
+    (``trace-cmd report -t``); ``emit_tgid`` adds the record-tgid column.
     """
     from replay.render.kernel_text import KernelTextTrace
 
@@ -104,10 +106,10 @@ def run_scenario(
         recs: list[Recorder] = default_recorders()
         emitter = None
         if emit_trace is not None:
-            every = sample_every if sample_every is not None else _auto_sample(workload)
             comm = SELFTEST_BINARIES.get(workload.name, workload.name)
-            emitter = KernelTextTrace(policy=pol, sample_every=every, comm=comm,
-                                      host_cpus=cost.host_cpus)
+            emitter = KernelTextTrace(policy=pol, sample_every=sample_every or 1, comm=comm,
+                                      host_cpus=cost.host_cpus, cost=cost, layout=emit_layout,
+                                      tgid=emit_tgid)
             recs.append(emitter)
         results[pol] = run(workload, policy=pol, cost=cost, recorders=recs)
         if emitter is not None and emit_trace is not None:

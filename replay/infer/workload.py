@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from parsers.trace import Trace
+from replay.infer.calls import Call, RequestTimes, syscalls
 from replay.infer.observed import BURST_GAP_NS, SPTE_PRESENT
 from replay.infer.threads import Confidence, ThreadMap
 from replay.model.ids import PAGE_1G, PAGE_2M, PAGE_4K
@@ -36,9 +37,12 @@ from replay.model.workload import (
     MemslotDelete,
     Op,
     Populate,
+    SetSregs,
     Unload,
+    VcpuOp,
     VmDestroy,
     Workload,
+    WriteProtect,
 )
 
 __all__ = ["DerivedWorkloads", "derive_workloads", "EVIDENCE_SCHEMA", "detect_era"]
@@ -88,12 +92,17 @@ def derive_workloads(trace: Trace, threads: ThreadMap) -> DerivedWorkloads:
     """
     warnings: list[str] = []
     steps: dict[int, list[_Step]] = {vm: [] for vm in threads.vms}
+    calls = syscalls(trace)
+    asked = RequestTimes(trace, calls)
+    _ioctl_resets(calls, threads, steps)
     _resets(trace, threads, steps)
-    _root_loads(trace, threads, steps)
-    _reloads_at_entry(trace, threads, steps)
-    _populates(trace, threads, steps)
-    _fast_zaps(trace, threads, steps)
-    _teardowns(trace, threads, steps)
+    _root_loads(trace, threads, steps, asked)
+    _reloads_at_entry(trace, threads, steps, asked)
+    if not _faults(trace, threads, steps, asked):
+        _populates(trace, threads, steps)
+    _fast_zaps(trace, threads, steps, calls)
+    _dirty_log_clears(trace, threads, steps, calls)
+    _teardowns(trace, threads, steps, calls)
     backend, era, why = detect_era(trace, threads)
     workloads: dict[int, Workload] = {}
     rows: list[dict[str, object]] = []
@@ -149,7 +158,8 @@ def _fast_zaps_by_vm(trace: Trace, threads: ThreadMap) -> dict[int, np.ndarray]:
     return {vm: np.sort(np.asarray(ts, dtype=np.int64)) for vm, ts in out.items()}
 
 
-def _root_loads(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]]) -> None:
+def _root_loads(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]],
+                asked: RequestTimes) -> None:
     pages = _frame(trace, "kvm_mmu_get_page")
     if pages.empty:
         return
@@ -161,7 +171,7 @@ def _root_loads(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]])
     found: dict[int, list[int]] = {}
     for items in steps.values():
         for st in items:
-            if isinstance(st.op, Unload):
+            if isinstance(st.op, (Unload, SetSregs)):
                 found.setdefault(st.op.vcpu, []).append(st.op.at)
     unloads = {v: np.sort(np.asarray(a, dtype=np.int64)) for v, a in found.items()}
     user = _frame(trace, "kvm_userspace_exit")
@@ -186,10 +196,12 @@ def _root_loads(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]])
                 f"a new root by {threads.thread_name(int(row.pid))} with no fast zap since "
                 f"its previous load: an MMU reset (KVM_SET_SREGS, CPUID, SMM) unloaded it"
                 + (" after its exit to userspace" if len(out) else ""), "medium"))
+        at = asked.at(int(row.pid), int(row.seq), int(row.ts))
         steps[vcpu.vm].append(_Step(
-            LoadRoot(vcpu=vcpu.vcpu, at=int(row.ts)), int(row.seq),
+            LoadRoot(vcpu=vcpu.vcpu, at=at), int(row.seq),
             f"kvm_mmu_get_page {new} level {row.level} gfn {row.gfn:#x} by "
-            f"{threads.thread_name(int(row.pid))}", "high"))
+            f"{threads.thread_name(int(row.pid))}"
+            + (f", asked for at {at} (its exit)" if at != int(row.ts) else ""), "high"))
 
 
 def _any_in(times: np.ndarray | None, lo: int, hi: int) -> bool:
@@ -200,7 +212,8 @@ def _any_in(times: np.ndarray | None, lo: int, hi: int) -> bool:
     return k < times.size and int(times[k]) <= hi
 
 
-def _reloads_at_entry(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]]) -> None:
+def _reloads_at_entry(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]],
+                      asked: RequestTimes) -> None:
     """Silent reuse (§3.3 rules 3 and 5): a vCPU's first ``kvm_entry``, and its first
     ``kvm_entry`` after each fast zap of its VM, load a root; when no root ``get_page`` by
     that vCPU lies in between, it reused a valid root without a trace of it."""
@@ -216,7 +229,7 @@ def _reloads_at_entry(trace: Trace, threads: ThreadMap, steps: dict[int, list[_S
         ts = group["ts"].to_numpy(dtype=np.int64)
         seq = group["seq"].to_numpy(dtype=np.int64)
         resets = sorted(s.op.at for s in steps.get(vcpu.vm, [])
-                        if isinstance(s.op, Unload) and s.op.vcpu == vcpu.vcpu)
+                        if isinstance(s.op, (Unload, SetSregs)) and s.op.vcpu == vcpu.vcpu)
         marks = [(int(ts[0]), int(seq[0]), -1, "")]
         for z, what in [(z, "the fast zap") for z in zaps] + [(u, "its unload") for u in resets]:
             k = int(np.searchsorted(ts, z, side="right"))
@@ -228,7 +241,8 @@ def _reloads_at_entry(trace: Trace, threads: ThreadMap, steps: dict[int, list[_S
                 continue
             why = ("first kvm_entry" if since < 0 else
                    f"first kvm_entry after {what} at {since}")
-            steps[vcpu.vm].append(_Step(LoadRoot(vcpu=vcpu.vcpu, at=at), sq,
+            steps[vcpu.vm].append(_Step(LoadRoot(vcpu=vcpu.vcpu,
+                                                 at=asked.at(int(pid), sq, at)), sq,
                                         f"{why} with no root get_page by this vCPU: it "
                                         f"reused a valid root (not traced)", "medium"))
 
@@ -277,6 +291,13 @@ def _resets(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]]) -> 
     entries = _frame(trace, "kvm_entry")
     fast_by_vm = _fast_zaps_by_vm(trace, threads)
     done: set[tuple[int, int]] = set()
+    for items in steps.values():  # resets already derived from their ioctl
+        for st in items:
+            if isinstance(st.op, (Unload, SetSregs)):
+                pid = next(p for p, v in threads.vcpus.items() if v.vcpu == st.op.vcpu)
+                before = entries.loc[(entries["pid"] == pid) & (entries["ts"] <= st.op.at),
+                                     "ts"] if not entries.empty else pd.Series(dtype=np.int64)
+                done.add((pid, int(before.max()) if len(before) else -1))
     for pid, ts, seq, why in sorted(evidence, key=lambda e: (e[1], e[2])):
         vcpu = threads.vcpus.get(pid)
         if vcpu is None:
@@ -341,29 +362,167 @@ def _populates(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]]) 
             f"{c} x {src[i]} from gfn {int(start[i]) >> 12:#x}", "high"))
 
 
-def _fast_zaps(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]]) -> None:
+def _enclosing_call(calls: list[Call], pid: int, seq: int, ts: int) -> Call | None:
+    """The system call thread ``pid`` was in at ``(seq, ts)`` (entered before, not left)."""
+    found = None
+    for c in calls:
+        if c.start_seq > seq:
+            break
+        if c.pid == pid and (c.end is None or c.end >= ts):
+            found = c
+    return found
+
+
+def _fast_zaps(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]],
+               calls: list[Call]) -> None:
     fast = _frame(trace, "kvm_mmu_zap_all_fast")
     for row in fast.itertuples():
         vm = threads.vm_of.get(int(row.pid))
         if vm is None or vm not in steps:
             continue
         actor = threads.thread_name(int(row.pid))
-        steps[vm].append(_Step(MemslotDelete(actor=actor, at=int(row.ts)), int(row.seq),
+        call = _enclosing_call(calls, int(row.pid), int(row.seq), int(row.ts))
+        at = int(row.ts) if call is None else call.start
+        steps[vm].append(_Step(MemslotDelete(actor=actor, at=at), int(row.seq),
                                f"kvm_mmu_zap_all_fast gen {row.mmu_valid_gen} by {actor} "
-                               f"(memslot delete/move or nx_huge_pages: not told apart)",
+                               f"(memslot delete/move or nx_huge_pages: not told apart)"
+                               + (f", in its {call.name} from {call.start}" if call else ""),
                                "medium"))
 
 
-def _teardowns(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]]) -> None:
+def _ioctl_resets(calls: list[Call], threads: ThreadMap, steps: dict[int, list[_Step]]) -> None:
+    """``KVM_SET_SREGS`` (``kvm_mmu_reset_context``) and ``KVM_SET_CPUID2`` by a vCPU thread
+    reset its MMU: the reset unloads its root whatever the reload does next (a new root, or
+    from 6.4 the same one). The sregs' contents are not traced: each ``SET_SREGS`` is taken
+    to flip CR0.WP (what max_guest_memory_test does), the one role bit ≤ 6.3 roots carry."""
+    wp: dict[int, bool] = {}
+    for c in calls:
+        vcpu = threads.vcpus.get(c.pid)
+        if vcpu is None or c.name not in ("KVM_SET_SREGS", "KVM_SET_SREGS2", "KVM_SET_CPUID2"):
+            continue
+        who = threads.thread_name(c.pid)
+        if c.name == "KVM_SET_CPUID2":
+            steps[vcpu.vm].append(_Step(Unload(vcpu=vcpu.vcpu, at=c.start), c.start_seq,
+                                        f"{c.name} by {who}: kvm_mmu_reset_context", "high"))
+            continue
+        wp[c.pid] = not wp.get(c.pid, True)
+        steps[vcpu.vm].append(_Step(
+            SetSregs(vcpu=vcpu.vcpu, cr0_wp=wp[c.pid], at=c.start), c.start_seq,
+            f"{c.name} by {who} at {c.start}: kvm_mmu_reset_context (CR0.WP taken to flip "
+            f"to {int(wp[c.pid])}: the sregs are not traced)", "medium"))
+
+
+def _dirty_log_clears(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]],
+                      calls: list[Call]) -> None:
+    """``KVM_CLEAR_DIRTY_LOG`` / ``KVM_GET_DIRTY_LOG`` by a VMM thread write-protect the
+    range whose SPTEs lose their W bit inside the call (present -> present)."""
+    changed = _frame(trace, "kvm_tdp_mmu_spte_changed")
+    for c in calls:
+        vm = threads.vm_of.get(c.pid)
+        if c.name not in ("KVM_CLEAR_DIRTY_LOG", "KVM_GET_DIRTY_LOG") or vm not in steps \
+                or c.pid in threads.vcpus:
+            continue
+        start, size = 0, PAGE_4K
+        if not changed.empty:
+            inside = changed[(changed["pid"] == c.pid) & (changed["seq"] > c.start_seq)
+                             & (changed["ts"] <= (c.end if c.end is not None else c.start))]
+            old = inside["old_spte"].fillna(0).astype(np.uint64)
+            new = inside["new_spte"].fillna(0).astype(np.uint64)
+            kept = inside[((old & SPTE_PRESENT) != 0) & ((new & SPTE_PRESENT) != 0)]
+            if len(kept):
+                page = np.vectorize(_PAGE_OF_LEVEL.__getitem__, otypes=[np.int64])(
+                    kept["level"].to_numpy(dtype=np.int64))
+                gpa = kept["gfn"].to_numpy(dtype=np.int64) << 12
+                start = int(gpa.min())
+                size = int((gpa + page).max()) - start
+        actor = threads.thread_name(c.pid)
+        steps[vm].append(_Step(WriteProtect(actor=actor, start=start, size=size, at=c.start),
+                               c.start_seq, f"{c.name} by {actor}: write-protects "
+                               f"{start:#x}+{size:#x}", "medium"))
+
+
+def _faults(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]],
+            asked: RequestTimes) -> bool:
+    """Populates from the faults themselves (``kvm_page_fault``, its
+    ``kvm_mmu_spte_requested`` level): every fault the guest took, spurious ones (another
+    vCPU installed the page meanwhile) and retries on an obsolete root included. A run
+    continues while the same vCPU faults the next page of the same size with no time outside
+    the guest in between (the next fault's exit is the previous one's entry). False when the
+    trace has no fault events."""
+    faults = _frame(trace, "kvm_page_fault")
+    if faults.empty:
+        return False
+    faults = faults[faults["pid"].isin(list(threads.vcpus))].sort_values("seq", kind="stable")
+    req = _frame(trace, "kvm_mmu_spte_requested")
+    entries = _frame(trace, "kvm_entry")
+    for pid, f in faults.groupby("pid"):
+        seq = f["seq"].to_numpy(dtype=np.int64)
+        ts = f["ts"].to_numpy(dtype=np.int64)
+        level = _requested_levels(req, int(pid), seq)
+        page = np.vectorize(_PAGE_OF_LEVEL.__getitem__, otypes=[np.int64])(level)
+        start = f["fault_address"].to_numpy(dtype=np.int64) // page * page
+        mine = entries[entries["pid"] == pid] if not entries.empty else entries
+        e_seq = mine["seq"].to_numpy(dtype=np.int64) if len(mine) else np.zeros(0, np.int64)
+        e_ts = mine["ts"].to_numpy(dtype=np.int64) if len(mine) else np.zeros(0, np.int64)
+        k = np.searchsorted(e_seq, seq, side="right")
+        back = np.where(k < e_seq.size, e_ts[np.minimum(k, max(e_seq.size - 1, 0))],
+                        np.iinfo(np.int64).max) if e_seq.size else np.full(seq.size, -1)
+        out_seq = np.array([asked.at(int(pid), int(q), int(t)) for q, t in zip(seq, ts,
+                                                                              strict=True)])
+        cont = np.r_[False, (page[1:] == page[:-1]) & (start[1:] == start[:-1] + page[:-1])
+                     & (out_seq[1:] <= back[:-1])]
+        _add_runs(steps, threads.vcpus[int(pid)], cont, start, page, out_seq, seq)
+    return True
+
+
+def _requested_levels(req: pd.DataFrame, pid: int, seq: np.ndarray) -> np.ndarray:
+    """The level of each fault's ``kvm_mmu_spte_requested`` (the next one of the thread)."""
+    if req.empty:
+        return np.ones(seq.size, dtype=np.int64)
+    mine = req[req["pid"] == pid]
+    r_seq = mine["seq"].to_numpy(dtype=np.int64)
+    r_lvl = mine["level"].fillna(1).to_numpy(dtype=np.int64)
+    k = np.searchsorted(r_seq, seq, side="right")
+    lvl = np.where(k < r_seq.size, r_lvl[np.minimum(k, max(r_seq.size - 1, 0))], 1) \
+        if r_seq.size else np.ones(seq.size, dtype=np.int64)
+    return np.clip(lvl, 1, 3)
+
+
+def _add_runs(steps: dict[int, list[_Step]], vcpu: object, cont: np.ndarray, start: np.ndarray,
+              page: np.ndarray, at: np.ndarray, seq: np.ndarray) -> None:
+    from replay.infer.threads import VcpuThread
+
+    assert isinstance(vcpu, VcpuThread)
+    run = np.cumsum(~cont) - 1
+    first = np.flatnonzero(~cont)
+    count = np.bincount(run)
+    for i, c in zip(first.tolist(), count.tolist(), strict=True):
+        steps[vcpu.vm].append(_Step(
+            Populate(vcpu=vcpu.vcpu, start=int(start[i]), size=int(page[i]) * c,
+                     page=int(page[i]), at=int(at[i])), int(seq[i]),
+            f"{c} x kvm_page_fault from gfn {int(start[i]) >> 12:#x}", "high"))
+
+
+def _teardowns(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]],
+               calls: list[Call]) -> None:
     zaps = _frame(trace, "kvm_mmu_prepare_zap_page")
-    if zaps.empty:
-        return
     fast = _frame(trace, "kvm_mmu_zap_all_fast")
+    exits = [c for c in calls if c.name in ("exit_group", "exit") and c.pid not in threads.vcpus]
     for vm, items in steps.items():
+        mine_exit = [c for c in exits if threads.vm_of.get(c.pid) == vm]
+        if mine_exit:  # the VMM's process exit: mmu_notifier release, then teardown
+            c = mine_exit[0]
+            actor = threads.thread_name(c.pid)
+            items.append(_Step(VmDestroy(actor=actor, at=c.start), c.start_seq,
+                               f"{c.name} by {actor}: kvm_mmu_zap_all at process exit, then "
+                               f"vCPU and MMU teardown", "high"))
+            continue
         vcpu_ends = [s.op.at for s in items if isinstance(s.op, (LoadRoot, Populate))]
         if not vcpu_ends:
             continue
         last = max(vcpu_ends)
+        if zaps.empty:
+            continue
         in_vm = zaps["pid"].map(lambda p: threads.vm_of.get(int(p))) == vm
         mine = zaps[in_vm & ~zaps["pid"].isin(list(threads.vcpus)) & (zaps["ts"] > last)]
         if mine.empty:
@@ -374,7 +533,10 @@ def _teardowns(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]]) 
         if len(prior_fast):
             continue
         actor = threads.thread_name(int(first["pid"]))
-        items.append(_Step(VmDestroy(actor=actor, at=int(first["ts"])), int(first["seq"]),
+        call = _enclosing_call(calls, int(first["pid"]), int(first["seq"]), int(first["ts"]))
+        at = call.start if call is not None and call.name in ("exit_group", "exit") \
+            else int(first["ts"])
+        items.append(_Step(VmDestroy(actor=actor, at=at), int(first["seq"]),
                            f"{len(mine)} kvm_mmu_prepare_zap_page by {actor} after the VM's last "
                            f"vCPU event, with no fast zap: kvm_mmu_zap_all at VM exit", "medium"))
 
@@ -385,11 +547,12 @@ def _with_first_loads(items: list[_Step]) -> list[_Step]:
     loaded: set[str] = set()
     out: list[_Step] = []
     for s in items:
-        if isinstance(s.op, Populate) and s.op.actor not in loaded:
+        if isinstance(s.op, (Populate, Unload, SetSregs)) and s.op.actor not in loaded:
+            assert isinstance(s.op, VcpuOp)
             out.append(_Step(LoadRoot(vcpu=s.op.vcpu, at=s.op.at), s.seq,
-                             "root loaded before the trace began (first traced step is a fault)",
-                             "low"))
-        if isinstance(s.op, (LoadRoot, Populate)):
+                             f"root loaded before the trace began (the first traced step is "
+                             f"{type(s.op).__name__}, not a load)", "low"))
+        if isinstance(s.op, (LoadRoot, Populate, Unload, SetSregs)):
             loaded.add(s.op.actor)
         out.append(s)
     return out

@@ -1,0 +1,122 @@
+"""What a thread was doing outside the guest: system calls, exits, and when a step was asked.
+
+A recording with ``raw_syscalls`` shows each ioctl as ``sys_enter: NR 16 (fd, cmd, ...)``
+and ``sys_exit: NR 16 = ret`` (x86_64 numbers; ``cmd`` from include/uapi/linux/kvm.h). A
+vCPU that leaves ``KVM_RUN`` prints ``kvm_userspace_exit``; the ioctls it then issues
+(``KVM_SET_SREGS``: ``kvm_mmu_reset_context``) run outside the guest until its next
+``kvm_entry``.
+
+A step's *request time* is when the thread began the stay outside the guest in which it
+happened: its last ``kvm_exit`` or ``KVM_RUN`` entry after its previous ``kvm_entry``
+(else the step's own time). A root load or a fault that waited for ``mmu_lock`` is traced
+only once it holds the lock; the replay must start it when it was asked for, so the wait is
+replayed rather than lost.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from parsers.trace import Trace
+
+__all__ = ["Call", "syscalls", "RequestTimes", "IOCTL_NAMES"]
+
+_ENTER_RE: Final = re.compile(r"NR (\d+) \(([0-9a-f]+), ([0-9a-f]+)")
+_EXIT_RE: Final = re.compile(r"NR (\d+) = ")
+_IOCTL: Final = 16
+#: ioctl numbers the derivation reads (include/uapi/linux/kvm.h).
+IOCTL_NAMES: Final = {
+    0xAE80: "KVM_RUN", 0x4138AE84: "KVM_SET_SREGS", 0x4008AE90: "KVM_SET_CPUID2",
+    0x4020AE46: "KVM_SET_USER_MEMORY_REGION", 0xC018AEC0: "KVM_CLEAR_DIRTY_LOG",
+    0x4010AE42: "KVM_GET_DIRTY_LOG", 0x4140AECD: "KVM_SET_SREGS2",
+}
+_NAMES_OF_NR: Final = {1: "write", 231: "exit_group", 60: "exit"}
+
+
+@dataclass(frozen=True)
+class Call:
+    """One system call of one thread: ``name`` (the ioctl's name, or the syscall's),
+    ``start``/``start_seq`` at ``sys_enter``, ``end`` at its ``sys_exit`` (None: none)."""
+
+    pid: int
+    name: str
+    start: int
+    start_seq: int
+    end: int | None
+
+
+def syscalls(trace: Trace) -> list[Call]:
+    """Every traced system call the derivation knows, in trace order."""
+    ev = trace.events
+    names = ev.column("event").cast(pa.string())
+    keep = pc.fill_null(pc.is_in(names, pa.array(["sys_enter", "sys_exit"])), False)
+    rows = ev.filter(keep).select(["seq", "ts", "pid", "event", "args"])
+    if not rows.num_rows:
+        return []
+    open_: dict[int, tuple[str, int, int]] = {}
+    out: list[Call] = []
+    for seq, ts, pid, event, args in zip(*(rows.column(c).to_pylist() for c in (
+            "seq", "ts", "pid", "event", "args")), strict=True):
+        if pid is None or ts is None:
+            continue
+        if event == "sys_enter":
+            m = _ENTER_RE.search(args or "")
+            if not m:
+                continue
+            nr = int(m[1])
+            name = IOCTL_NAMES.get(int(m[3], 16), "ioctl") if nr == _IOCTL else \
+                _NAMES_OF_NR.get(nr, f"syscall {nr}")
+            if pid in open_:
+                out.append(Call(pid, open_[pid][0], open_[pid][1], open_[pid][2], None))
+            open_[pid] = (name, ts, seq)
+        elif pid in open_ and _EXIT_RE.search(args or ""):
+            name, start, sseq = open_.pop(pid)
+            out.append(Call(pid, name, start, sseq, ts))
+    out += [Call(pid, n, s, q, None) for pid, (n, s, q) in open_.items()]
+    return sorted(out, key=lambda c: c.start_seq)
+
+
+class RequestTimes:
+    """Per vCPU thread: when each stay outside the guest began (see the module doc)."""
+
+    def __init__(self, trace: Trace, calls: list[Call]) -> None:
+        self._entries: dict[int, np.ndarray] = {}
+        self._starts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        starts: dict[int, list[tuple[int, int]]] = {}
+        for name in ("kvm_exit", "kvm_userspace_exit"):
+            if name in trace.names:
+                t = trace.table(name).select(["seq", "ts", "pid"]).to_pandas()
+                for seq, ts, pid in t.itertuples(index=False):
+                    starts.setdefault(int(pid), []).append((int(seq), int(ts)))
+        for c in calls:
+            if c.name == "KVM_RUN":
+                starts.setdefault(c.pid, []).append((c.start_seq, c.start))
+        for pid, items in starts.items():
+            arr = np.asarray(sorted(items), dtype=np.int64)
+            self._starts[pid] = (arr[:, 0], arr[:, 1])
+        if "kvm_entry" in trace.names:
+            t = trace.table("kvm_entry").select(["seq", "pid"]).to_pandas()
+            for pid, g in t.groupby("pid"):
+                self._entries[int(pid)] = np.sort(g["seq"].to_numpy(dtype=np.int64))
+
+    def at(self, pid: int, seq: int, ts: int) -> int:
+        """The request time of a step traced at ``(seq, ts)`` by thread ``pid``."""
+        found = self._starts.get(pid)
+        if found is None:
+            return ts
+        sseq, sts = found
+        k = int(np.searchsorted(sseq, seq, side="left")) - 1
+        if k < 0:
+            return ts
+        entries = self._entries.get(pid)
+        if entries is not None:
+            j = int(np.searchsorted(entries, seq, side="left")) - 1
+            if j >= 0 and entries[j] > sseq[k]:
+                return ts  # back in the guest since: the step was asked for when traced
+        return int(sts[k])

@@ -1,0 +1,137 @@
+"""The closed loop: a model run's emitted trace, read back, derived and replayed, against the
+model run itself (issue 12). Shared by test_closed_loop.py and test_closed_loop_random.py."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+
+from parsers import read_trace
+from replay.model.cost import DEFAULT_COST, CostModel
+from replay.model.ids import ActorId, Nanos, RootId
+from replay.model.population import Extent
+from replay.model.recorders import Recorder
+from replay.model.runner import default_recorders, run
+from replay.model.workload import Populate, Workload
+from replay.render.kernel_text import KernelTextTrace, Layout
+from replay.result import ReplayResult
+from replay.trace_replay import replay
+from replay.trace_result import TraceReplayResult
+
+
+class Faulted(Recorder):
+    """The leaves each vCPU faulted (distinct pages)."""
+
+    name = "faulted"
+
+    def __init__(self) -> None:
+        self.pages: dict[int, set[tuple[int, int]]] = {}
+
+    def faults(self, start: Nanos, actor: ActorId, root: RootId, faulted: list[Extent],
+               installed: list[Extent], each_ns: int) -> None:
+        mine = self.pages.setdefault(int(actor[4:]), set())
+        for e in faulted:
+            mine.update((a, e.page) for a in range(e.start, e.end, e.page))
+
+    def table(self) -> pa.Table:
+        return pa.table({"vcpu": list(self.pages)})
+
+
+@dataclass
+class Loop:
+    """One emit -> read -> derive -> replay round."""
+
+    direct: ReplayResult
+    replayed: TraceReplayResult
+    policy: str
+    faulted: dict[int, set[tuple[int, int]]] = field(default_factory=dict)
+
+
+def emit(workload: Workload, policy: str, path: Path, *, layout: Layout = "ns",
+         cost: CostModel = DEFAULT_COST, comm: str = "closed_loop") -> tuple[ReplayResult, Faulted]:
+    """Run ``workload`` under ``policy`` writing its trace to ``path``."""
+    emitter = KernelTextTrace(policy=policy, comm=comm, host_cpus=cost.host_cpus, cost=cost,
+                              layout=layout)
+    faulted = Faulted()
+    result = run(workload, policy=policy, cost=cost,
+                 recorders=[*default_recorders(), emitter, faulted])
+    emitter.write(path)
+    return result, faulted
+
+
+def loop(workload: Workload, emit_policy: str, replay_policy: str, path: Path, *,
+         layout: Layout = "ns", cost: CostModel = DEFAULT_COST) -> Loop:
+    """Emit under ``emit_policy``, replay under ``replay_policy``; the direct run is under
+    ``replay_policy``."""
+    _, faulted = emit(workload, emit_policy, path, layout=layout, cost=cost)
+    direct = run(workload, policy=replay_policy, cost=cost)
+    replayed = replay(read_trace(path), policy=[replay_policy], cost=cost)
+    return Loop(direct, replayed, replay_policy, faulted.pages)
+
+
+def per_vcpu(summary: pa.Table) -> dict[int, dict[str, object]]:
+    rows = summary.to_pylist()
+    return {int(r["vcpu"]): {k: r[k] for k in ("blocks", "max_ns", "total_ns", "max_cause")}
+            for r in rows if r.get("run", "x") != "observed"}
+
+
+def causes(blocks: pa.Table) -> Counter[tuple[int, str]]:
+    out: Counter[tuple[int, str]] = Counter()
+    for r in blocks.select(["vcpu", "cause", "count"]).to_pylist():
+        out[(int(r["vcpu"]), str(r["cause"]))] += int(r["count"])
+    return out
+
+
+def refcount_history(table: pa.Table) -> dict[int, list[tuple[int, int, int]]]:
+    out: dict[int, list[tuple[int, int, int]]] = {}
+    for r in table.select(["ts", "root", "count", "delta"]).to_pylist():
+        out.setdefault(int(r["root"]) % 1_000_000, []).append(
+            (int(r["ts"]), int(r["count"]), int(r["delta"])))
+    return out
+
+
+def differences(lp: Loop, *, slack_max: int = 0, slack_each: int = 0) -> list[str]:
+    """What differs between the direct run and the replay of its trace (empty: nothing)."""
+    out: list[str] = []
+    run_ = lp.replayed.runs[lp.policy]
+    want = per_vcpu(lp.direct.to_arrow("summary"))
+    got = per_vcpu(run_["summary"])
+    want_causes = causes(lp.direct.to_arrow("blocks"))
+    got_causes = causes(run_["blocks"])
+    if want_causes != got_causes:
+        out.append(f"blocks per cause: direct {sorted(want_causes.items())} replayed "
+                   f"{sorted(got_causes.items())}")
+    for v in sorted(set(want) | set(got)):
+        w, g = want.get(v), got.get(v)
+        if w is None or g is None:
+            out.append(f"vCPU {v}: direct {w} replayed {g}")
+            continue
+        non_fault = sum(n for (vv, c), n in want_causes.items() if vv == v and c != "fault")
+        if w["blocks"] != g["blocks"] or w["max_cause"] != g["max_cause"] \
+                or abs(int(w["max_ns"]) - int(g["max_ns"])) > slack_max \
+                or abs(int(w["total_ns"]) - int(g["total_ns"])) > slack_each * max(1, non_fault):
+            out.append(f"vCPU {v}: direct {w} replayed {g}")
+    if slack_each == 0:
+        hw = refcount_history(lp.direct.to_arrow("refcounts"))
+        hg = refcount_history(run_["refcounts"])
+        if hw != hg:
+            bad = [r for r in sorted(set(hw) | set(hg)) if hw.get(r) != hg.get(r)]
+            out.append(f"refcount history differs for roots {bad[:5]}: direct "
+                       f"{hw.get(bad[0], [])[:6]} replayed {hg.get(bad[0], [])[:6]}")
+    threads = lp.replayed.threads
+    if len(threads.vms) != 1 or threads.warnings:
+        out.append(f"VMs {threads.vms}, thread warnings {threads.warnings}")
+    derived = lp.replayed.derived
+    pages: dict[int, set[tuple[int, int]]] = {}
+    for w in derived.workloads.values():
+        for op in w.ops:
+            if isinstance(op, Populate):
+                pages.setdefault(op.vcpu, set()).update(
+                    (a, op.page) for a in range(op.start, op.start + op.size, op.page))
+    if pages != {v: p for v, p in lp.faulted.items() if p}:
+        out.append(f"derived leaves {[(v, len(p)) for v, p in sorted(pages.items())]} vs "
+                   f"faulted {[(v, len(p)) for v, p in sorted(lp.faulted.items())]}")
+    return out
