@@ -69,15 +69,17 @@ def calibrate(trace: Trace, base: CostModel) -> Calibration:
 def _fault_ns(trace: Trace) -> tuple[float, int] | None:
     if "kvm_page_fault" not in trace.names or "kvm_entry" not in trace.names:
         return None
-    faults = trace.table("kvm_page_fault").select(["ts", "pid"]).to_pandas()
-    entries = trace.table("kvm_entry").select(["ts", "pid"]).to_pandas()
+    faults = trace.table("kvm_page_fault").select(["seq", "ts", "pid"]).to_pandas()
+    entries = trace.table("kvm_entry").select(["seq", "ts", "pid"]).to_pandas()
     spans = []
     for pid, f in faults.groupby("pid"):
-        e = np.sort(entries.loc[entries["pid"] == pid, "ts"].to_numpy(dtype=np.int64))
+        mine = entries[entries["pid"] == pid].sort_values("seq", kind="stable")
+        e_seq = mine["seq"].to_numpy(dtype=np.int64)
+        e_ts = mine["ts"].to_numpy(dtype=np.int64)
         ts = f["ts"].to_numpy(dtype=np.int64)
-        k = np.searchsorted(e, ts, side="left")
-        ok = k < e.size
-        spans.append(e[k[ok]] - ts[ok])
+        k = np.searchsorted(e_seq, f["seq"].to_numpy(dtype=np.int64), side="right")
+        ok = k < e_seq.size  # the entry after the fault in trace order (same ts possible)
+        spans.append(e_ts[k[ok]] - ts[ok])
     values = np.concatenate(spans) if spans else np.zeros(0)
     if values.size < MIN_SAMPLES:
         return None
@@ -88,14 +90,23 @@ def _leaf_ns(trace: Trace) -> tuple[float, int] | None:
     if "kvm_tdp_mmu_spte_changed" not in trace.names:
         return None
     t = trace.table("kvm_tdp_mmu_spte_changed").select(
-        ["ts", "pid", "old_spte", "new_spte"]).to_pandas()
+        ["seq", "ts", "pid", "level", "old_spte", "new_spte"]).to_pandas()
     old = t["old_spte"].fillna(0).astype(np.uint64)
     new = t["new_spte"].fillna(0).astype(np.uint64)
-    zaps = t[((old & SPTE_PRESENT) != 0) & ((new & SPTE_PRESENT) == 0)]
+    leaf = (t["level"] == 1) | ((old & np.uint64(1 << 7)) != 0)
+    t = t.assign(zap=(((old & SPTE_PRESENT) != 0) & ((new & SPTE_PRESENT) == 0) & leaf))
     paces = []
-    for _, g in zaps.groupby("pid"):
-        ts = np.sort(g["ts"].to_numpy(dtype=np.int64))
-        cuts = np.flatnonzero(np.diff(ts) > BURST_GAP_NS) + 1
+    for _, g in t.sort_values("seq", kind="stable").groupby("pid"):
+        # a burst: consecutive leaf zaps of one thread; any other SPTE change of the thread
+        # (a table's teardown, a frozen entry) ends it, so table costs never enter the pace
+        z = g["zap"].to_numpy()
+        ts = g["ts"].to_numpy(dtype=np.int64)
+        split = np.flatnonzero(~z)
+        keep = z.copy()
+        ts = ts[keep]
+        runs_id = np.cumsum(~z)[keep]
+        cuts = np.flatnonzero((np.diff(ts) > BURST_GAP_NS) | (np.diff(runs_id) != 0)) + 1
+        del split
         for run in np.split(ts, cuts):
             if run.size >= MIN_BURST and run[-1] > run[0]:
                 paces.append((run[-1] - run[0]) / (run.size - 1))

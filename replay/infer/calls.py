@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from parsers.trace import Trace
 
-__all__ = ["Call", "syscalls", "RequestTimes", "IOCTL_NAMES"]
+__all__ = ["Call", "syscalls", "RequestTimes", "IOCTL_NAMES", "enclosing_call"]
 
 _ENTER_RE: Final = re.compile(r"NR (\d+) \(([0-9a-f]+), ([0-9a-f]+)")
 _EXIT_RE: Final = re.compile(r"NR (\d+) = ")
@@ -85,9 +85,12 @@ def syscalls(trace: Trace) -> list[Call]:
 class RequestTimes:
     """Per vCPU thread: when each stay outside the guest began (see the module doc)."""
 
-    def __init__(self, trace: Trace, calls: list[Call]) -> None:
+    def __init__(self, trace: Trace, calls: list[Call] | None) -> None:
+        """``calls`` None: no syscalls traced; every step's request time is its own."""
         self._entries: dict[int, np.ndarray] = {}
         self._starts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        if calls is None:
+            return
         starts: dict[int, list[tuple[int, int]]] = {}
         for name in ("kvm_exit", "kvm_userspace_exit"):
             if name in trace.names:
@@ -120,3 +123,14 @@ class RequestTimes:
             if j >= 0 and entries[j] > sseq[k]:
                 return ts  # back in the guest since: the step was asked for when traced
         return int(sts[k])
+
+
+def enclosing_call(calls: list[Call], pid: int, seq: int, ts: int) -> Call | None:
+    """The system call thread ``pid`` was in at ``(seq, ts)`` (entered before, not left)."""
+    found = None
+    for c in calls:
+        if c.start_seq > seq:
+            break
+        if c.pid == pid and (c.end is None or c.end >= ts):
+            found = c
+    return found

@@ -18,19 +18,21 @@ Times are the trace's own nanoseconds, so replayed tables line up with observed 
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass, field
 from typing import Final
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from parsers.trace import Trace
-from replay.infer.calls import Call, RequestTimes, syscalls
+from replay.infer.calls import Call, RequestTimes, enclosing_call, syscalls
+from replay.infer.era import detect_era
 from replay.infer.observed import BURST_GAP_NS, SPTE_PRESENT
 from replay.infer.threads import Confidence, ThreadMap
+from replay.infer.workload_frames import frame as _frame
+from replay.infer.workload_frames import has_event as _has_event
+from replay.infer.workload_frames import root_teardowns as _root_teardowns
 from replay.model.ids import PAGE_1G, PAGE_2M, PAGE_4K
 from replay.model.workload import (
     LoadRoot,
@@ -93,17 +95,19 @@ def derive_workloads(trace: Trace, threads: ThreadMap) -> DerivedWorkloads:
     warnings: list[str] = []
     steps: dict[int, list[_Step]] = {vm: [] for vm in threads.vms}
     calls = syscalls(trace)
-    asked = RequestTimes(trace, calls)
+    asked = RequestTimes(trace, calls if calls else None)
     _ioctl_resets(calls, threads, steps)
     _resets(trace, threads, steps)
     _root_loads(trace, threads, steps, asked)
     _reloads_at_entry(trace, threads, steps, asked)
-    if not _faults(trace, threads, steps, asked):
+    # the fault- and request-time rules need the exits and calls a syscall-traced recording
+    # has; without syscalls the earlier install-time rules stay (docs/replay.md)
+    if not calls or not _faults(trace, threads, steps, asked):
         _populates(trace, threads, steps)
     _fast_zaps(trace, threads, steps, calls)
     _dirty_log_clears(trace, threads, steps, calls)
     _teardowns(trace, threads, steps, calls)
-    backend, era, why = detect_era(trace, threads)
+    backend, era, why = detect_era(trace, threads, calls)
     workloads: dict[int, Workload] = {}
     rows: list[dict[str, object]] = []
     for vm, items in sorted(steps.items()):
@@ -122,29 +126,6 @@ def derive_workloads(trace: Trace, threads: ThreadMap) -> DerivedWorkloads:
                         "gives host virtual ranges, not the guest ranges the model zaps")
     return DerivedWorkloads(workloads, pa.Table.from_pylist(rows, schema=EVIDENCE_SCHEMA),
                             backend, era, why, warnings)
-
-
-def _has_event(trace: Trace, name: str) -> bool:
-    """Whether any row of ``trace`` is event ``name`` (compares dictionary codes)."""
-    if name in trace.names:
-        return bool(trace.table(name).num_rows > 0)
-    for chunk in trace.events.column("event").chunks:
-        code = chunk.dictionary.index(name).as_py()
-        if code >= 0 and bool(pc.any(pc.equal(chunk.indices, code)).as_py()):
-            return True
-    return False
-
-
-#: Typed tables as DataFrames, converted once per trace (derive reads several of them in
-#: several passes; the frames are only read, never modified).
-_FRAMES: weakref.WeakKeyDictionary[Trace, dict[str, pd.DataFrame]] = weakref.WeakKeyDictionary()
-
-
-def _frame(trace: Trace, name: str) -> pd.DataFrame:
-    frames = _FRAMES.setdefault(trace, {})
-    if name not in frames:
-        frames[name] = trace.table(name).to_pandas() if name in trace.names else pd.DataFrame()
-    return frames[name]
 
 
 def _fast_zaps_by_vm(trace: Trace, threads: ThreadMap) -> dict[int, np.ndarray]:
@@ -248,32 +229,6 @@ def _reloads_at_entry(trace: Trace, threads: ThreadMap, steps: dict[int, list[_S
 
 
 
-def _root_level(trace: Trace) -> int | None:
-    """The TDP root level: the highest level of a direct ``kvm_mmu_get_page``, else the
-    highest level of a ``kvm_tdp_mmu_spte_changed``."""
-    pages = _frame(trace, "kvm_mmu_get_page")
-    if not pages.empty and (pages["direct"] == True).any():  # noqa: E712
-        return int(pages.loc[pages["direct"] == True, "level"].max())  # noqa: E712
-    changed = _frame(trace, "kvm_tdp_mmu_spte_changed")
-    level = changed["level"].max() if not changed.empty else None
-    return None if level is None or pd.isna(level) else int(level)
-
-
-def _root_teardowns(trace: Trace) -> pd.DataFrame:
-    """``kvm_tdp_mmu_spte_changed`` rows that zap a top-level entry (present → non-present
-    at the root level): only a root's teardown does that (``tdp_mmu_zap_root``, or ≤ 5.17
-    ``zap_gfn_range`` over the whole root); mmu_notifier unmaps zap leaves, faults at most
-    the level of the huge page they install."""
-    changed = _frame(trace, "kvm_tdp_mmu_spte_changed")
-    level = _root_level(trace)
-    if changed.empty or level is None:
-        return pd.DataFrame(columns=["seq", "ts", "pid"])
-    old = changed["old_spte"].fillna(0).astype(np.uint64)
-    new = changed["new_spte"].fillna(0).astype(np.uint64)
-    gone = ((old & SPTE_PRESENT) != 0) & ((new & SPTE_PRESENT) == 0) & (changed["level"] == level)
-    return changed.loc[gone, ["seq", "ts", "pid"]]
-
-
 def _resets(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]]) -> None:
     """A vCPU that itself put the last reference of its still-valid root was reset (an
     ``Unload``; the next entry reloads): up to 5.17 it tore the root down inline (its own
@@ -362,17 +317,6 @@ def _populates(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]]) 
             f"{c} x {src[i]} from gfn {int(start[i]) >> 12:#x}", "high"))
 
 
-def _enclosing_call(calls: list[Call], pid: int, seq: int, ts: int) -> Call | None:
-    """The system call thread ``pid`` was in at ``(seq, ts)`` (entered before, not left)."""
-    found = None
-    for c in calls:
-        if c.start_seq > seq:
-            break
-        if c.pid == pid and (c.end is None or c.end >= ts):
-            found = c
-    return found
-
-
 def _fast_zaps(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]],
                calls: list[Call]) -> None:
     fast = _frame(trace, "kvm_mmu_zap_all_fast")
@@ -381,7 +325,7 @@ def _fast_zaps(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]],
         if vm is None or vm not in steps:
             continue
         actor = threads.thread_name(int(row.pid))
-        call = _enclosing_call(calls, int(row.pid), int(row.seq), int(row.ts))
+        call = enclosing_call(calls, int(row.pid), int(row.seq), int(row.ts))
         at = int(row.ts) if call is None else call.start
         steps[vm].append(_Step(MemslotDelete(actor=actor, at=at), int(row.seq),
                                f"kvm_mmu_zap_all_fast gen {row.mmu_valid_gen} by {actor} "
@@ -533,7 +477,7 @@ def _teardowns(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]],
         if len(prior_fast):
             continue
         actor = threads.thread_name(int(first["pid"]))
-        call = _enclosing_call(calls, int(first["pid"]), int(first["seq"]), int(first["ts"]))
+        call = enclosing_call(calls, int(first["pid"]), int(first["seq"]), int(first["ts"]))
         at = call.start if call is not None and call.name in ("exit_group", "exit") \
             else int(first["ts"])
         items.append(_Step(VmDestroy(actor=actor, at=at), int(first["seq"]),
@@ -556,87 +500,3 @@ def _with_first_loads(items: list[_Step]) -> list[_Step]:
             loaded.add(s.op.actor)
         out.append(s)
     return out
-
-
-#: ``SHADOW_NONPRESENT_VALUE`` (bit 63, x86_64 ~6.10+): what a zapping iterator writes.
-_NONPRESENT_VALUE: Final = 1 << 63
-
-
-def _fast_zap_passes(trace: Trace, zaps: pd.DataFrame) -> str | None:
-    """``"one"`` or ``"multi"``: how the fast-zap task tore the invalidated roots down.
-
-    The iterator writes 0 (or ``SHADOW_NONPRESENT_VALUE``) into the entries it zaps;
-    ``handle_removed_pt`` writes the frozen value below them. <= 5.17 zaps at the root
-    level only (``zap_gfn_range`` over everything): the task's first zap after its
-    ``kvm_mmu_zap_all_fast`` is a top-level entry and every write below it is frozen.
-    5.18+ zap the 1 GiB level first (6.9+: 4K, 2M, 1G), then the root level: iterator
-    writes below the root level come first. ``None`` when no teardown follows a fast zap."""
-    level = _root_level(trace)
-    fast = _frame(trace, "kvm_mmu_zap_all_fast")
-    if level is None or fast.empty or zaps.empty:
-        return None
-    zaps = zaps.sort_values("seq", kind="stable")
-    new = zaps["new_spte"].fillna(0).astype(np.uint64).to_numpy()
-    iterator = (new & np.uint64(~_NONPRESENT_VALUE & (2**64 - 1))) == 0
-    votes: set[str] = set()
-    for seq, pid in zip(fast["seq"], fast["pid"], strict=True):
-        mine = (zaps["pid"].to_numpy() == pid) & (zaps["seq"].to_numpy() > seq)
-        later = fast[(fast["pid"] == pid) & (fast["seq"] > seq)]["seq"]
-        if len(later):
-            mine &= zaps["seq"].to_numpy() < int(later.min())
-        idx = np.flatnonzero(mine)
-        top = idx[zaps["level"].to_numpy()[idx] == level]
-        if not top.size:
-            continue
-        window = idx[idx <= top[0]]
-        below = zaps["level"].to_numpy()[window] < level
-        votes.add("multi" if (below & iterator[window]).any() else "one")
-    return "multi" if "multi" in votes else ("one" if votes else None)
-
-
-def detect_era(trace: Trace, threads: ThreadMap) -> tuple[str, str | None, str]:
-    """(backend, era policy name or None, evidence): who zaps roots tells the era."""
-    pages = _frame(trace, "kvm_mmu_get_page")
-    shadow = not pages.empty and ((pages["root_count"].fillna(0) > 0).any()
-                                  or (pages["direct"] == False).any())  # noqa: E712
-    if shadow and not _has_event(trace, "kvm_tdp_mmu_spte_changed"):
-        return ("shadow", None, "kvm_mmu_get_page shows live root_count / indirect roots and "
-                "no kvm_tdp_mmu_spte_changed: the shadow MMU (kvm.tdp_mmu=N); no TDP era applies")
-    if not _has_event(trace, "kvm_tdp_mmu_spte_changed"):
-        return ("unknown", None, "no kvm_tdp_mmu_spte_changed and no shadow pages: backend unknown")
-    args = " ".join(a or "" for a in trace.events.column("args").to_pylist()
-                    if a and "function=" in a)
-    if "tdp_mmu_zap_root_work" in args:
-        defunct = any(i.queued_by in threads.vcpus for i in threads.work_items
-                      if i.function == "tdp_mmu_zap_root_work")
-        return ("tdp", "5.18", "workqueue_queue_work function=tdp_mmu_zap_root_work: per-VM "
-                "workqueue zaps " + ("(5.18 .. 6.3: a vCPU queued one, a defunct root's put; "
-                                     "from 6.4 a valid root is never put to 0)" if defunct else
-                                     "(5.18 .. 6.5; no vCPU queued one, so 6.4/6.5, which "
-                                     "preserve roots, are not ruled out)"))
-    if "tdp_mmu_zap_root_async" in args:
-        return ("tdp", "async", "function=tdp_mmu_zap_root_async on the system workqueue")
-    changed = _frame(trace, "kvm_tdp_mmu_spte_changed")
-    gone = ((changed["old_spte"].fillna(0).astype(np.uint64) & SPTE_PRESENT) != 0) & \
-        ((changed["new_spte"].fillna(0).astype(np.uint64) & SPTE_PRESENT) == 0)
-    zappers = set(changed.loc[gone, "pid"].dropna().astype(int))
-    fast = set(_frame(trace, "kvm_mmu_zap_all_fast").get("pid", pd.Series(dtype=int)))
-    names = {threads.comms.get(p, "") for p in zappers}
-    torn = set(_root_teardowns(trace)["pid"].dropna().astype(int))
-    if torn & set(threads.vcpus):
-        return ("tdp", "sync", "vCPU threads zap top-level entries: the last put of a valid "
-                "root tears it down inline (<= 5.17; from 5.18 the putter only queues the "
-                "zap, from 6.4 a valid root is never put to 0)")
-    if zappers & fast:
-        if _fast_zap_passes(trace, changed[gone]) == "one":
-            return ("tdp", "sync", "SPTE zaps by the kvm_mmu_zap_all_fast task itself, in one "
-                    "root-level pass (top-level entry first, only frozen writes below it): "
-                    "<= 5.17 zaps gifted roots inline that way; 5.18+ zap the 1 GiB level "
-                    "first")
-        return ("tdp", "6.6", "SPTE zaps by the kvm_mmu_zap_all_fast task itself: the invalidating "
-                "task zaps inline (6.6+; the 1 GiB level first unless no teardown is traced)")
-    if any(n.startswith("kworker") for n in names):
-        return ("tdp", "5.18", "SPTE zaps by kworkers (5.18 .. 6.5)")
-    if zappers & set(threads.vcpus):
-        return ("tdp", "sync", "SPTE zaps by vCPU threads: the last put zaps inline (<= 5.17)")
-    return ("tdp", None, "no root zap in the trace: the era is not determined")

@@ -317,6 +317,8 @@ class KernelTextTrace(Recorder):
         from replay.render.zap_text import ZapEvent
 
         assert isinstance(ev, ZapEvent)
+        if ev.kind == "scan":
+            return
         if ev.kind == "page":
             self._emit(t, actor, "kvm_mmu_prepare_zap_page",
                        page_role_text(0, ev.gfn, _child_role(ev.level), 0))

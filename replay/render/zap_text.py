@@ -56,7 +56,8 @@ def table_spte(level: int, index: int) -> int:
 @dataclass(frozen=True)
 class ZapEvent:
     """One line of a zap: ``kind`` "spte" (``gfn level old new``) or "page" (a table's
-    ``prepare_zap_page``: ``gfn`` and ``level`` of the table); ``weight`` in cost ns."""
+    ``prepare_zap_page``: ``gfn`` and ``level`` of the table), or "scan" (the root-level
+    walk's time, printed as nothing); ``weight`` in cost ns."""
 
     kind: str
     gfn: int
@@ -163,6 +164,8 @@ def zap_events(extents: list[Extent], shape: ZapShape, cost: CostModel) -> list[
         z.walk(4)
     else:
         z.walk(4)
+    # the walk over the root's own 512 entries (no event of its own; the model charges it)
+    z.out.append(ZapEvent("scan", 0, 4, 0, 0, _ENTRIES * cost.scan_entry_ns))
     return z.out
 
 

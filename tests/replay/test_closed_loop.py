@@ -1,0 +1,99 @@
+"""Issue 12: what the model prints, the replay gives back.
+
+For every scenario and era P at small sizes: run the model under P emitting its trace, read
+the trace back (the reader), derive the workload and replay it under P; per vCPU the block
+count, max and total block time, blocks per cause and ``max_cause``, the per-root refcount
+history, the VM grouping and the derived leaves must equal the direct run's (exact with the
+nanosecond layout), and the era detected must be P where the trace can tell it
+(docs/replay.md "Era detection"). Then the what-if form: emit under P, replay under Q,
+compare with the direct run under Q.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from replay.model.ids import PAGE_2M, PAGE_4K
+from replay.model.policies import policy_names
+from replay.model.scenarios import (
+    dirty_log_perf,
+    max_guest_memory,
+    memslot_stress,
+    set_memory_region,
+)
+from replay.model.workload import Workload
+from tests.replay.closed_loop import differences, loop
+
+POLICIES = policy_names()
+
+
+def small(name: str, page: int) -> Workload:
+    """The scenario at a few MiB (four leaves per vCPU and slot at 2M pages)."""
+    k = 1 if page == PAGE_4K else 4
+    if name == "max-guest-memory":
+        return max_guest_memory(memory=8 * k << 20, slot_size=4 * k << 20, vcpus=2,
+                                page_size=page)
+    if name == "memslot-stress":
+        return memslot_stress(memory=2 * k << 20, vcpus=3, iterations=3, page_size=page)
+    if name == "dirty-log-perf":
+        return dirty_log_perf(memory=2 * k << 20, vcpus=2, page_size=page)
+    return set_memory_region(memory=4 * k << 20, slot_size=4 * k << 20, vcpus=4, page_size=page)
+
+
+SCENARIOS = ("max-guest-memory", "memslot-stress", "dirty-log-perf", "set-memory-region")
+#: (scenario, era) pairs whose trace reads as another era (docs/replay.md "Era detection").
+READS_AS = {
+    ("memslot-stress", "async"): "6.6", ("set-memory-region", "async"): "6.6",
+    ("dirty-log-perf", "async"): "6.6",
+    ("memslot-stress", "6.4"): "5.18", ("set-memory-region", "6.4"): "5.18",
+    ("dirty-log-perf", "6.4"): "5.18",
+}
+
+
+@pytest.mark.parametrize("page", [PAGE_4K, PAGE_2M], ids=["4K", "2M"])
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_replay_of_the_emitted_trace_is_the_run(tmp_path: Path, scenario: str, policy: str,
+                                                page: int) -> None:
+    lp = loop(small(scenario, page), policy, policy, tmp_path / "t.txt")
+    assert differences(lp) == []
+    assert lp.replayed.derived.era == READS_AS.get((scenario, policy), policy)
+
+
+#: What-if pairs (emit under P, replay under Q) that replay exactly today, max-guest-memory
+#: at 4K. The others do not yet: a derived step starts at the absolute time the trace shows,
+#: so a slower emitting era delays the replay and a faster one runs ahead of the direct run's
+#: rendezvous (docs/replay.md "What-if replays").
+WHAT_IF_EXACT = [("async", "5.18"), ("6.6", "6.4")]
+
+
+@pytest.mark.parametrize(("emitted", "replayed"), WHAT_IF_EXACT)
+def test_what_if_pairs_that_hold(tmp_path: Path, emitted: str, replayed: str) -> None:
+    lp = loop(small("max-guest-memory", PAGE_4K), emitted, replayed, tmp_path / "t.txt")
+    assert differences(lp) == []
+
+
+@pytest.mark.parametrize("policy", ["sync", "6.4", "6.6", "6.9"])
+def test_microsecond_text_stays_within_the_rounding(tmp_path: Path, policy: str) -> None:
+    """The kernel's own µs text: max within 2 µs, total within 1 µs per non-fault block
+    (lock-wait blocks not counted; see :func:`differences`). async and 5.18 do not hold
+    yet: a request truncated to the µs reorders the zap worker and the vCPUs' reloads."""
+    lp = loop(small("max-guest-memory", PAGE_2M), policy, policy, tmp_path / "t.txt",
+              layout="tracefs")
+    assert differences(lp, slack_max=2000, slack_each=1000) == []
+
+
+@pytest.mark.parametrize("policy", ["sync", "5.18", "6.9"])
+def test_calibrate_recovers_the_cost_model(tmp_path: Path, policy: str) -> None:
+    """``--calibrate`` on an emitted trace: fault and per-leaf costs within 1 %."""
+    from parsers import read_trace
+    from replay.infer.calibration import calibrate
+    from replay.model.cost import DEFAULT_COST
+    from tests.replay.closed_loop import emit
+
+    emit(small("max-guest-memory", PAGE_4K), policy, tmp_path / "t.txt")
+    got = calibrate(read_trace(tmp_path / "t.txt"), DEFAULT_COST).cost
+    assert got.fault_ns == pytest.approx(DEFAULT_COST.fault_ns, rel=0.01)
+    assert got.leaf_shared_ns == pytest.approx(DEFAULT_COST.leaf_shared_ns, rel=0.01)
