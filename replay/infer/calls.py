@@ -49,6 +49,7 @@ class Call:
     start: int
     start_seq: int
     end: int | None
+    end_seq: int | None = None
 
 
 def syscalls(trace: Trace) -> list[Call]:
@@ -77,7 +78,7 @@ def syscalls(trace: Trace) -> list[Call]:
             open_[pid] = (name, ts, seq)
         elif pid in open_ and _EXIT_RE.search(args or ""):
             name, start, sseq = open_.pop(pid)
-            out.append(Call(pid, name, start, sseq, ts))
+            out.append(Call(pid, name, start, sseq, ts, seq))
     out += [Call(pid, n, s, q, None) for pid, (n, s, q) in open_.items()]
     return sorted(out, key=lambda c: c.start_seq)
 
@@ -110,19 +111,23 @@ class RequestTimes:
 
     def at(self, pid: int, seq: int, ts: int) -> int:
         """The request time of a step traced at ``(seq, ts)`` by thread ``pid``."""
+        return self.start(pid, seq, ts)[0]
+
+    def start(self, pid: int, seq: int, ts: int) -> tuple[int, int]:
+        """``(ts, seq)`` of the event that asked for the step traced at ``(seq, ts)``."""
         found = self._starts.get(pid)
         if found is None:
-            return ts
+            return ts, seq
         sseq, sts = found
         k = int(np.searchsorted(sseq, seq, side="left")) - 1
         if k < 0:
-            return ts
+            return ts, seq
         entries = self._entries.get(pid)
         if entries is not None:
             j = int(np.searchsorted(entries, seq, side="left")) - 1
             if j >= 0 and entries[j] > sseq[k]:
-                return ts  # back in the guest since: the step was asked for when traced
-        return int(sts[k])
+                return ts, seq  # back in the guest since: asked for when traced
+        return int(sts[k]), int(sseq[k])
 
 
 def enclosing_call(calls: list[Call], pid: int, seq: int, ts: int) -> Call | None:

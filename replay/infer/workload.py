@@ -29,6 +29,7 @@ from parsers.trace import Trace
 from replay.infer.calls import Call, RequestTimes, enclosing_call, syscalls
 from replay.infer.era import detect_era
 from replay.infer.observed import BURST_GAP_NS, SPTE_PRESENT
+from replay.infer.relative import Timed, relativize
 from replay.infer.threads import Confidence, ThreadMap
 from replay.infer.workload_frames import frame as _frame
 from replay.infer.workload_frames import has_event as _has_event
@@ -79,6 +80,10 @@ class _Step:
     seq: int
     evidence: str
     confidence: Confidence
+    #: the seq of the event that asked for it, and when (and at which seq) its activity ended
+    from_seq: int | None = None
+    until: int | None = None
+    until_seq: int | None = None
 
 
 def derive_workloads(trace: Trace, threads: ThreadMap) -> DerivedWorkloads:
@@ -114,6 +119,8 @@ def derive_workloads(trace: Trace, threads: ThreadMap) -> DerivedWorkloads:
         items = _with_first_loads(sorted(items, key=lambda s: (s.op.at, s.seq)))
         if not any(isinstance(s.op, LoadRoot) for s in items):
             continue
+        if calls:  # a syscall-traced recording: steps start when what they waited for is done
+            items = _relative(trace, calls, threads, vm, items)
         workloads[vm] = Workload.of([s.op for s in items], name=f"{trace.metadata.source}:vm{vm}")
         rows += [{"vm": vm, "index": i, "op": type(s.op).__name__, "actor": s.op.actor,
                   "at": s.op.at, "seq": s.seq, "evidence": s.evidence,
@@ -331,7 +338,8 @@ def _fast_zaps(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]],
                                f"kvm_mmu_zap_all_fast gen {row.mmu_valid_gen} by {actor} "
                                f"(memslot delete/move or nx_huge_pages: not told apart)"
                                + (f", in its {call.name} from {call.start}" if call else ""),
-                               "medium"))
+                               "medium", call.start_seq if call else None,
+                               call.end if call else None, call.end_seq if call else None))
 
 
 def _ioctl_resets(calls: list[Call], threads: ThreadMap, steps: dict[int, list[_Step]]) -> None:
@@ -347,13 +355,15 @@ def _ioctl_resets(calls: list[Call], threads: ThreadMap, steps: dict[int, list[_
         who = threads.thread_name(c.pid)
         if c.name == "KVM_SET_CPUID2":
             steps[vcpu.vm].append(_Step(Unload(vcpu=vcpu.vcpu, at=c.start), c.start_seq,
-                                        f"{c.name} by {who}: kvm_mmu_reset_context", "high"))
+                                        f"{c.name} by {who}: kvm_mmu_reset_context", "high",
+                                        c.start_seq, c.end, c.end_seq))
             continue
         wp[c.pid] = not wp.get(c.pid, True)
         steps[vcpu.vm].append(_Step(
             SetSregs(vcpu=vcpu.vcpu, cr0_wp=wp[c.pid], at=c.start), c.start_seq,
             f"{c.name} by {who} at {c.start}: kvm_mmu_reset_context (CR0.WP taken to flip "
-            f"to {int(wp[c.pid])}: the sregs are not traced)", "medium"))
+            f"to {int(wp[c.pid])}: the sregs are not traced)", "medium", c.start_seq, c.end,
+            c.end_seq))
 
 
 def _dirty_log_clears(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]],
@@ -382,7 +392,8 @@ def _dirty_log_clears(trace: Trace, threads: ThreadMap, steps: dict[int, list[_S
         actor = threads.thread_name(c.pid)
         steps[vm].append(_Step(WriteProtect(actor=actor, start=start, size=size, at=c.start),
                                c.start_seq, f"{c.name} by {actor}: write-protects "
-                               f"{start:#x}+{size:#x}", "medium"))
+                               f"{start:#x}+{size:#x}", "medium", c.start_seq, c.end,
+                               c.end_seq))
 
 
 def _faults(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]],
@@ -411,11 +422,13 @@ def _faults(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]],
         k = np.searchsorted(e_seq, seq, side="right")
         back = np.where(k < e_seq.size, e_ts[np.minimum(k, max(e_seq.size - 1, 0))],
                         np.iinfo(np.int64).max) if e_seq.size else np.full(seq.size, -1)
-        out_seq = np.array([asked.at(int(pid), int(q), int(t)) for q, t in zip(seq, ts,
-                                                                              strict=True)])
+        asks = [asked.start(int(pid), int(q), int(t)) for q, t in zip(seq, ts, strict=True)]
+        out_seq = np.array([a[0] for a in asks], dtype=np.int64)
         cont = np.r_[False, (page[1:] == page[:-1]) & (start[1:] == start[:-1] + page[:-1])
                      & (out_seq[1:] <= back[:-1])]
-        _add_runs(steps, threads.vcpus[int(pid)], cont, start, page, out_seq, seq)
+        ends = [(int(e_ts[j]), int(e_seq[j])) if j < e_seq.size else (None, None)
+                for j in k.tolist()]
+        _add_runs(steps, threads.vcpus[int(pid)], cont, start, page, asks, seq, ends)
     return True
 
 
@@ -433,7 +446,8 @@ def _requested_levels(req: pd.DataFrame, pid: int, seq: np.ndarray) -> np.ndarra
 
 
 def _add_runs(steps: dict[int, list[_Step]], vcpu: object, cont: np.ndarray, start: np.ndarray,
-              page: np.ndarray, at: np.ndarray, seq: np.ndarray) -> None:
+              page: np.ndarray, asks: list[tuple[int, int]], seq: np.ndarray,
+              ends: list[tuple[int | None, int | None]]) -> None:
     from replay.infer.threads import VcpuThread
 
     assert isinstance(vcpu, VcpuThread)
@@ -441,10 +455,12 @@ def _add_runs(steps: dict[int, list[_Step]], vcpu: object, cont: np.ndarray, sta
     first = np.flatnonzero(~cont)
     count = np.bincount(run)
     for i, c in zip(first.tolist(), count.tolist(), strict=True):
+        until, until_seq = ends[i + c - 1]
         steps[vcpu.vm].append(_Step(
             Populate(vcpu=vcpu.vcpu, start=int(start[i]), size=int(page[i]) * c,
-                     page=int(page[i]), at=int(at[i])), int(seq[i]),
-            f"{c} x kvm_page_fault from gfn {int(start[i]) >> 12:#x}", "high"))
+                     page=int(page[i]), at=asks[i][0]), int(seq[i]),
+            f"{c} x kvm_page_fault from gfn {int(start[i]) >> 12:#x}", "high",
+            asks[i][1], until, until_seq))
 
 
 def _teardowns(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]],
@@ -459,7 +475,7 @@ def _teardowns(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]],
             actor = threads.thread_name(c.pid)
             items.append(_Step(VmDestroy(actor=actor, at=c.start), c.start_seq,
                                f"{c.name} by {actor}: kvm_mmu_zap_all at process exit, then "
-                               f"vCPU and MMU teardown", "high"))
+                               f"vCPU and MMU teardown", "high", c.start_seq))
             continue
         vcpu_ends = [s.op.at for s in items if isinstance(s.op, (LoadRoot, Populate))]
         if not vcpu_ends:
@@ -483,6 +499,20 @@ def _teardowns(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]],
         items.append(_Step(VmDestroy(actor=actor, at=at), int(first["seq"]),
                            f"{len(mine)} kvm_mmu_prepare_zap_page by {actor} after the VM's last "
                            f"vCPU event, with no fast zap: kvm_mmu_zap_all at VM exit", "medium"))
+
+
+def _relative(trace: Trace, calls: list[Call], threads: ThreadMap, vm: int,
+              items: list[_Step]) -> list[_Step]:
+    """``items`` as runs, sleeps and rendezvous between the steps (:mod:`.relative`)."""
+    pids = {f"vcpu{v.vcpu}": p for p, v in threads.vcpus.items() if v.vm == vm}
+    pids.update({threads.thread_name(p): p for p, v in threads.vm_of.items()
+                 if v == vm and p not in threads.vcpus})
+    timed = [Timed(s.op, s.seq, s.evidence, s.confidence,
+                   s.seq if s.from_seq is None else s.from_seq, s.until, s.until_seq)
+             for s in items if not isinstance(s.op, LoadRoot)]
+    conf = {s.seq: s.confidence for s in items}
+    return [_Step(op, seq, why, conf.get(seq, "medium")) for op, why, seq in
+            relativize(trace, calls, pids, timed)]
 
 
 def _with_first_loads(items: list[_Step]) -> list[_Step]:

@@ -97,9 +97,9 @@ class _Driver:
     def enter_guest(self, v: VcpuState) -> Wait:
         """``kvm_mmu_reload``: service the request (drop an obsolete root), load a root."""
         rp = self.rp
-        if v.root is None or v.root.invalid or v.request:
-            for r in rp.recorders:
-                r.reload(rp.now, v.actor)
+        work = v.root is None or v.root.invalid or v.request
+        for r in rp.recorders:
+            r.enter_guest(rp.now, v.actor, work)
         while v.root is None or v.root.invalid or v.request:
             v.request = False
             if v.root is not None and v.root.invalid:
@@ -276,6 +276,8 @@ class _Driver:
 
     def rendezvous(self, index: int, op: Op) -> Wait:
         assert isinstance(op, Rendezvous)
+        for r in self.rp.recorders:
+            r.rendezvous(self.rp.now, ActorId(op.actor), op.name)
         arrived, sig = self.barriers.setdefault(op.name, ([0], Signal(self.rp.sim)))
         arrived[0] += 1
         if arrived[0] >= op.parties:

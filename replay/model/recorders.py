@@ -141,8 +141,12 @@ class Recorder:
         """A range walk by ``actor`` zapped (``removed``) or write-protected the leaves of
         ``extents`` in ``root`` between ``start`` and ``end``."""
 
-    def reload(self, ts: Nanos, actor: ActorId) -> None:
-        """``kvm_mmu_reload`` has work to do (a request, or no valid root) at ``ts``."""
+    def enter_guest(self, ts: Nanos, actor: ActorId, reload: bool) -> None:
+        """vCPU ``actor`` is about to enter its guest (``vcpu_enter_guest``); ``reload``:
+        ``kvm_mmu_reload`` has work to do first (a request, or no valid root)."""
+
+    def rendezvous(self, ts: Nanos, actor: ActorId, name: str) -> None:
+        """``actor`` arrives at barrier ``name`` (a vCPU leaves ``KVM_RUN`` to wait)."""
 
     def ioctl(self, ts: Nanos, actor: ActorId, name: str, phase: str) -> None:
         """Thread ``actor`` enters (``phase`` "enter") or leaves ("exit") the ioctl or system

@@ -225,8 +225,21 @@ class KernelTextTrace(Recorder):
         if interval.cause == "root_alloc":
             self._entry(interval.end, actor)
 
-    def reload(self, ts: Nanos, actor: ActorId) -> None:
-        self._exit(ts, actor, "EXTERNAL_INTERRUPT")
+    def enter_guest(self, ts: Nanos, actor: ActorId, reload: bool) -> None:
+        found = self._vcpu(actor)
+        if found is None:
+            return
+        if reload:
+            self._exit(ts, actor, "EXTERNAL_INTERRUPT")
+        elif found[1].state == "user":
+            self._syscall(ts, actor, "KVM_RUN", "enter")
+            self._entry(ts, actor)
+
+    def rendezvous(self, ts: Nanos, actor: ActorId, name: str) -> None:
+        """A vCPU waiting for the others has left ``KVM_RUN`` (the selftests' ucall)."""
+        found = self._vcpu(actor)
+        if found is not None and found[1].state == "guest":
+            self._to_user(ts, actor)
 
     def root_created(self, ts: Nanos, root: RootId, role: int, actor: ActorId) -> None:
         self._tables[root] = set()
@@ -279,14 +292,19 @@ class KernelTextTrace(Recorder):
         self._emit(at, actor, "kvm_mmu_spte_requested",
                    f"gfn {gfn:x} pfn {0x100000 + gfn:x} level {level}")
 
+    def _to_user(self, ts: int, actor: str) -> None:
+        """``KVM_RUN`` returns: an I/O exit (the ucall), then ``kvm_userspace_exit``."""
+        found = self._vcpu(actor)
+        assert found is not None
+        if found[1].state == "guest":
+            self._exit(ts, actor, "IO_INSTRUCTION", 0x1F80040)
+        self._emit(ts, actor, "kvm_userspace_exit", "reason KVM_EXIT_IO (2)")
+        found[1].state = "user"
+
     def ioctl(self, ts: Nanos, actor: ActorId, name: str, phase: str) -> None:
         found = self._vcpu(actor)
         if found is not None and phase == "enter" and found[1].state != "user":
-            v, st = found
-            if st.state == "guest":
-                self._exit(ts, actor, "IO_INSTRUCTION", 0x1F80040)
-            self._emit(ts, actor, "kvm_userspace_exit", "reason KVM_EXIT_IO (2)")
-            st.state = "user"
+            self._to_user(ts, actor)
         if name == "exit_group" and phase == "exit":
             return
         self._syscall(ts, actor, name, phase)

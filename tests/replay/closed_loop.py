@@ -72,6 +72,19 @@ def loop(workload: Workload, emit_policy: str, replay_policy: str, path: Path, *
     return Loop(direct, replayed, replay_policy, faulted.pages)
 
 
+def loop_all(workload: Workload, emit_policy: str, path: Path, policies: list[str],
+             direct: dict[str, ReplayResult], *, cost: CostModel = DEFAULT_COST
+             ) -> dict[str, Loop]:
+    """Emit once under ``emit_policy``; replay under each of ``policies`` (the direct runs
+    are taken from, and added to, ``direct``)."""
+    _, faulted = emit(workload, emit_policy, path, cost=cost)
+    replayed = replay(read_trace(path), policy=policies, cost=cost)
+    for q in policies:
+        if q not in direct:
+            direct[q] = run(workload, policy=q, cost=cost)
+    return {q: Loop(direct[q], replayed, q, faulted.pages) for q in policies}
+
+
 def per_vcpu(summary: pa.Table) -> dict[int, dict[str, object]]:
     rows = summary.to_pylist()
     return {int(r["vcpu"]): {k: r[k] for k in ("blocks", "max_ns", "total_ns", "max_cause")}

@@ -24,7 +24,8 @@ from replay.model.scenarios import (
     set_memory_region,
 )
 from replay.model.workload import Workload
-from tests.replay.closed_loop import differences, loop
+from replay.result import ReplayResult
+from tests.replay.closed_loop import causes, differences, loop, loop_all
 
 POLICIES = policy_names()
 
@@ -62,17 +63,34 @@ def test_replay_of_the_emitted_trace_is_the_run(tmp_path: Path, scenario: str, p
     assert lp.replayed.derived.era == READS_AS.get((scenario, policy), policy)
 
 
-#: What-if pairs (emit under P, replay under Q) that replay exactly today, max-guest-memory
-#: at 4K. The others do not yet: a derived step starts at the absolute time the trace shows,
-#: so a slower emitting era delays the replay and a faster one runs ahead of the direct run's
-#: rendezvous (docs/replay.md "What-if replays").
-WHAT_IF_EXACT = [("async", "5.18"), ("6.6", "6.4")]
+#: What-if pairs a replay cannot make exact: the emitting era's trace does not show every
+#: page the replaying era faults on (docs/replay.md "What-if replays"). 6.4+ reload the same
+#: root after max-guest-memory's CR0.WP reset, so its second run faults nothing and leaves no
+#: trace, while <= 6.3 fault it all again; the workqueue eras finish memslot-stress's fast
+#: zaps before the vCPUs' first sweep, so its later sweeps fault nothing there.
+UNSEEN = {
+    "max-guest-memory": {(p, q) for p in ("6.4", "6.6", "6.9") for q in ("sync", "async", "5.18")},
+    "memslot-stress": {(p, q) for p in ("5.18", "6.4", "6.9") for q in ("sync", "async", "6.6")},
+}
 
 
-@pytest.mark.parametrize(("emitted", "replayed"), WHAT_IF_EXACT)
-def test_what_if_pairs_that_hold(tmp_path: Path, emitted: str, replayed: str) -> None:
-    lp = loop(small("max-guest-memory", PAGE_4K), emitted, replayed, tmp_path / "t.txt")
-    assert differences(lp) == []
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_what_if_every_era_pair(tmp_path: Path, scenario: str) -> None:
+    """Emit under P, replay under Q, against the direct run under Q, for every (P, Q)."""
+    workload = small(scenario, PAGE_4K)
+    direct: dict[str, ReplayResult] = {}
+    for p in POLICIES:
+        loops = loop_all(workload, p, tmp_path / f"{p}.txt", POLICIES, direct)
+        for q, lp in loops.items():
+            if (p, q) not in UNSEEN.get(scenario, set()):
+                assert differences(lp) == [], (p, q)
+                continue
+            # what the trace does not show is missing, never invented: fewer faults
+            want = causes(lp.direct.to_arrow("blocks"))
+            got = causes(lp.replayed.runs[q]["blocks"])
+            assert differences(lp) != [], (p, q)
+            assert sum(n for (_, c), n in got.items() if c == "fault") < \
+                sum(n for (_, c), n in want.items() if c == "fault"), (p, q)
 
 
 @pytest.mark.parametrize("policy", ["sync", "6.4", "6.6", "6.9"])

@@ -1,0 +1,217 @@
+"""Turn a derived workload's absolute times into what caused them, so other eras can replay it.
+
+A derived step happens at the trace's time. Under another era the same workload runs
+faster or slower, so a step must start when what it waited for is done, not at the
+recorded instant. With the thread boundaries a syscall-traced recording gives
+(``kvm_entry``/``kvm_exit``, ``kvm_userspace_exit``, ``sys_enter``/``sys_exit``), each
+thread's time between its steps is split into:
+
+* guest time (after a ``kvm_entry``, kick exits included): :class:`Run` of that length —
+  the model's guest reacts to kicks itself;
+* time in userspace (after ``kvm_userspace_exit`` or an ioctl's ``sys_exit``, until the next
+  ``KVM_RUN`` or ioctl): a wait. Where such waits of several threads end at the instant one
+  of them arrived (a barrier's release is its last arrival), the waiters are one
+  :class:`Rendezvous`; what is left is a :class:`Sleep`.
+
+A vCPU's ``KVM_RUN`` whose root load runs straight into its next step belongs to that step
+(its ``kvm_mmu_reload``); root loads are not steps of their own here: the step or the run
+after them does the load, as the vCPU would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final
+
+import numpy as np
+
+from parsers.trace import Trace
+from replay.infer.calls import Call
+from replay.model.workload import Op, Rendezvous, Run, Sleep, VcpuOp
+
+__all__ = ["Timed", "relativize"]
+
+_ENTRY, _EXIT, _USER, _RUN = "entry", "exit", "user", "run"
+_NEVER: Final = np.iinfo(np.int64).max
+
+
+@dataclass
+class Timed:
+    """A derived step: its operation, trace seq, evidence, and from the trace the seq of the
+    event that asked for it (``from_seq``) and when its activity ended (``until``,
+    ``until_seq``; None: it never ends before the trace does)."""
+
+    op: Op
+    seq: int
+    evidence: str
+    confidence: str
+    from_seq: int
+    until: int | None
+    until_seq: int | None
+
+
+@dataclass
+class _Wait:
+    actor: str
+    start: int
+    end: int | None
+    slot: int
+
+
+@dataclass
+class _Actor:
+    name: str
+    ops: list[tuple[Op, str, int]] = field(default_factory=list)  # op, evidence, seq
+    waits: list[_Wait] = field(default_factory=list)
+
+    def run(self, d: int, why: str, seq: int) -> None:
+        if d > 0:
+            self.ops.append((Run(vcpu=int(self.name[4:]), duration=d), why, seq))
+
+    def wait(self, start: int, end: int | None) -> None:
+        self.waits.append(_Wait(self.name, start, end, len(self.ops)))
+
+
+def _boundaries(trace: Trace, calls: list[Call], pid: int) -> list[tuple[int, int, str]]:
+    """``(seq, ts, kind)`` of thread ``pid``'s entries, exits, userspace exits, KVM_RUNs."""
+    out: list[tuple[int, int, str]] = []
+    for name, kind in (("kvm_entry", _ENTRY), ("kvm_exit", _EXIT),
+                       ("kvm_userspace_exit", _USER)):
+        if name in trace.names:
+            t = trace.table(name).select(["seq", "ts", "pid"]).to_pandas()
+            t = t[t["pid"] == pid]
+            out += [(int(q), int(s), kind) for q, s in zip(t["seq"], t["ts"], strict=True)]
+    out += [(c.start_seq, c.start, _RUN) for c in calls if c.pid == pid and c.name == "KVM_RUN"]
+    return sorted(out)
+
+
+class _VcpuSpans:
+    """The state walk of :func:`_vcpu`: in userspace, in KVM after ``KVM_RUN`` (its root
+    load), or in the guest (kick exits included)."""
+
+    def __init__(self, actor: _Actor) -> None:
+        self.actor = actor
+        self.state = "user"
+        self.since = 0
+        self.entered: int | None = None  # entry ending the load after a KVM_RUN
+
+    def mark(self, seq: int, ts: int, kind: str) -> None:
+        if kind == _USER and self.state != "user":
+            self.close_guest(ts, seq, step=False)
+            self.state, self.since = "user", ts
+        elif kind == _RUN and self.state == "user":
+            self.actor.wait(self.since, ts)
+            self.state, self.since, self.entered = "host", ts, None
+        elif kind == _ENTRY and self.state == "host":
+            self.state, self.entered = "guest", ts
+
+    def close_guest(self, ts: int, seq: int, *, step: bool) -> None:
+        """The guest time up to ``ts`` ends (a step, or an exit to userspace)."""
+        if self.entered is not None:
+            if step and ts <= self.entered:
+                return  # the load ran straight into the step: the step's own reload
+            self.actor.ops.append((Run(vcpu=int(self.actor.name[4:]), duration=0),
+                                   f"KVM_RUN at {self.since}: root load until {self.entered}",
+                                   seq))
+            self.since, self.entered = self.entered, None
+        self.actor.run(ts - self.since, f"guest time from {self.since} to {ts}", seq)
+
+
+def _vcpu(actor: _Actor, steps: list[Timed], marks: list[tuple[int, int, str]]) -> None:
+    """Split a vCPU's time between its steps into runs and waits (module doc)."""
+    walk = _VcpuSpans(actor)
+    k = 0
+    for st in sorted(steps, key=lambda s: (s.from_seq, s.seq)):
+        while k < len(marks) and marks[k][0] < st.from_seq:
+            walk.mark(*marks[k])
+            k += 1
+        if walk.state == "user":
+            actor.wait(walk.since, st.op.at)
+        else:
+            walk.close_guest(st.op.at, st.seq, step=True)
+        actor.ops.append((st.op, st.evidence, st.seq))
+        walk.since = st.until if st.until is not None else st.op.at
+        walk.state = "user" if type(st.op).__name__ in ("SetSregs", "Unload") else "guest"
+        walk.entered = None
+        while k < len(marks) and st.until_seq is not None and marks[k][0] <= st.until_seq:
+            k += 1
+    for m in marks[k:]:
+        walk.mark(*m)
+    if walk.state == "user":
+        actor.wait(walk.since, None)
+
+
+def _vmm(actor: _Actor, steps: list[Timed], calls: list[Call]) -> None:
+    """A VMM thread: busy in its system calls, waiting between them."""
+    by_start = {st.from_seq: st for st in steps}
+    since = 0
+    for c in calls:
+        actor.wait(since, c.start)
+        st = by_start.pop(c.start_seq, None)
+        if st is not None:
+            actor.ops.append((st.op, st.evidence, st.seq))
+        since = c.end if c.end is not None else c.start
+    for st in by_start.values():  # steps outside any call (none in syscall-traced traces)
+        actor.wait(since, st.op.at)
+        actor.ops.append((st.op, st.evidence, st.seq))
+        since = st.until if st.until is not None else st.op.at
+
+
+def _barriers(actors: list[_Actor]) -> None:
+    """Waits that end when another thread arrives are rendezvous; the rest are sleeps."""
+    waits = [w for a in actors for w in a.waits]
+    ends = {w.end for w in waits if w.end is not None}
+    releases = sorted(ends & {w.start for w in waits})
+    parties: dict[int, int] = {}
+    chosen: dict[tuple[str, int], _Wait] = {}
+    for w in sorted(waits, key=lambda w: (w.start, w.slot)):
+        hi = _NEVER if w.end is None else w.end
+        lo = int(np.searchsorted(releases, w.start, side="left"))
+        for r in releases[lo:]:
+            if r > hi:
+                break
+            if (w.actor, r) not in chosen:
+                chosen[(w.actor, r)] = w
+                parties[r] = parties.get(r, 0) + 1
+    for a in actors:
+        inserts: dict[int, list[tuple[Op, str, int]]] = {}
+        for w in a.waits:
+            mine = sorted(r for (who, r), ww in chosen.items() if who == a.name and ww is w)
+            ops: list[tuple[Op, str, int]] = [
+                (Rendezvous(actor=a.name, name=f"release@{r}", parties=parties[r]),
+                 f"waited from {w.start}; {parties[r]} threads resumed together at {r}, when "
+                 f"the last arrived: a barrier", -1) for r in mine]
+            last = mine[-1] if mine else w.start
+            if w.end is not None and w.end > last:
+                ops.append((Sleep(actor=a.name, duration=w.end - last),
+                            f"outside the guest from {last} to {w.end}", -1))
+            inserts.setdefault(w.slot, []).extend(ops)
+        out: list[tuple[Op, str, int]] = []
+        for i in range(len(a.ops) + 1):
+            out += inserts.get(i, [])
+            if i < len(a.ops):
+                out.append(a.ops[i])
+        a.ops = out
+
+
+def relativize(trace: Trace, calls: list[Call], pids: dict[str, int],
+               steps: list[Timed]) -> list[tuple[Op, str, int]]:
+    """The steps of one VM (its actors' pids in ``pids``) as a workload whose operations
+    start when what they waited for is done: ``(op, evidence, seq)`` in actor order.
+
+    Every operation gets ``at=0``; the time between a thread's steps becomes runs, sleeps and
+    rendezvous (module doc)."""
+    from dataclasses import replace
+
+    actors: list[_Actor] = []
+    for name, pid in pids.items():
+        mine = [st for st in steps if st.op.actor == name]
+        a = _Actor(name)
+        if name.startswith("vcpu"):
+            _vcpu(a, [st for st in mine if isinstance(st.op, VcpuOp)], _boundaries(
+                trace, calls, pid))
+        else:
+            _vmm(a, mine, [c for c in calls if c.pid == pid])
+        actors.append(a)
+    _barriers(actors)
+    return [(replace(op, at=0), why, seq) for a in actors for op, why, seq in a.ops]
