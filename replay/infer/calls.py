@@ -15,6 +15,7 @@ replayed rather than lost.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Final
@@ -25,7 +26,7 @@ import pyarrow.compute as pc
 
 from parsers.trace import Trace
 
-__all__ = ["Call", "syscalls", "RequestTimes", "IOCTL_NAMES", "enclosing_call"]
+__all__ = ["Call", "syscalls", "RequestTimes", "IOCTL_NAMES", "enclosing_call", "vm_of_call"]
 
 _ENTER_RE: Final = re.compile(r"NR (\d+) \(([0-9a-f]+), ([0-9a-f]+)")
 _EXIT_RE: Final = re.compile(r"NR (\d+) = ")
@@ -50,6 +51,7 @@ class Call:
     start_seq: int
     end: int | None
     end_seq: int | None = None
+    tgid: int | None = None
 
 
 def syscalls(trace: Trace) -> list[Call]:
@@ -57,15 +59,18 @@ def syscalls(trace: Trace) -> list[Call]:
     ev = trace.events
     names = ev.column("event").cast(pa.string())
     keep = pc.fill_null(pc.is_in(names, pa.array(["sys_enter", "sys_exit"])), False)
-    rows = ev.filter(keep).select(["seq", "ts", "pid", "event", "args"])
+    rows = ev.filter(keep).select(["seq", "ts", "pid", "tgid", "event", "args"])
     if not rows.num_rows:
         return []
     open_: dict[int, tuple[str, int, int]] = {}
     out: list[Call] = []
-    for seq, ts, pid, event, args in zip(*(rows.column(c).to_pylist() for c in (
-            "seq", "ts", "pid", "event", "args")), strict=True):
+    tgids: dict[int, int] = {}
+    for seq, ts, pid, tgid, event, args in zip(*(rows.column(c).to_pylist() for c in (
+            "seq", "ts", "pid", "tgid", "event", "args")), strict=True):
         if pid is None or ts is None:
             continue
+        if tgid is not None:
+            tgids[pid] = tgid
         if event == "sys_enter":
             m = _ENTER_RE.search(args or "")
             if not m:
@@ -80,7 +85,14 @@ def syscalls(trace: Trace) -> list[Call]:
             name, start, sseq = open_.pop(pid)
             out.append(Call(pid, name, start, sseq, ts, seq))
     out += [Call(pid, n, s, q, None) for pid, (n, s, q) in open_.items()]
+    out = [dataclasses.replace(c, tgid=tgids.get(c.pid)) for c in out]
     return sorted(out, key=lambda c: c.start_seq)
+
+
+def vm_of_call(call: Call, vm_of: dict[int, int]) -> int | None:
+    """The VM of a call's thread: its own, or (a thread with no KVM event, such as a VMM
+    that only exits) its process's when the trace has tgids."""
+    return vm_of.get(call.pid, call.tgid if call.tgid in set(vm_of.values()) else None)
 
 
 class RequestTimes:

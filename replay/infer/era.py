@@ -91,6 +91,23 @@ def _reset_reused(trace: Trace, threads: ThreadMap, calls: list[Call]) -> bool:
     return False
 
 
+def _workqueue_era(trace: Trace, threads: ThreadMap, calls: list[Call]
+                   ) -> tuple[str, str | None, str]:
+    """5.18 .. 6.3 or 6.4/6.5: zap work items on the per-VM ``kvm`` workqueue."""
+    defunct = any(i.queued_by in threads.vcpus for i in threads.work_items
+                  if i.function == "tdp_mmu_zap_root_work")
+    if not defunct and _reset_reused(trace, threads, calls):
+        return ("tdp", "6.4", "workqueue_queue_work function=tdp_mmu_zap_root_work by "
+                "the VMM only, and a vCPU reset (KVM_SET_SREGS) reloaded the root it had "
+                "(no new root, no zap work): roots are preserved (6.4, 6.5); 5.18 .. 6.3 "
+                "would have put it and allocated one with the new CR0.WP")
+    return ("tdp", "5.18", "workqueue_queue_work function=tdp_mmu_zap_root_work: per-VM "
+            "workqueue zaps " + ("(5.18 .. 6.3: a vCPU queued one, a defunct root's put; "
+                                 "from 6.4 a valid root is never put to 0)" if defunct else
+                                 "(5.18 .. 6.5; no vCPU queued one, so 6.4/6.5, which "
+                                 "preserve roots, are not ruled out)"))
+
+
 def detect_era(trace: Trace, threads: ThreadMap, calls: list[Call] | None = None
                ) -> tuple[str, str | None, str]:
     """(backend, era policy name or None, evidence): who zaps roots tells the era."""
@@ -106,18 +123,7 @@ def detect_era(trace: Trace, threads: ThreadMap, calls: list[Call] | None = None
     args = " ".join(a or "" for a in trace.events.column("args").to_pylist()
                     if a and "function=" in a)
     if "tdp_mmu_zap_root_work" in args:
-        defunct = any(i.queued_by in threads.vcpus for i in threads.work_items
-                      if i.function == "tdp_mmu_zap_root_work")
-        if not defunct and _reset_reused(trace, threads, calls):
-            return ("tdp", "6.4", "workqueue_queue_work function=tdp_mmu_zap_root_work by "
-                    "the VMM only, and a vCPU reset (KVM_SET_SREGS) reloaded the root it had "
-                    "(no new root, no zap work): roots are preserved (6.4, 6.5); 5.18 .. 6.3 "
-                    "would have put it and allocated one with the new CR0.WP")
-        return ("tdp", "5.18", "workqueue_queue_work function=tdp_mmu_zap_root_work: per-VM "
-                "workqueue zaps " + ("(5.18 .. 6.3: a vCPU queued one, a defunct root's put; "
-                                     "from 6.4 a valid root is never put to 0)" if defunct else
-                                     "(5.18 .. 6.5; no vCPU queued one, so 6.4/6.5, which "
-                                     "preserve roots, are not ruled out)"))
+        return _workqueue_era(trace, threads, calls)
     if "tdp_mmu_zap_root_async" in args:
         return ("tdp", "async", "function=tdp_mmu_zap_root_async on the system workqueue")
     changed = _frame(trace, "kvm_tdp_mmu_spte_changed")

@@ -93,28 +93,33 @@ class _VcpuSpans:
         self.actor = actor
         self.state = "user"
         self.since = 0
+        self.since_seq = -1  # the trace position where the current span began
         self.entered: int | None = None  # entry ending the load after a KVM_RUN
 
     def mark(self, seq: int, ts: int, kind: str) -> None:
         if kind == _USER and self.state != "user":
-            self.close_guest(ts, seq, step=False)
-            self.state, self.since = "user", ts
+            self.close_guest(ts, step=False)
+            self.state, self.since, self.since_seq = "user", ts, seq
         elif kind == _RUN and self.state == "user":
             self.actor.wait(self.since, ts)
             self.state, self.since, self.entered = "host", ts, None
+            self.since_seq = seq
         elif kind == _ENTRY and self.state == "host":
             self.state, self.entered = "guest", ts
 
-    def close_guest(self, ts: int, seq: int, *, step: bool) -> None:
-        """The guest time up to ``ts`` ends (a step, or an exit to userspace)."""
+    def close_guest(self, ts: int, *, step: bool) -> bool:
+        """The guest time up to ``ts`` ends (a step, or an exit to userspace); True when
+        the step begins with the load after ``KVM_RUN`` (the step's own reload)."""
         if self.entered is not None:
             if step and ts <= self.entered:
-                return  # the load ran straight into the step: the step's own reload
+                return True
             self.actor.ops.append((Run(vcpu=int(self.actor.name[4:]), duration=0),
                                    f"KVM_RUN at {self.since}: root load until {self.entered}",
-                                   seq))
+                                   self.since_seq))
             self.since, self.entered = self.entered, None
-        self.actor.run(ts - self.since, f"guest time from {self.since} to {ts}", seq)
+        self.actor.run(ts - self.since, f"guest time from {self.since} to {ts}",
+                       self.since_seq)
+        return False
 
 
 def _vcpu(actor: _Actor, steps: list[Timed], marks: list[tuple[int, int, str]]) -> None:
@@ -125,12 +130,14 @@ def _vcpu(actor: _Actor, steps: list[Timed], marks: list[tuple[int, int, str]]) 
         while k < len(marks) and marks[k][0] < st.from_seq:
             walk.mark(*marks[k])
             k += 1
+        began = st.from_seq
         if walk.state == "user":
             actor.wait(walk.since, st.op.at)
-        else:
-            walk.close_guest(st.op.at, st.seq, step=True)
-        actor.ops.append((st.op, st.evidence, st.seq))
+        elif walk.close_guest(st.op.at, step=True):
+            began = walk.since_seq  # its KVM_RUN: what the thread did first for it
+        actor.ops.append((st.op, st.evidence, began))
         walk.since = st.until if st.until is not None else st.op.at
+        walk.since_seq = st.until_seq if st.until_seq is not None else st.from_seq
         walk.state = "user" if type(st.op).__name__ in ("SetSregs", "Unload") else "guest"
         walk.entered = None
         while k < len(marks) and st.until_seq is not None and marks[k][0] <= st.until_seq:
@@ -149,22 +156,44 @@ def _vmm(actor: _Actor, steps: list[Timed], calls: list[Call]) -> None:
         actor.wait(since, c.start)
         st = by_start.pop(c.start_seq, None)
         if st is not None:
-            actor.ops.append((st.op, st.evidence, st.seq))
+            actor.ops.append((st.op, st.evidence, st.from_seq))
         since = c.end if c.end is not None else c.start
     for st in by_start.values():  # steps outside any call (none in syscall-traced traces)
         actor.wait(since, st.op.at)
-        actor.ops.append((st.op, st.evidence, st.seq))
+        actor.ops.append((st.op, st.evidence, st.from_seq))
         since = st.until if st.until is not None else st.op.at
+
+
+def _releases(waits: list[_Wait]) -> list[int]:
+    """Instants a wait may have ended for: another thread arrived (began waiting) then,
+    and somebody had been waiting until that instant or was still waiting past it. A
+    thread's own arrivals never release it."""
+    out: set[int] = set()
+    by_start: dict[int, set[str]] = {}
+    for w in waits:
+        by_start.setdefault(w.start, set()).add(w.actor)
+    for w in waits:
+        hi = _NEVER if w.end is None else w.end
+        if hi <= w.start:
+            continue
+        if w.end is not None and by_start.get(w.end, set()) - {w.actor}:
+            out.add(w.end)
+        for b in waits:
+            if b.actor != w.actor and w.start < b.start < hi and (b.end is None
+                                                                  or b.end > b.start):
+                out.add(b.start)
+    return sorted(out)
 
 
 def _barriers(actors: list[_Actor]) -> None:
     """Waits that end when another thread arrives are rendezvous; the rest are sleeps."""
     waits = [w for a in actors for w in a.waits]
-    ends = {w.end for w in waits if w.end is not None}
-    releases = sorted(ends & {w.start for w in waits})
+    releases = _releases(waits)
     parties: dict[int, int] = {}
     chosen: dict[tuple[str, int], _Wait] = {}
-    for w in sorted(waits, key=lambda w: (w.start, w.slot)):
+    # a thread takes part through the latest of its waits holding the instant: one that
+    # begins there is its arrival (the wait before it ended with a sleep)
+    for w in sorted(waits, key=lambda w: (-w.start, -w.slot)):
         hi = _NEVER if w.end is None else w.end
         lo = int(np.searchsorted(releases, w.start, side="left"))
         for r in releases[lo:]:
@@ -191,7 +220,21 @@ def _barriers(actors: list[_Actor]) -> None:
             out += inserts.get(i, [])
             if i < len(a.ops):
                 out.append(a.ops[i])
-        a.ops = out
+        a.ops = _ordered(out)
+
+
+def _ordered(ops: list[tuple[Op, str, int]]) -> list[tuple[Op, str, int]]:
+    """Each rendezvous ordered by the trace position of what its thread did next."""
+    out = list(ops)
+    nxt = 2**62
+    for i in range(len(out) - 1, -1, -1):
+        op, why, seq = out[i]
+        if isinstance(op, Rendezvous):
+            out[i] = (Rendezvous(actor=op.actor, name=op.name, parties=op.parties, order=nxt),
+                      why, seq)
+        elif seq >= 0:
+            nxt = seq
+    return out
 
 
 def relativize(trace: Trace, calls: list[Call], pids: dict[str, int],

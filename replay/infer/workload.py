@@ -26,31 +26,30 @@ import pandas as pd
 import pyarrow as pa
 
 from parsers.trace import Trace
-from replay.infer.calls import Call, RequestTimes, enclosing_call, syscalls
+from replay.infer.call_steps import PAGE_OF_LEVEL as _PAGE_OF_LEVEL
+from replay.infer.call_steps import Step as _Step
+from replay.infer.call_steps import dirty_log_clears, faults, ioctl_resets
+from replay.infer.calls import Call, RequestTimes, enclosing_call, syscalls, vm_of_call
 from replay.infer.era import detect_era
 from replay.infer.observed import BURST_GAP_NS, SPTE_PRESENT
 from replay.infer.relative import Timed, relativize
-from replay.infer.threads import Confidence, ThreadMap
+from replay.infer.threads import ThreadMap
 from replay.infer.workload_frames import frame as _frame
 from replay.infer.workload_frames import has_event as _has_event
 from replay.infer.workload_frames import root_teardowns as _root_teardowns
-from replay.model.ids import PAGE_1G, PAGE_2M, PAGE_4K
 from replay.model.workload import (
     LoadRoot,
     MemslotDelete,
-    Op,
     Populate,
     SetSregs,
     Unload,
     VcpuOp,
     VmDestroy,
     Workload,
-    WriteProtect,
 )
 
 __all__ = ["DerivedWorkloads", "derive_workloads", "EVIDENCE_SCHEMA", "detect_era"]
 
-_PAGE_OF_LEVEL: Final = {1: PAGE_4K, 2: PAGE_2M, 3: PAGE_1G}
 #: Leaf bit of a non-4K SPTE (``PT_PAGE_SIZE_MASK``, bit 7).
 _HUGE_BIT: Final = 1 << 7
 
@@ -74,18 +73,6 @@ class DerivedWorkloads:
     warnings: list[str] = field(default_factory=list)
 
 
-@dataclass
-class _Step:
-    op: Op
-    seq: int
-    evidence: str
-    confidence: Confidence
-    #: the seq of the event that asked for it, and when (and at which seq) its activity ended
-    from_seq: int | None = None
-    until: int | None = None
-    until_seq: int | None = None
-
-
 def derive_workloads(trace: Trace, threads: ThreadMap) -> DerivedWorkloads:
     """One :class:`~replay.model.workload.Workload` per VM of ``trace``.
 
@@ -101,16 +88,16 @@ def derive_workloads(trace: Trace, threads: ThreadMap) -> DerivedWorkloads:
     steps: dict[int, list[_Step]] = {vm: [] for vm in threads.vms}
     calls = syscalls(trace)
     asked = RequestTimes(trace, calls if calls else None)
-    _ioctl_resets(calls, threads, steps)
+    ioctl_resets(calls, threads, steps)
     _resets(trace, threads, steps)
     _root_loads(trace, threads, steps, asked)
     _reloads_at_entry(trace, threads, steps, asked)
     # the fault- and request-time rules need the exits and calls a syscall-traced recording
     # has; without syscalls the earlier install-time rules stay (docs/replay.md)
-    if not calls or not _faults(trace, threads, steps, asked):
+    if not calls or not faults(trace, threads, steps, asked):
         _populates(trace, threads, steps)
     _fast_zaps(trace, threads, steps, calls)
-    _dirty_log_clears(trace, threads, steps, calls)
+    dirty_log_clears(trace, threads, steps, calls)
     _teardowns(trace, threads, steps, calls)
     backend, era, why = detect_era(trace, threads, calls)
     workloads: dict[int, Workload] = {}
@@ -342,134 +329,13 @@ def _fast_zaps(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]],
                                call.end if call else None, call.end_seq if call else None))
 
 
-def _ioctl_resets(calls: list[Call], threads: ThreadMap, steps: dict[int, list[_Step]]) -> None:
-    """``KVM_SET_SREGS`` (``kvm_mmu_reset_context``) and ``KVM_SET_CPUID2`` by a vCPU thread
-    reset its MMU: the reset unloads its root whatever the reload does next (a new root, or
-    from 6.4 the same one). The sregs' contents are not traced: each ``SET_SREGS`` is taken
-    to flip CR0.WP (what max_guest_memory_test does), the one role bit ≤ 6.3 roots carry."""
-    wp: dict[int, bool] = {}
-    for c in calls:
-        vcpu = threads.vcpus.get(c.pid)
-        if vcpu is None or c.name not in ("KVM_SET_SREGS", "KVM_SET_SREGS2", "KVM_SET_CPUID2"):
-            continue
-        who = threads.thread_name(c.pid)
-        if c.name == "KVM_SET_CPUID2":
-            steps[vcpu.vm].append(_Step(Unload(vcpu=vcpu.vcpu, at=c.start), c.start_seq,
-                                        f"{c.name} by {who}: kvm_mmu_reset_context", "high",
-                                        c.start_seq, c.end, c.end_seq))
-            continue
-        wp[c.pid] = not wp.get(c.pid, True)
-        steps[vcpu.vm].append(_Step(
-            SetSregs(vcpu=vcpu.vcpu, cr0_wp=wp[c.pid], at=c.start), c.start_seq,
-            f"{c.name} by {who} at {c.start}: kvm_mmu_reset_context (CR0.WP taken to flip "
-            f"to {int(wp[c.pid])}: the sregs are not traced)", "medium", c.start_seq, c.end,
-            c.end_seq))
-
-
-def _dirty_log_clears(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]],
-                      calls: list[Call]) -> None:
-    """``KVM_CLEAR_DIRTY_LOG`` / ``KVM_GET_DIRTY_LOG`` by a VMM thread write-protect the
-    range whose SPTEs lose their W bit inside the call (present -> present)."""
-    changed = _frame(trace, "kvm_tdp_mmu_spte_changed")
-    for c in calls:
-        vm = threads.vm_of.get(c.pid)
-        if c.name not in ("KVM_CLEAR_DIRTY_LOG", "KVM_GET_DIRTY_LOG") or vm not in steps \
-                or c.pid in threads.vcpus:
-            continue
-        start, size = 0, PAGE_4K
-        if not changed.empty:
-            inside = changed[(changed["pid"] == c.pid) & (changed["seq"] > c.start_seq)
-                             & (changed["ts"] <= (c.end if c.end is not None else c.start))]
-            old = inside["old_spte"].fillna(0).astype(np.uint64)
-            new = inside["new_spte"].fillna(0).astype(np.uint64)
-            kept = inside[((old & SPTE_PRESENT) != 0) & ((new & SPTE_PRESENT) != 0)]
-            if len(kept):
-                page = np.vectorize(_PAGE_OF_LEVEL.__getitem__, otypes=[np.int64])(
-                    kept["level"].to_numpy(dtype=np.int64))
-                gpa = kept["gfn"].to_numpy(dtype=np.int64) << 12
-                start = int(gpa.min())
-                size = int((gpa + page).max()) - start
-        actor = threads.thread_name(c.pid)
-        steps[vm].append(_Step(WriteProtect(actor=actor, start=start, size=size, at=c.start),
-                               c.start_seq, f"{c.name} by {actor}: write-protects "
-                               f"{start:#x}+{size:#x}", "medium", c.start_seq, c.end,
-                               c.end_seq))
-
-
-def _faults(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]],
-            asked: RequestTimes) -> bool:
-    """Populates from the faults themselves (``kvm_page_fault``, its
-    ``kvm_mmu_spte_requested`` level): every fault the guest took, spurious ones (another
-    vCPU installed the page meanwhile) and retries on an obsolete root included. A run
-    continues while the same vCPU faults the next page of the same size with no time outside
-    the guest in between (the next fault's exit is the previous one's entry). False when the
-    trace has no fault events."""
-    faults = _frame(trace, "kvm_page_fault")
-    if faults.empty:
-        return False
-    faults = faults[faults["pid"].isin(list(threads.vcpus))].sort_values("seq", kind="stable")
-    req = _frame(trace, "kvm_mmu_spte_requested")
-    entries = _frame(trace, "kvm_entry")
-    for pid, f in faults.groupby("pid"):
-        seq = f["seq"].to_numpy(dtype=np.int64)
-        ts = f["ts"].to_numpy(dtype=np.int64)
-        level = _requested_levels(req, int(pid), seq)
-        page = np.vectorize(_PAGE_OF_LEVEL.__getitem__, otypes=[np.int64])(level)
-        start = f["fault_address"].to_numpy(dtype=np.int64) // page * page
-        mine = entries[entries["pid"] == pid] if not entries.empty else entries
-        e_seq = mine["seq"].to_numpy(dtype=np.int64) if len(mine) else np.zeros(0, np.int64)
-        e_ts = mine["ts"].to_numpy(dtype=np.int64) if len(mine) else np.zeros(0, np.int64)
-        k = np.searchsorted(e_seq, seq, side="right")
-        back = np.where(k < e_seq.size, e_ts[np.minimum(k, max(e_seq.size - 1, 0))],
-                        np.iinfo(np.int64).max) if e_seq.size else np.full(seq.size, -1)
-        asks = [asked.start(int(pid), int(q), int(t)) for q, t in zip(seq, ts, strict=True)]
-        out_seq = np.array([a[0] for a in asks], dtype=np.int64)
-        cont = np.r_[False, (page[1:] == page[:-1]) & (start[1:] == start[:-1] + page[:-1])
-                     & (out_seq[1:] <= back[:-1])]
-        ends = [(int(e_ts[j]), int(e_seq[j])) if j < e_seq.size else (None, None)
-                for j in k.tolist()]
-        _add_runs(steps, threads.vcpus[int(pid)], cont, start, page, asks, seq, ends)
-    return True
-
-
-def _requested_levels(req: pd.DataFrame, pid: int, seq: np.ndarray) -> np.ndarray:
-    """The level of each fault's ``kvm_mmu_spte_requested`` (the next one of the thread)."""
-    if req.empty:
-        return np.ones(seq.size, dtype=np.int64)
-    mine = req[req["pid"] == pid]
-    r_seq = mine["seq"].to_numpy(dtype=np.int64)
-    r_lvl = mine["level"].fillna(1).to_numpy(dtype=np.int64)
-    k = np.searchsorted(r_seq, seq, side="right")
-    lvl = np.where(k < r_seq.size, r_lvl[np.minimum(k, max(r_seq.size - 1, 0))], 1) \
-        if r_seq.size else np.ones(seq.size, dtype=np.int64)
-    return np.clip(lvl, 1, 3)
-
-
-def _add_runs(steps: dict[int, list[_Step]], vcpu: object, cont: np.ndarray, start: np.ndarray,
-              page: np.ndarray, asks: list[tuple[int, int]], seq: np.ndarray,
-              ends: list[tuple[int | None, int | None]]) -> None:
-    from replay.infer.threads import VcpuThread
-
-    assert isinstance(vcpu, VcpuThread)
-    run = np.cumsum(~cont) - 1
-    first = np.flatnonzero(~cont)
-    count = np.bincount(run)
-    for i, c in zip(first.tolist(), count.tolist(), strict=True):
-        until, until_seq = ends[i + c - 1]
-        steps[vcpu.vm].append(_Step(
-            Populate(vcpu=vcpu.vcpu, start=int(start[i]), size=int(page[i]) * c,
-                     page=int(page[i]), at=asks[i][0]), int(seq[i]),
-            f"{c} x kvm_page_fault from gfn {int(start[i]) >> 12:#x}", "high",
-            asks[i][1], until, until_seq))
-
-
 def _teardowns(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]],
                calls: list[Call]) -> None:
     zaps = _frame(trace, "kvm_mmu_prepare_zap_page")
     fast = _frame(trace, "kvm_mmu_zap_all_fast")
     exits = [c for c in calls if c.name in ("exit_group", "exit") and c.pid not in threads.vcpus]
     for vm, items in steps.items():
-        mine_exit = [c for c in exits if threads.vm_of.get(c.pid) == vm]
+        mine_exit = [c for c in exits if vm_of_call(c, threads.vm_of) == vm]
         if mine_exit:  # the VMM's process exit: mmu_notifier release, then teardown
             c = mine_exit[0]
             actor = threads.thread_name(c.pid)
@@ -507,6 +373,8 @@ def _relative(trace: Trace, calls: list[Call], threads: ThreadMap, vm: int,
     pids = {f"vcpu{v.vcpu}": p for p, v in threads.vcpus.items() if v.vm == vm}
     pids.update({threads.thread_name(p): p for p, v in threads.vm_of.items()
                  if v == vm and p not in threads.vcpus})
+    pids.update({threads.thread_name(c.pid): c.pid for c in calls
+                 if c.pid not in threads.vcpus and vm_of_call(c, threads.vm_of) == vm})
     timed = [Timed(s.op, s.seq, s.evidence, s.confidence,
                    s.seq if s.from_seq is None else s.from_seq, s.until, s.until_seq)
              for s in items if not isinstance(s.op, LoadRoot)]

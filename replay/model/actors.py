@@ -10,8 +10,8 @@ from collections.abc import Callable
 from typing import Any
 
 from replay.errors import WorkloadError
-from replay.model.engine import LATE, Signal, Wait
-from replay.model.ids import ActorId, Nanos
+from replay.model.engine import LATE, URGENT, Signal, Wait
+from replay.model.ids import ActorId, Nanos, vcpu_actor
 from replay.model.lifecycle import Replay, VcpuState
 from replay.model.lock import READ, WRITE
 from replay.model.population import (
@@ -53,7 +53,7 @@ class _Driver:
     def __init__(self, rp: Replay, workload: Workload) -> None:
         self.rp = rp
         self.workload = workload
-        self.barriers: dict[str, tuple[list[int], Signal]] = {}
+        self.barriers: dict[str, list[tuple[int, int, Signal]]] = {}
         self.vcpu_done: list[Signal] = []
         self.slots_lock_free = True
         self.slots_waiters: list[Signal] = []
@@ -62,8 +62,9 @@ class _Driver:
         per_actor: dict[str, list[tuple[int, Op]]] = {}
         for i, op in enumerate(self.workload.ops):
             per_actor.setdefault(op.actor, []).append((i, op))
-            if isinstance(op, VcpuOp) and op.vcpu not in self.rp.vcpus:
-                self.rp.vcpus[op.vcpu] = VcpuState(op.vcpu, ActorId(op.actor), self.rp.sim)
+        # vCPUs in id order: kvm_for_each_vcpu (kicks, vCPU destroy) walks them by index
+        for vid in sorted({op.vcpu for op in self.workload.ops if isinstance(op, VcpuOp)}):
+            self.rp.vcpus[vid] = VcpuState(vid, vcpu_actor(vid), self.rp.sim)
         for actor, ops in per_actor.items():
             proc = self.rp.sim.process(self._actor(ActorId(actor), ops), actor)
             if actor.startswith("vcpu"):
@@ -278,11 +279,23 @@ class _Driver:
         assert isinstance(op, Rendezvous)
         for r in self.rp.recorders:
             r.rendezvous(self.rp.now, ActorId(op.actor), op.name)
-        arrived, sig = self.barriers.setdefault(op.name, ([0], Signal(self.rp.sim)))
-        arrived[0] += 1
-        if arrived[0] >= op.parties:
-            sig.fire(None)
-        yield sig
+        waiting = self.barriers.setdefault(op.name, [])
+        mine = Signal(self.rp.sim)
+        waiting.append((op.order, len(waiting), mine))
+        if len(waiting) >= op.parties:
+            order = sorted(waiting, key=lambda w: (w[0], w[1]))
+            at = next(i for i, w in enumerate(order) if w[2] is mine)
+            for _, _, sig in order[:at]:
+                sig.fire(None)
+            if at == len(order) - 1:
+                mine.fire(None)  # the last arriver goes on last, as it yields
+            else:  # it goes on in its place: release it and the rest after its yield
+                def release() -> None:
+                    for _, _, sig in order[at:]:
+                        sig.fire(None)
+
+                self.rp.sim.schedule(0, release, URGENT)
+        yield mine
 
     def zap_leafs(self, index: int, op: Op) -> Wait:
         """mmu_notifier unmap: ``mmu_lock`` write, every valid root, leaves in the range."""

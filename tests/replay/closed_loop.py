@@ -98,12 +98,19 @@ def causes(blocks: pa.Table) -> Counter[tuple[int, str]]:
     return out
 
 
-def refcount_history(table: pa.Table) -> dict[int, list[tuple[int, int, int]]]:
-    out: dict[int, list[tuple[int, int, int]]] = {}
+def refcount_history(table: pa.Table) -> dict[int, list[tuple[int, tuple[int, ...], int]]]:
+    """Per root, per instant: the changes (deltas, sorted) and the count after them.
+
+    Changes at one nanosecond are simultaneous: the model orders them by which process
+    it happened to resume first, which a replay with other operation boundaries may not
+    repeat."""
+    steps: dict[int, dict[int, tuple[list[int], int]]] = {}
     for r in table.select(["ts", "root", "count", "delta"]).to_pylist():
-        out.setdefault(int(r["root"]) % 1_000_000, []).append(
-            (int(r["ts"]), int(r["count"]), int(r["delta"])))
-    return out
+        at = steps.setdefault(int(r["root"]) % 1_000_000, {})
+        deltas, _ = at.get(int(r["ts"]), ([], 0))
+        at[int(r["ts"])] = ([*deltas, int(r["delta"])], int(r["count"]))
+    return {root: [(ts, tuple(sorted(d)), c) for ts, (d, c) in sorted(at.items())]
+            for root, at in steps.items()}
 
 
 def differences(lp: Loop, *, slack_max: int = 0, slack_each: int = 0) -> list[str]:
