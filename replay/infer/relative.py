@@ -224,9 +224,10 @@ def _barriers(actors: list[_Actor]) -> None:
 
 
 def _ordered(ops: list[tuple[Op, str, int]]) -> list[tuple[Op, str, int]]:
-    """Each rendezvous ordered by the trace position of what its thread did next."""
+    """Each rendezvous ordered by the trace position of what its thread did next (a thread
+    with nothing left to do goes first: it does nothing)."""
     out = list(ops)
-    nxt = 2**62
+    nxt = -1
     for i in range(len(out) - 1, -1, -1):
         op, why, seq = out[i]
         if isinstance(op, Rendezvous):
