@@ -20,6 +20,7 @@ after them does the load, as the vCPU would.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -52,10 +53,15 @@ class Timed:
 
 @dataclass
 class _Wait:
+    """A thread outside the guest with nothing to do, from ``start`` to ``end`` (None: to
+    the end of the trace); ``first``/``last`` are the trace positions bounding it."""
+
     actor: str
     start: int
     end: int | None
     slot: int
+    first: int
+    last: int | None
 
 
 @dataclass
@@ -68,8 +74,8 @@ class _Actor:
         if d > 0:
             self.ops.append((Run(vcpu=int(self.name[4:]), duration=d), why, seq))
 
-    def wait(self, start: int, end: int | None) -> None:
-        self.waits.append(_Wait(self.name, start, end, len(self.ops)))
+    def wait(self, start: int, end: int | None, first: int, last: int | None) -> None:
+        self.waits.append(_Wait(self.name, start, end, len(self.ops), first, last))
 
 
 def _boundaries(trace: Trace, calls: list[Call], pid: int) -> list[tuple[int, int, str]]:
@@ -101,7 +107,7 @@ class _VcpuSpans:
             self.close_guest(ts, step=False)
             self.state, self.since, self.since_seq = "user", ts, seq
         elif kind == _RUN and self.state == "user":
-            self.actor.wait(self.since, ts)
+            self.actor.wait(self.since, ts, self.since_seq, seq)
             self.state, self.since, self.entered = "host", ts, None
             self.since_seq = seq
         elif kind == _ENTRY and self.state == "host":
@@ -132,7 +138,7 @@ def _vcpu(actor: _Actor, steps: list[Timed], marks: list[tuple[int, int, str]]) 
             k += 1
         began = st.from_seq
         if walk.state == "user":
-            actor.wait(walk.since, st.op.at)
+            actor.wait(walk.since, st.op.at, walk.since_seq, st.from_seq)
         elif walk.close_guest(st.op.at, step=True):
             began = walk.since_seq  # its KVM_RUN: what the thread did first for it
         actor.ops.append((st.op, st.evidence, began))
@@ -145,60 +151,75 @@ def _vcpu(actor: _Actor, steps: list[Timed], marks: list[tuple[int, int, str]]) 
     for m in marks[k:]:
         walk.mark(*m)
     if walk.state == "user":
-        actor.wait(walk.since, None)
+        actor.wait(walk.since, None, walk.since_seq, None)
 
 
 def _vmm(actor: _Actor, steps: list[Timed], calls: list[Call]) -> None:
     """A VMM thread: busy in its system calls, waiting between them."""
     by_start = {st.from_seq: st for st in steps}
-    since = 0
+    since, since_seq = 0, -1
     for c in calls:
-        actor.wait(since, c.start)
+        actor.wait(since, c.start, since_seq, c.start_seq)
         st = by_start.pop(c.start_seq, None)
         if st is not None:
             actor.ops.append((st.op, st.evidence, st.from_seq))
         since = c.end if c.end is not None else c.start
+        since_seq = c.end_seq if c.end_seq is not None else c.start_seq
     for st in by_start.values():  # steps outside any call (none in syscall-traced traces)
-        actor.wait(since, st.op.at)
+        actor.wait(since, st.op.at, since_seq, st.from_seq)
         actor.ops.append((st.op, st.evidence, st.from_seq))
         since = st.until if st.until is not None else st.op.at
+        since_seq = st.until_seq if st.until_seq is not None else st.from_seq
 
 
-def _releases(waits: list[_Wait]) -> list[int]:
-    """Instants a wait may have ended for: another thread arrived (began waiting) then,
-    and somebody had been waiting until that instant or was still waiting past it. A
-    thread's own arrivals never release it."""
-    out: set[int] = set()
-    by_start: dict[int, set[str]] = {}
+def _releases(waits: list[_Wait]) -> dict[int, int]:
+    """Instants a wait may have ended for, with the trace position of the arrival that
+    ended it: another thread arrived (began waiting) then, and somebody had been waiting
+    until that instant or was still waiting past it. The arrival is the last one before
+    the first waiter went on (a thread's own arrivals never release it)."""
+    arrivals: dict[int, list[_Wait]] = {}
     for w in waits:
-        by_start.setdefault(w.start, set()).add(w.actor)
+        arrivals.setdefault(w.start, []).append(w)
+    instants = sorted(arrivals)
+    candidates: dict[int, int] = {}  # instant -> trace position the first waiter left at
     for w in waits:
         hi = _NEVER if w.end is None else w.end
         if hi <= w.start:
             continue
-        if w.end is not None and by_start.get(w.end, set()) - {w.actor}:
-            out.add(w.end)
-        for b in waits:
-            if b.actor != w.actor and w.start < b.start < hi and (b.end is None
-                                                                  or b.end > b.start):
-                out.add(b.start)
-    return sorted(out)
+        if w.end is not None and any(b.actor != w.actor for b in arrivals.get(w.end, [])):
+            left = _NEVER if w.last is None else w.last
+            candidates[w.end] = min(candidates.get(w.end, left), left)
+        k = bisect.bisect_right(instants, w.start)
+        while k < len(instants) and instants[k] < hi:
+            at = instants[k]
+            k += 1
+            if any(b.actor != w.actor and (b.end is None or b.end > at) for b in arrivals[at]):
+                candidates.setdefault(at, _NEVER)
+    out: dict[int, int] = {}
+    for at, left in candidates.items():
+        before = [b.first for b in arrivals.get(at, []) if b.first < left]
+        if before:
+            out[at] = max(before)
+    return out
 
 
 def _barriers(actors: list[_Actor]) -> None:
     """Waits that end when another thread arrives are rendezvous; the rest are sleeps."""
     waits = [w for a in actors for w in a.waits]
-    releases = _releases(waits)
+    found = _releases(waits)
+    releases = sorted(found)
     parties: dict[int, int] = {}
     chosen: dict[tuple[str, int], _Wait] = {}
-    # a thread takes part through the latest of its waits holding the instant: one that
-    # begins there is its arrival (the wait before it ended with a sleep)
+    # a thread takes part through the wait it was in when the last thread arrived (trace
+    # order tells which, when a call of no duration sits at the instant)
     for w in sorted(waits, key=lambda w: (-w.start, -w.slot)):
         hi = _NEVER if w.end is None else w.end
         lo = int(np.searchsorted(releases, w.start, side="left"))
         for r in releases[lo:]:
             if r > hi:
                 break
+            if w.first > found[r] or (w.last is not None and w.last < found[r]):
+                continue  # it began waiting after that arrival, or went on before it
             if (w.actor, r) not in chosen:
                 chosen[(w.actor, r)] = w
                 parties[r] = parties.get(r, 0) + 1

@@ -11,6 +11,7 @@ compare with the direct run under Q.
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -63,15 +64,20 @@ def test_replay_of_the_emitted_trace_is_the_run(tmp_path: Path, scenario: str, p
     assert lp.replayed.derived.era == READS_AS.get((scenario, policy), policy)
 
 
-#: What-if pairs a replay cannot make exact: the emitting era's trace does not show every
-#: page the replaying era faults on (docs/replay.md "What-if replays"). 6.4+ reload the same
-#: root after max-guest-memory's CR0.WP reset, so its second run faults nothing and leaves no
-#: trace, while <= 6.3 fault it all again; the workqueue eras finish memslot-stress's fast
-#: zaps before the vCPUs' first sweep, so its later sweeps fault nothing there.
+#: What-if pairs a replay cannot make exact because the emitting era's trace does not show
+#: every page the replaying era faults on (docs/replay.md "What-if replays"): 6.4+ reload
+#: the same root after max-guest-memory's CR0.WP reset, so its second run faults nothing
+#: and leaves no trace, while <= 6.3 fault it all again; the workqueue eras finish
+#: memslot-stress's fast zaps before the vCPUs' first sweep, so its later sweeps fault
+#: nothing there. The replay then faults less, never more.
 UNSEEN = {
     "max-guest-memory": {(p, q) for p in ("6.4", "6.6", "6.9") for q in ("sync", "async", "5.18")},
     "memslot-stress": {(p, q) for p in ("5.18", "6.4", "6.9") for q in ("sync", "async", "6.6")},
 }
+#: ... and pairs whose barrier leaves no trace: under 6.9 both vCPUs of max-guest-memory
+#: finish their runs in the same nanosecond, so nobody is seen waiting for anybody, and
+#: an era in which they do not gets no rendezvous. Every fault is still replayed.
+TOGETHER = {"max-guest-memory": {("6.9", "6.4"), ("6.9", "6.6")}}
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
@@ -82,15 +88,18 @@ def test_what_if_every_era_pair(tmp_path: Path, scenario: str) -> None:
     for p in POLICIES:
         loops = loop_all(workload, p, tmp_path / f"{p}.txt", POLICIES, direct)
         for q, lp in loops.items():
-            if (p, q) not in UNSEEN.get(scenario, set()):
+            faults_want = _faults(causes(lp.direct.to_arrow("blocks")))
+            faults_got = _faults(causes(lp.replayed.runs[q]["blocks"]))
+            if (p, q) in UNSEEN.get(scenario, set()):
+                assert differences(lp) != [] and faults_got < faults_want, (p, q)
+            elif (p, q) in TOGETHER.get(scenario, set()):
+                assert differences(lp) != [] and faults_got == faults_want, (p, q)
+            else:
                 assert differences(lp) == [], (p, q)
-                continue
-            # what the trace does not show is missing, never invented: fewer faults
-            want = causes(lp.direct.to_arrow("blocks"))
-            got = causes(lp.replayed.runs[q]["blocks"])
-            assert differences(lp) != [], (p, q)
-            assert sum(n for (_, c), n in got.items() if c == "fault") < \
-                sum(n for (_, c), n in want.items() if c == "fault"), (p, q)
+
+
+def _faults(counts: Counter[tuple[int, str]]) -> int:
+    return sum(n for (_, cause), n in counts.items() if cause == "fault")
 
 
 @pytest.mark.parametrize("policy", ["sync", "6.4", "6.6", "6.9"])

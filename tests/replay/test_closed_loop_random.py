@@ -20,7 +20,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from replay.model.ids import PAGE_2M, PAGE_4K, GIB, vcpu_actor
+from replay.model.ids import GIB, PAGE_2M, PAGE_4K, vcpu_actor
 from replay.model.policies import policy_names
 from replay.model.workload import (
     MemslotCreate,
@@ -98,7 +98,7 @@ def workloads(draw: st.DrawFn) -> Workload:
     return Workload.of(ops, name="random")
 
 
-@settings(max_examples=30, deadline=None, derandomize=True,
+@settings(max_examples=40, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(workload=workloads(), policy=st.sampled_from(policy_names()))
 def test_random_workloads_replay_as_they_ran(workload: Workload, policy: str) -> None:
