@@ -124,3 +124,18 @@ def test_calibrate_recovers_the_cost_model(tmp_path: Path, policy: str) -> None:
     got = calibrate(read_trace(tmp_path / "t.txt"), DEFAULT_COST).cost
     assert got.fault_ns == pytest.approx(DEFAULT_COST.fault_ns, rel=0.01)
     assert got.leaf_shared_ns == pytest.approx(DEFAULT_COST.leaf_shared_ns, rel=0.01)
+
+
+def test_a_sampled_trace_says_so_and_replay_warns(tmp_path: Path) -> None:
+    """Sampling is explicit: the header says it, and reading the file back warns."""
+    from replay import replay, run_scenario
+
+    out = tmp_path / "t.txt"
+    run_scenario("max-guest-memory", policies=["sync"], memory=8 << 20, slot_size=4 << 20,
+                 vcpus=2, emit_trace=out, sample_every=4)
+    assert "# kvm-mmu-replay: sampled 1 in 4" in out.read_text()
+    assert any("sampled 1 in 4" in w for w in replay(out, policy="sync").warnings)
+    run_scenario("max-guest-memory", policies=["sync"], memory=8 << 20, slot_size=4 << 20,
+                 vcpus=2, emit_trace=out)
+    assert "sampled" not in out.read_text()
+    assert not any("sampled" in w for w in replay(out, policy="sync").warnings)
