@@ -117,12 +117,12 @@ def faults(trace: Trace, threads: ThreadMap, steps: dict[int, list[Step]],
         k = np.searchsorted(e_seq, seq, side="right")
         back = np.where(k < e_seq.size, e_ts[np.minimum(k, max(e_seq.size - 1, 0))],
                         np.iinfo(np.int64).max) if e_seq.size else np.full(seq.size, -1)
-        asks = [asked.start(int(pid), int(q), int(t)) for q, t in zip(seq, ts, strict=True)]
-        out_seq = np.array([a[0] for a in asks], dtype=np.int64)
+        ask_ts, ask_seq = asked.starts(int(pid), seq, ts)
+        asks = list(zip(ask_ts.tolist(), ask_seq.tolist(), strict=True))
+        out_seq = ask_ts
         # the guest ran nothing else in between: the entry before this fault's exit is the
         # one that ended the previous fault (no exit to userspace, no KVM_RUN since)
-        last = np.searchsorted(e_seq, np.array([a[1] for a in asks], dtype=np.int64),
-                               side="left") - 1
+        last = np.searchsorted(e_seq, ask_seq, side="left") - 1
         # the next page, or the same page again: a fault that found its root obsolete is
         # retried after the reload, and the vCPU goes on with the rest of the range
         cont = np.r_[False, (page[1:] == page[:-1]) & (out_seq[1:] <= back[:-1])

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -104,18 +105,14 @@ class RequestTimes:
         self._starts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         if calls is None:
             return
-        starts: dict[int, list[tuple[int, int]]] = {}
-        for name in ("kvm_exit", "kvm_userspace_exit"):
-            if name in trace.names:
-                t = trace.table(name).select(["seq", "ts", "pid"]).to_pandas()
-                for seq, ts, pid in t.itertuples(index=False):
-                    starts.setdefault(int(pid), []).append((int(seq), int(ts)))
-        for c in calls:
-            if c.name == "KVM_RUN":
-                starts.setdefault(c.pid, []).append((c.start_seq, c.start))
-        for pid, items in starts.items():
-            arr = np.asarray(sorted(items), dtype=np.int64)
-            self._starts[pid] = (arr[:, 0], arr[:, 1])
+        frames = [trace.table(name).select(["seq", "ts", "pid"]).to_pandas()
+                  for name in ("kvm_exit", "kvm_userspace_exit") if name in trace.names]
+        runs = [(c.start_seq, c.start, c.pid) for c in calls if c.name == "KVM_RUN"]
+        frames.append(pd.DataFrame(runs, columns=["seq", "ts", "pid"]))
+        every = pd.concat(frames, ignore_index=True).dropna().astype(np.int64)
+        for pid, g in every.sort_values("seq", kind="stable").groupby("pid"):
+            self._starts[int(pid)] = (g["seq"].to_numpy(dtype=np.int64),
+                                      g["ts"].to_numpy(dtype=np.int64))
         if "kvm_entry" in trace.names:
             t = trace.table("kvm_entry").select(["seq", "pid"]).to_pandas()
             for pid, g in t.groupby("pid"):
@@ -124,6 +121,21 @@ class RequestTimes:
     def at(self, pid: int, seq: int, ts: int) -> int:
         """The request time of a step traced at ``(seq, ts)`` by thread ``pid``."""
         return self.start(pid, seq, ts)[0]
+
+    def starts(self, pid: int, seq: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`start` of many steps of one thread at once: ``(ts, seq)`` arrays."""
+        found = self._starts.get(pid)
+        if found is None or not seq.size:
+            return ts.copy(), seq.copy()
+        sseq, sts = found
+        k = np.searchsorted(sseq, seq, side="left") - 1
+        ok = k >= 0
+        entries = self._entries.get(pid)
+        if entries is not None and entries.size:
+            j = np.searchsorted(entries, seq, side="left") - 1
+            ok &= ~((j >= 0) & (entries[np.maximum(j, 0)] > sseq[np.maximum(k, 0)]))
+        kk = np.maximum(k, 0)
+        return np.where(ok, sts[kk], ts), np.where(ok, sseq[kk], seq)
 
     def start(self, pid: int, seq: int, ts: int) -> tuple[int, int]:
         """``(ts, seq)`` of the event that asked for the step traced at ``(seq, ts)``."""

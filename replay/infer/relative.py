@@ -78,17 +78,23 @@ class _Actor:
         self.waits.append(_Wait(self.name, start, end, len(self.ops), first, last))
 
 
-def _boundaries(trace: Trace, calls: list[Call], pid: int) -> list[tuple[int, int, str]]:
-    """``(seq, ts, kind)`` of thread ``pid``'s entries, exits, userspace exits, KVM_RUNs."""
-    out: list[tuple[int, int, str]] = []
+def _boundaries(trace: Trace, calls: list[Call], pids: list[int]
+                ) -> dict[int, list[tuple[int, int, str]]]:
+    """Per thread of ``pids``: ``(seq, ts, kind)`` of its entries, exits, userspace exits
+    and ``KVM_RUN``s, in trace order."""
+    out: dict[int, list[tuple[int, int, str]]] = {p: [] for p in pids}
     for name, kind in (("kvm_entry", _ENTRY), ("kvm_exit", _EXIT),
                        ("kvm_userspace_exit", _USER)):
         if name in trace.names:
             t = trace.table(name).select(["seq", "ts", "pid"]).to_pandas()
-            t = t[t["pid"] == pid]
-            out += [(int(q), int(s), kind) for q, s in zip(t["seq"], t["ts"], strict=True)]
-    out += [(c.start_seq, c.start, _RUN) for c in calls if c.pid == pid and c.name == "KVM_RUN"]
-    return sorted(out)
+            t = t[t["pid"].isin(pids)]
+            for pid, g in t.groupby("pid"):
+                out[int(pid)] += [(int(q), int(s), kind) for q, s in zip(
+                    g["seq"].tolist(), g["ts"].tolist(), strict=True)]
+    for c in calls:
+        if c.name == "KVM_RUN" and c.pid in out:
+            out[c.pid].append((c.start_seq, c.start, _RUN))
+    return {p: sorted(v) for p, v in out.items()}
 
 
 class _VcpuSpans:
@@ -269,12 +275,12 @@ def relativize(trace: Trace, calls: list[Call], pids: dict[str, int],
     from dataclasses import replace
 
     actors: list[_Actor] = []
+    marks = _boundaries(trace, calls, [p for n, p in pids.items() if n.startswith("vcpu")])
     for name, pid in pids.items():
         mine = [st for st in steps if st.op.actor == name]
         a = _Actor(name)
         if name.startswith("vcpu"):
-            _vcpu(a, [st for st in mine if isinstance(st.op, VcpuOp)], _boundaries(
-                trace, calls, pid))
+            _vcpu(a, [st for st in mine if isinstance(st.op, VcpuOp)], marks[pid])
         else:
             _vmm(a, mine, [c for c in calls if c.pid == pid])
         actors.append(a)

@@ -102,14 +102,21 @@ def _faults(counts: Counter[tuple[int, str]]) -> int:
     return sum(n for (_, cause), n in counts.items() if cause == "fault")
 
 
-@pytest.mark.parametrize("policy", ["sync", "6.4", "6.6", "6.9"])
-def test_microsecond_text_stays_within_the_rounding(tmp_path: Path, policy: str) -> None:
+#: The µs text loses what happens within one microsecond: max-guest-memory's vCPUs end
+#: their runs 200 ns apart, so under async and 5.18 its barriers (and which vCPU waits for
+#: the zap worker) fall in one printed microsecond (docs/replay.md "What-if replays").
+MICROSECOND_BLIND = {("max-guest-memory", "async"), ("max-guest-memory", "5.18")}
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_microsecond_text_stays_within_the_rounding(tmp_path: Path, scenario: str,
+                                                    policy: str) -> None:
     """The kernel's own µs text: max within 2 µs, total within 1 µs per non-fault block
-    (lock-wait blocks not counted; see :func:`differences`). async and 5.18 do not hold
-    yet: a request truncated to the µs reorders the zap worker and the vCPUs' reloads."""
-    lp = loop(small("max-guest-memory", PAGE_2M), policy, policy, tmp_path / "t.txt",
-              layout="tracefs")
-    assert differences(lp, slack_max=2000, slack_each=1000) == []
+    (lock-wait blocks not counted; see :func:`differences`)."""
+    lp = loop(small(scenario, PAGE_2M), policy, policy, tmp_path / "t.txt", layout="tracefs")
+    found = differences(lp, slack_max=2000, slack_each=1000)
+    assert (found != []) == ((scenario, policy) in MICROSECOND_BLIND), found
 
 
 @pytest.mark.parametrize("policy", ["sync", "5.18", "6.9"])
