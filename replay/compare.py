@@ -7,18 +7,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from replay.errors import ReplayConfigError
 from replay.model.cost import DEFAULT_COST, CostModel
 from replay.model.policies import ALL, get_policy, policy_names
 from replay.model.recorders import Recorder
 from replay.model.runner import default_recorders, run
 from replay.model.scenarios import SELFTEST_BINARIES, build_scenario
-from replay.model.workload import Workload
+from replay.model.workload import Populate, Workload
 from replay.result import ReplayResult
 
 if TYPE_CHECKING:
     from replay.render.kernel_text import Layout
 
-__all__ = ["Comparison", "run_scenario", "expand_policies"]
+__all__ = ["Comparison", "run_scenario", "expand_policies", "MAX_EMITTED_FAULTS"]
+
+#: Faults a run may print whole without ``sample_every`` (tens of millions of lines).
+MAX_EMITTED_FAULTS = 4_000_000
 
 
 def expand_policies(names: Sequence[str] | None) -> list[str]:
@@ -101,6 +105,13 @@ def run_scenario(
         name, memory=memory, slot_size=slot_size, vcpus=vcpus, page_size=page_size,
         host_cpus=cost.host_cpus,
     )
+    if emit_trace is not None and sample_every is None:
+        leaves = sum(op.size // op.page for op in workload.ops if isinstance(op, Populate))
+        if leaves > MAX_EMITTED_FAULTS:
+            raise ReplayConfigError(
+                f"--emit-trace would print every one of {leaves:,} faults (about "
+                f"{10 * leaves:,} lines per policy); pass --sample-every N to keep one in N, "
+                f"or a smaller --memory")
     results: dict[str, ReplayResult] = {}
     for pol in names:
         recs: list[Recorder] = default_recorders()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
@@ -138,7 +139,6 @@ class KernelTextTrace(Recorder):
         self._vcpus: dict[int, _Vcpu] = {}
         self._tables: dict[RootId, set[tuple[int, int]]] = {}
         self._zaps: dict[RootId, tuple[list[tuple[int, object]], int]] = {}
-        self._nth = 0
 
     # ---------------------------------------------------------------- emission
     def _thread(self, actor: str) -> tuple[str, int, int, int]:
@@ -209,10 +209,6 @@ class KernelTextTrace(Recorder):
             args = "0, 0, 0, 0, 0, 0"
         self._emit(ts, actor, "sys_enter", f"NR {nr} ({args})")
 
-    def _sampled(self) -> bool:
-        self._nth += 1
-        return self.every == 1 or self._nth % self.every == 1
-
     # ---------------------------------------------------------------- vCPU hooks
     def block(self, interval: BlockInterval) -> None:
         actor = f"vcpu{interval.vcpu}"
@@ -247,11 +243,16 @@ class KernelTextTrace(Recorder):
 
     def faults(self, start: Nanos, actor: ActorId, root: RootId, faulted: list[Extent],
                installed: list[Extent], each_ns: int) -> None:
-        new = {(g, lvl) for g, lvl in _leaves(installed)}
+        if self.every > 1:  # one in N, without listing the leaves of a 64 TiB run
+            for i, gfn, level in _nth(faulted, self.every, 0, _count(faulted)):
+                t = start + i * each_ns
+                self._fault(t, t + each_ns, actor, root, gfn, level,
+                            any(e.start <= gfn << 12 < e.end for e in installed))
+            return
+        new = set(_leaves(installed))
         for i, (gfn, level) in enumerate(_leaves(faulted)):
             t = start + i * each_ns
-            if self._sampled():
-                self._fault(t, t + each_ns, actor, root, gfn, level, (gfn, level) in new)
+            self._fault(t, t + each_ns, actor, root, gfn, level, (gfn, level) in new)
 
     def _fault(self, t: int, end: int, actor: str, root: RootId, gfn: int, level: int,
                fresh: bool) -> None:
@@ -319,6 +320,9 @@ class KernelTextTrace(Recorder):
                shape: ZapShape | None = None) -> None:
         if shape is None:
             return
+        if self.every > 1:
+            self._zapped_sampled(start, end, actor, extents, done_from, done_to)
+            return
         total = sum(s.total_ns for s in shape.segments)
         if done_from <= 0.0 or root not in self._zaps:
             events = zap_events(list(extents), shape, self.cost)
@@ -340,21 +344,31 @@ class KernelTextTrace(Recorder):
         if ev.kind == "page":
             self._emit(t, actor, "kvm_mmu_prepare_zap_page",
                        page_role_text(0, ev.gfn, _child_role(ev.level), 0))
-        elif ev.old == 0 or self._sampled():
+        else:
             self._emit(t, actor, "kvm_tdp_mmu_spte_changed",
                        f"as id 0 gfn {ev.gfn:x} level {ev.level} old_spte {ev.old:x} "
                        f"new_spte {ev.new:x}")
 
     def walked(self, start: Nanos, end: Nanos, actor: ActorId, root: RootId,
                extents: list[Extent], removed: bool) -> None:
-        leaves = list(_leaves(extents))
-        for i, (gfn, level) in enumerate(leaves):
-            t = start + (end - start) * (i + 1) // max(1, len(leaves))
+        n = _count(extents)
+        for i, gfn, level in _nth(extents, self.every, 0, n):
+            t = start + (end - start) * (i + 1) // max(1, n)
             old = leaf_spte(gfn, level)
             new = 0 if removed else old & ~0x2  # write protection clears the W bit
-            if self._sampled():
-                self._emit(t, actor, "kvm_tdp_mmu_spte_changed",
-                           f"as id 0 gfn {gfn:x} level {level} old_spte {old:x} new_spte {new:x}")
+            self._emit(t, actor, "kvm_tdp_mmu_spte_changed",
+                       f"as id 0 gfn {gfn:x} level {level} old_spte {old:x} new_spte {new:x}")
+
+    def _zapped_sampled(self, start: int, end: int, actor: str, extents: list[Extent],
+                        done_from: float, done_to: float) -> None:
+        """Sampled traces: one in N zapped leaves, spread over the stretch (no tables)."""
+        n = _count(extents)
+        lo, hi = int(done_from * n), int(done_to * n)
+        for i, gfn, level in _nth(extents, self.every, lo, hi):
+            t = start + (end - start) * (i - lo) // max(1, hi - lo)
+            self._emit(t, actor, "kvm_tdp_mmu_spte_changed",
+                       f"as id 0 gfn {gfn:x} level {level} old_spte {leaf_spte(gfn, level):x} "
+                       f"new_spte 0")
 
     def work(self, ts: Nanos, actor: ActorId, what: str, root: RootId, queue: str) -> None:
         fn = "tdp_mmu_zap_root_async" if queue == "events" else "tdp_mmu_zap_root_work"
@@ -413,3 +427,23 @@ def _leaves(extents: list[Extent]) -> list[tuple[int, int]]:
         level = LEVEL_OF[e.page]
         out.extend(((start >> 12), level) for start in range(e.start, e.end, e.page))
     return out
+
+
+def _count(extents: list[Extent]) -> int:
+    return sum(e.size // e.page for e in extents)
+
+
+def _nth(extents: list[Extent], every: int, lo: int, hi: int) -> Iterator[tuple[int, int, int]]:
+    """``(index, gfn, level)`` of the leaves ``lo <= index < hi`` of ``extents`` whose index
+    is a multiple of ``every``, without walking the others."""
+    base = 0
+    for e in extents:
+        n = e.size // e.page
+        k = max(lo, base)
+        k = -(-k // every) * every
+        while k < min(hi, base + n):
+            yield k, (e.start + (k - base) * e.page) >> 12, LEVEL_OF[e.page]
+            k += every
+        base += n
+        if base >= hi:
+            return
