@@ -151,6 +151,7 @@ def _root_loads(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]],
     unloads = {v: np.sort(np.asarray(a, dtype=np.int64)) for v, a in found.items()}
     user = _frame(trace, "kvm_userspace_exit")
     last_load: dict[int, int] = {}
+    wp: dict[int, bool] = {}
     for row in pages[pages["level"] == top].itertuples():
         vcpu = threads.vcpus[int(row.pid)]
         new = "new" if row.created is True else "existing"
@@ -166,11 +167,14 @@ def _root_loads(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]],
                 if not user.empty else user
             at, seq = (int(out["ts"].iloc[-1]), int(out["seq"].iloc[-1])) if len(out) \
                 else (int(row.ts), int(row.seq))
+            wp[vcpu.vcpu] = not wp.get(vcpu.vcpu, True)
             steps[vcpu.vm].append(_Step(
-                Unload(vcpu=vcpu.vcpu, at=at), seq,
+                SetSregs(vcpu=vcpu.vcpu, cr0_wp=wp[vcpu.vcpu], at=at), seq,
                 f"a new root by {threads.thread_name(int(row.pid))} with no fast zap since "
                 f"its previous load: an MMU reset (KVM_SET_SREGS, CPUID, SMM) unloaded it"
-                + (" after its exit to userspace" if len(out) else ""), "medium"))
+                + (" after its exit to userspace" if len(out) else "")
+                + "; replayed as KVM_SET_SREGS with a new role (CR0.WP flipped), so <= 6.3 "
+                "allocate again even when another vCPU still holds the old root", "medium"))
         at = asked.at(int(row.pid), int(row.seq), int(row.ts))
         steps[vcpu.vm].append(_Step(
             LoadRoot(vcpu=vcpu.vcpu, at=at), int(row.seq),
