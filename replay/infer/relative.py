@@ -199,7 +199,9 @@ def _releases(waits: list[_Wait]) -> dict[int, int]:
         while k < len(instants) and instants[k] < hi:
             at = instants[k]
             k += 1
-            if any(b.actor != w.actor and (b.end is None or b.end > at) for b in arrivals[at]):
+            bs = arrivals[at]
+            if any(b.actor != w.actor and (b.end is None or b.end > at) for b in bs) or \
+                    len({b.actor for b in bs} - {w.actor}) > 1:  # several arrived at once
                 candidates.setdefault(at, _NEVER)
     out: dict[int, int] = {}
     for at, left in candidates.items():

@@ -53,7 +53,7 @@ class _Driver:
     def __init__(self, rp: Replay, workload: Workload) -> None:
         self.rp = rp
         self.workload = workload
-        self.barriers: dict[str, list[tuple[int, int, Signal]]] = {}
+        self.barriers: dict[str, list[tuple[int, int, int, Signal]]] = {}
         self.vcpu_done: list[Signal] = []
         self.slots_lock_free = True
         self.slots_waiters: list[Signal] = []
@@ -281,17 +281,17 @@ class _Driver:
             r.rendezvous(self.rp.now, ActorId(op.actor), op.name)
         waiting = self.barriers.setdefault(op.name, [])
         mine = Signal(self.rp.sim)
-        waiting.append((op.order, len(waiting), mine))
+        waiting.append((self.rp.sim.now, op.order, len(waiting), mine))
         if len(waiting) >= op.parties:
-            order = sorted(waiting, key=lambda w: (w[0], w[1]))
-            at = next(i for i, w in enumerate(order) if w[2] is mine)
-            for _, _, sig in order[:at]:
+            order = sorted(waiting, key=lambda w: (w[0], w[1], w[2]))
+            at = next(i for i, w in enumerate(order) if w[3] is mine)
+            for *_, sig in order[:at]:
                 sig.fire(None)
             if at == len(order) - 1:
                 mine.fire(None)  # the last arriver goes on last, as it yields
             else:  # it goes on in its place: release it and the rest after its yield
                 def release() -> None:
-                    for _, _, sig in order[at:]:
+                    for *_, sig in order[at:]:
                         sig.fire(None)
 
                 self.rp.sim.schedule(0, release, URGENT)

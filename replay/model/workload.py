@@ -186,8 +186,8 @@ class Sleep(Op):
 @dataclass(frozen=True, kw_only=True)
 class Rendezvous(Op):
     """Wait at barrier ``name`` until ``parties`` actors arrived; on release the waiters go
-    on by ascending ``order``, then arrival (a trace-derived barrier orders them as the
-    trace shows them going on)."""
+    on in arrival order, those that arrived at the same instant by ascending ``order`` (a
+    trace-derived barrier orders them as the trace shows them going on)."""
 
     name: str
     parties: int
