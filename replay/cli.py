@@ -11,7 +11,7 @@ import shutil
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import typer
 from rich.console import Console
@@ -28,6 +28,7 @@ from parsers.recording.presets import PRESETS
 from parsers.recording.record import RecordReport, record
 from parsers.table_files import format_for
 from replay.compare import run_scenario
+from replay.errors import ReplayConfigError
 from replay.model.cost import DEFAULT_COST, apply_overrides, load_cost_file
 from replay.render.terminal import render_replay
 from replay.sizes import format_ns, parse_size
@@ -323,6 +324,15 @@ def _done(out: Path | str) -> None:
         typer.echo(f"wrote {out}")
 
 
+def _layout(name: str) -> Literal["tracefs", "ns"]:
+    """The ``--emit-layout`` value, checked."""
+    if name == "tracefs":
+        return "tracefs"
+    if name == "ns":
+        return "ns"
+    raise ReplayConfigError(f"--emit-layout {name!r}: expected tracefs or ns")
+
+
 @app.command()
 def scenario(
     name: Annotated[str, typer.Argument(help="max-guest-memory, memslot-stress, dirty-log-perf "
@@ -338,7 +348,11 @@ def scenario(
     emit_trace: Annotated[str | None, typer.Option(
         help="Write the era's kernel trace to this file; with several policies the name "
         "must hold {policy} (e.g. e.{policy}.txt), replaced by each policy's name")] = None,
-    sample_every: Annotated[int | None, typer.Option(min=1, help="Keep 1 in N SPTE events")] = None,
+    sample_every: Annotated[int | None, typer.Option(
+        min=1, help="Keep 1 in N faults and zapped SPTEs (default: every event)")] = None,
+    emit_layout: Annotated[str, typer.Option(
+        help="tracefs (the kernel's µs text) or ns (trace-cmd report -t)")] = "tracefs",
+    emit_tgid: Annotated[bool, typer.Option(help="Print the record-tgid column")] = True,
     force: ForceOpt = False,
 ) -> None:
     """Run a selftest-like scenario under each policy and show per-vCPU block latencies."""
@@ -350,6 +364,7 @@ def scenario(
             slot_size=parse_size(slot_size, what="--slot-size") if slot_size else None,
             page_size=parse_size(page_size, what="--page-size") if page_size else None,
             vcpus=vcpus, emit_trace=emit_trace, sample_every=sample_every, force=force,
+            emit_layout=_layout(emit_layout), emit_tgid=emit_tgid,
         )
     comp = _guard(run)
     if as_json:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from parsers.output import check_output_file
 from replay.errors import ReplayConfigError
@@ -17,7 +17,13 @@ from replay.model.scenarios import SELFTEST_BINARIES, build_scenario
 from replay.model.workload import Populate, Workload
 from replay.result import ReplayResult
 
-__all__ = ["Comparison", "run_scenario", "expand_policies"]
+if TYPE_CHECKING:
+    from replay.render.kernel_text import Layout
+
+__all__ = ["Comparison", "run_scenario", "expand_policies", "MAX_EMITTED_FAULTS"]
+
+#: Faults a run may print whole without ``sample_every`` (tens of millions of lines).
+MAX_EMITTED_FAULTS = 4_000_000
 
 
 def expand_policies(names: Sequence[str] | None) -> list[str]:
@@ -65,11 +71,6 @@ class Comparison:
         }
 
 
-def _auto_sample(workload: Workload) -> int:
-    leaves = sum(op.size // op.page for op in workload.ops if isinstance(op, Populate))
-    return max(1, leaves // 20_000)
-
-
 #: The placeholder ``--emit-trace`` needs when several policies run.
 POLICY_PLACEHOLDER = "{policy}"
 
@@ -105,13 +106,17 @@ def run_scenario(
     emit_trace: str | Path | None = None,
     sample_every: int | None = None,
     force: bool = False,
+    emit_layout: Layout = "tracefs",
+    emit_tgid: bool = True,
 ) -> Comparison:
     """Build scenario ``name`` and run it under each of ``policies`` (default: all).
 
     With ``emit_trace`` each run also writes the kernel-text trace its era would print
     (:func:`emit_trace_paths`: ``{policy}`` in the name is replaced by the policy, and is
-    required for several policies), sampling per-SPTE events one in ``sample_every`` (None:
-    about 20,000 sampled leaves per run). Every output path is checked by the output policy
+    required for several policies): every event, unless ``sample_every`` N > 1 keeps one in
+    N faults and zapped SPTEs (said in the file's header). ``emit_layout`` ``"tracefs"`` (µs,
+    the kernel's ``trace`` file) or ``"ns"`` (``trace-cmd report -t``); ``emit_tgid`` adds
+    the record-tgid column. Every output path is checked by the output policy
     (:func:`parsers.output.check_output_file`, ``force`` to replace) before any run.
     """
     from replay.render.kernel_text import KernelTextTrace
@@ -124,15 +129,22 @@ def run_scenario(
         name, memory=memory, slot_size=slot_size, vcpus=vcpus, page_size=page_size,
         host_cpus=cost.host_cpus,
     )
+    if emit_trace is not None and sample_every is None:
+        leaves = sum(op.size // op.page for op in workload.ops if isinstance(op, Populate))
+        if leaves > MAX_EMITTED_FAULTS:
+            raise ReplayConfigError(
+                f"--emit-trace would print every one of {leaves:,} faults (about "
+                f"{10 * leaves:,} lines per policy); pass --sample-every N to keep one in N, "
+                f"or a smaller --memory")
     results: dict[str, ReplayResult] = {}
     for pol in names:
         recs: list[Recorder] = default_recorders()
         emitter = None
         if emit_trace is not None:
-            every = sample_every if sample_every is not None else _auto_sample(workload)
             comm = SELFTEST_BINARIES.get(workload.name, workload.name)
-            emitter = KernelTextTrace(policy=pol, sample_every=every, comm=comm,
-                                      host_cpus=cost.host_cpus)
+            emitter = KernelTextTrace(policy=pol, sample_every=sample_every or 1, comm=comm,
+                                      host_cpus=cost.host_cpus, cost=cost, layout=emit_layout,
+                                      tgid=emit_tgid)
             recs.append(emitter)
         results[pol] = run(workload, policy=pol, cost=cost, recorders=recs)
         if emitter is not None:

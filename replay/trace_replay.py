@@ -68,6 +68,7 @@ def replay(
     loaded = trace if isinstance(trace, Trace) else load_for_replay(trace)
     if not loaded.has_kvm_events():
         raise TraceFormatError(str(loaded.metadata.source), NO_KVM_EVENTS)
+    sampled = [] if isinstance(trace, Trace) else _sampled_note(Path(trace))
     threads = identify_threads(loaded)
     observed = observe(loaded, threads)
     derived = derive_workloads(loaded, threads)
@@ -79,7 +80,7 @@ def replay(
         calibration = measure(loaded, cost)
         cost = calibration.cost
     runs: dict[str, Mapping[str, pa.Table]] = {OBSERVED: observed.tables}
-    warnings = [*loaded.metadata.warnings, *threads.warnings, *observed.warnings,
+    warnings = [*sampled, *loaded.metadata.warnings, *threads.warnings, *observed.warnings,
                 *derived.warnings]
     if calibration is not None:
         warnings += [f"calibrated {k}: {v}" for k, v in calibration.evidence.items()] or [
@@ -103,6 +104,24 @@ def replay(
                             f"workload is incomplete; see the anomalies)")
     return TraceReplayResult(str(loaded.metadata.source), threads, derived, runs,
                              tuple(_dedup(warnings)), cost, loaded.metadata.ts_unit)
+
+
+#: What ``kvm-mmu-replay scenario --sample-every N`` writes in a sampled trace's header.
+_SAMPLED_MARK = "# kvm-mmu-replay: sampled"
+
+
+def _sampled_note(path: Path) -> list[str]:
+    """A warning when ``path`` is an emitted trace that kept only some of its events."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(4096).decode("utf-8", "replace")
+    except OSError:
+        return []
+    for line in head.splitlines():
+        if line.startswith(_SAMPLED_MARK):
+            return [f"{path}: {line.lstrip('# ')}: faults and zaps not printed are missing, "
+                    f"so the derived workload and its replay are not the run's"]
+    return []
 
 
 def load_for_replay(source: str | Path, *, strict: bool = False, salvage: bool = False

@@ -41,12 +41,14 @@ FIDELITY_SCHEMA: Final = pa.schema([
 REPLAY_TABLES: Final = frozenset({
     "kvm_entry", "kvm_exit", "kvm_userspace_exit", "kvm_page_fault", "kvm_mmu_get_page",
     "kvm_mmu_prepare_zap_page", "kvm_mmu_sync_page", "kvm_mmu_unsync_page",
-    "kvm_mmu_zap_all_fast", "kvm_tdp_mmu_spte_changed", "kvm_mmu_set_spte", "lost_events"})
+    "kvm_mmu_zap_all_fast", "kvm_tdp_mmu_spte_changed", "kvm_mmu_set_spte", "lost_events",
+    "kvm_mmu_spte_requested"})
 #: Untyped events whose ``args`` text the replay reads (fork ancestry, zap work items,
-#: control-register/EFER writes, the VMM's vCPU creation).
+#: control-register/EFER writes, the VMM's vCPU creation, ioctl boundaries).
 REPLAY_ARGS_EVENTS: Final = ("sched_process_fork", "workqueue_queue_work",
                              "workqueue_execute_start", "workqueue_execute_end",
-                             "kvm_cr", "kvm_msr", "kvm_write_tsc_offset", "kvm_track_tsc")
+                             "kvm_cr", "kvm_msr", "kvm_write_tsc_offset", "kvm_track_tsc",
+                             "sys_enter", "sys_exit")
 #: Replayed root ids are ``VM index * ROOT_ID_STRIDE + the model's root id``.
 ROOT_ID_STRIDE: Final = 1_000_000
 

@@ -6,11 +6,13 @@
   (not a fault's cost) are left out. A trace without ``kvm_exit`` reasons falls back to
   ``kvm_page_fault`` → the thread's next ``kvm_entry``.
 * ``leaf_exclusive_ns`` and ``leaf_shared_ns``: the median per-leaf pace of zap bursts —
-  one thread's ``kvm_tdp_mmu_spte_changed`` events taking present SPTEs to non-present, at
-  most ``BURST_GAP_NS`` apart, however short: (last leaf zap − the burst's first zap) /
-  leaves zapped (the first zap is where the work starts; table entries and their
-  ``handle_removed_pt`` are part of each leaf's pace). A burst with no leaf, or whose
-  events all share one timestamp (the trace's resolution hides its pace), measures nothing.
+  one thread's zap events (``kvm_tdp_mmu_spte_changed`` to non-present, frozen writes
+  included, and ``kvm_mmu_prepare_zap_page``) at most ``BURST_GAP_NS`` apart, however
+  short: each leaf zap's share is the time since the thread's previous zap event, and a
+  burst's pace is its leaves' shares over its leaves. Table teardown, which the cost model
+  charges on its own (``page_table_ns``, ``tlb_flush_ns``), ends at the table's own events
+  and stays out of the pace. A burst whose leaves all share their predecessors' timestamps
+  (the trace's resolution hides its pace) measures nothing.
 
 What the trace does not show keeps its default; a trace without the events changes
 nothing and says so. Every value says how many samples it comes from.
@@ -137,11 +139,12 @@ def _page_fault_ns(trace: Trace) -> tuple[float, int, str] | None:
     for pid, f in faults.items():
         if pid not in entries:
             continue
-        e = np.sort(entries[pid]["ts"].to_numpy(dtype=np.int64))
+        e_seq = entries[pid]["seq"].to_numpy(dtype=np.int64)
+        e_ts = entries[pid]["ts"].to_numpy(dtype=np.int64)
         ts = f["ts"].to_numpy(dtype=np.int64)
-        k = np.searchsorted(e, ts, side="left")
-        ok = k < e.size
-        spans.append(e[k[ok]] - ts[ok])
+        k = np.searchsorted(e_seq, f["seq"].to_numpy(dtype=np.int64), side="right")
+        ok = k < e_seq.size  # the entry after the fault in trace order (same ts possible)
+        spans.append(e_ts[k[ok]] - ts[ok])
     values = np.concatenate(spans) if spans else np.zeros(0)
     if values.size < MIN_SAMPLES:
         return None
@@ -149,24 +152,49 @@ def _page_fault_ns(trace: Trace) -> tuple[float, int, str] | None:
 
 
 def _leaf_ns(trace: Trace) -> tuple[float, int, int] | None:
-    """(median per-leaf pace, bursts, leaves) of the trace's SPTE zap bursts."""
+    """(median per-leaf pace, bursts, leaves) of the trace's SPTE zap bursts.
+
+    A burst: one thread's zap events (``kvm_tdp_mmu_spte_changed`` to a non-present value,
+    frozen writes included, and ``kvm_mmu_prepare_zap_page``) at most ``BURST_GAP_NS``
+    apart. Each leaf zap's share is the time since the thread's previous zap event (a zap
+    event is printed when its work is done); the burst's pace is the sum of its leaves'
+    shares over its leaves. A table's own teardown, which the cost model charges on its own
+    (``page_table_ns``, ``tlb_flush_ns``), ends at its ``prepare_zap_page`` or upper-level
+    zap and stays out of the leaves' shares."""
     paces: list[float] = []
     leaves = 0
-    for _, g in _by_pid(trace, "kvm_tdp_mmu_spte_changed",
-                        ["old_spte", "new_spte", "level"]).items():
+    pages = _by_pid(trace, "kvm_mmu_prepare_zap_page", [])
+    for pid, g in _by_pid(trace, "kvm_tdp_mmu_spte_changed",
+                          ["old_spte", "new_spte", "level"]).items():
         old = g["old_spte"].fillna(0).astype(np.uint64)
         new = g["new_spte"].fillna(0).astype(np.uint64)
-        gone = (((old & SPTE_PRESENT) != 0) & ((new & SPTE_PRESENT) == 0)).to_numpy()
-        leaf = ((g["level"] == 1) | ((old & _HUGE_BIT) != 0)).to_numpy()[gone]
+        gone = ((new & SPTE_PRESENT) == 0).to_numpy()
+        leaf = (((old & SPTE_PRESENT) != 0) & ((g["level"] == 1) | ((old & _HUGE_BIT) != 0))
+                ).to_numpy() & gone
+        seq = g["seq"].to_numpy(dtype=np.int64)[gone]
         ts = g["ts"].to_numpy(dtype=np.int64)[gone]
-        if not ts.size:
+        is_leaf = leaf[gone]
+        if pid in pages:  # merge the thread's page teardowns in trace order
+            p = pages[pid]
+            seq = np.concatenate([seq, p["seq"].to_numpy(dtype=np.int64)])
+            ts = np.concatenate([ts, p["ts"].to_numpy(dtype=np.int64)])
+            is_leaf = np.concatenate([is_leaf, np.zeros(len(p), bool)])
+            order = np.argsort(seq, kind="stable")
+            ts, is_leaf = ts[order], is_leaf[order]
+        if not is_leaf.any():
             continue
-        cuts = np.flatnonzero(np.diff(ts) > BURST_GAP_NS) + 1
-        for run, is_leaf in zip(np.split(ts, cuts), np.split(leaf, cuts), strict=True):
-            n = int(is_leaf.sum())
-            last = run[is_leaf].max() if n else run[0]
-            if n and last > run[0]:
-                paces.append(float(last - run[0]) / n)
+        share = np.diff(ts, prepend=ts[0])
+        cuts = np.flatnonzero(share > BURST_GAP_NS)
+        share[cuts] = 0  # a burst's first event: its start is not traced
+        for run_share, run_leaf in zip(np.split(share, cuts), np.split(is_leaf, cuts),
+                                       strict=True):
+            counted = run_leaf.copy()
+            if run_leaf.size and run_leaf[0]:
+                counted[0] = False  # the burst's first event: no previous one to measure from
+            n = int(counted.sum())
+            spent = int(run_share[counted].sum())
+            if n and spent > 0:
+                paces.append(spent / n)
                 leaves += n
     if len(paces) < MIN_SAMPLES:
         return None

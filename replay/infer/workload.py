@@ -18,7 +18,6 @@ Times are the trace's own nanoseconds, so replayed tables line up with observed 
 
 from __future__ import annotations
 
-import weakref
 from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import Final
@@ -26,26 +25,33 @@ from typing import Final
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from parsers.trace import Trace
+from replay.infer.call_steps import PAGE_OF_LEVEL as _PAGE_OF_LEVEL
+from replay.infer.call_steps import Step as _Step
+from replay.infer.call_steps import dirty_log_clears, faults, ioctl_resets
+from replay.infer.calls import Call, RequestTimes, enclosing_call, syscalls, vm_of_call
+from replay.infer.era import detect_era
 from replay.infer.observed import BURST_GAP_NS, SPTE_PRESENT
-from replay.infer.resets import ResetPlan, plan_resets
-from replay.infer.threads import Confidence, ThreadMap
-from replay.model.ids import PAGE_1G, PAGE_2M, PAGE_4K
+from replay.infer.relative import Timed, relativize
+from replay.infer.resets import PRETRACE_AT, ResetPlan, plan_resets
+from replay.infer.threads import ThreadMap
+from replay.infer.workload_frames import frame as _frame
+from replay.infer.workload_frames import has_event as _has_event
+from replay.infer.workload_frames import root_teardowns as _root_teardowns
 from replay.model.workload import (
     LoadRoot,
     MemslotDelete,
-    Op,
     Populate,
+    SetSregs,
     Unload,
+    VcpuOp,
     VmDestroy,
     Workload,
 )
 
 __all__ = ["DerivedWorkloads", "derive_workloads", "EVIDENCE_SCHEMA", "detect_era"]
 
-_PAGE_OF_LEVEL: Final = {1: PAGE_4K, 2: PAGE_2M, 3: PAGE_1G}
 #: Leaf bit of a non-4K SPTE (``PT_PAGE_SIZE_MASK``, bit 7).
 _HUGE_BIT: Final = 1 << 7
 
@@ -69,14 +75,6 @@ class DerivedWorkloads:
     warnings: list[str] = field(default_factory=list)
 
 
-@dataclass
-class _Step:
-    op: Op
-    seq: int
-    evidence: str
-    confidence: Confidence
-
-
 def derive_workloads(trace: Trace, threads: ThreadMap) -> DerivedWorkloads:
     """One :class:`~replay.model.workload.Workload` per VM of ``trace``.
 
@@ -90,21 +88,30 @@ def derive_workloads(trace: Trace, threads: ThreadMap) -> DerivedWorkloads:
     """
     warnings: list[str] = []
     steps: dict[int, list[_Step]] = {vm: [] for vm in threads.vms}
+    calls = syscalls(trace)
+    asked = RequestTimes(trace, calls if calls else None)
+    ioctl_resets(calls, threads, steps)
     _resets(trace, threads, steps)
-    _root_loads(trace, threads, steps)
-    _reloads_at_entry(trace, threads, steps)
-    _populates(trace, threads, steps)
-    _fast_zaps(trace, threads, steps)
-    _teardowns(trace, threads, steps)
+    _root_loads(trace, threads, steps, asked)
+    _reloads_at_entry(trace, threads, steps, asked)
+    # the fault- and request-time rules need the exits and calls a syscall-traced recording
+    # has; without syscalls the earlier install-time rules stay (docs/replay.md)
+    if not calls or not faults(trace, threads, steps, asked):
+        _populates(trace, threads, steps)
+    _fast_zaps(trace, threads, steps, calls)
+    dirty_log_clears(trace, threads, steps, calls)
+    _teardowns(trace, threads, steps, calls)
     warnings += _apply_resets(plan_resets(
         trace, threads, {vm: [s.op for s in items] for vm, items in steps.items()}), steps)
-    backend, era, why = detect_era(trace, threads)
+    backend, era, why = detect_era(trace, threads, calls)
     workloads: dict[int, Workload] = {}
     rows: list[dict[str, object]] = []
     for vm, items in sorted(steps.items()):
         items = _with_first_loads(sorted(items, key=lambda s: (s.op.at, s.seq)))
         if not any(isinstance(s.op, LoadRoot) for s in items):
             continue
+        if calls:  # a syscall-traced recording: steps start when what they waited for is done
+            items = _relative(trace, calls, threads, vm, items)
         workloads[vm] = Workload.of([s.op for s in items], name=f"{trace.metadata.source}:vm{vm}")
         rows += [{"vm": vm, "step": i, "op": type(s.op).__name__, "actor": s.op.actor,
                   "ts": s.op.at, "seq": s.seq, "evidence": s.evidence,
@@ -130,29 +137,6 @@ def _apply_resets(plan: ResetPlan, steps: dict[int, list[_Step]]) -> list[str]:
     return plan.warnings
 
 
-def _has_event(trace: Trace, name: str) -> bool:
-    """Whether any row of ``trace`` is event ``name`` (compares dictionary codes)."""
-    if name in trace.names:
-        return bool(trace.table(name).num_rows > 0)
-    for chunk in trace.events.column("event").chunks:
-        code = chunk.dictionary.index(name).as_py()
-        if code >= 0 and bool(pc.any(pc.equal(chunk.indices, code)).as_py()):
-            return True
-    return False
-
-
-#: Typed tables as DataFrames, converted once per trace (derive reads several of them in
-#: several passes; the frames are only read, never modified).
-_FRAMES: weakref.WeakKeyDictionary[Trace, dict[str, pd.DataFrame]] = weakref.WeakKeyDictionary()
-
-
-def _frame(trace: Trace, name: str) -> pd.DataFrame:
-    frames = _FRAMES.setdefault(trace, {})
-    if name not in frames:
-        frames[name] = trace.table(name).to_pandas() if name in trace.names else pd.DataFrame()
-    return frames[name]
-
-
 def _fast_zaps_by_vm(trace: Trace, threads: ThreadMap) -> dict[int, np.ndarray]:
     """Sorted ``kvm_mmu_zap_all_fast`` times of each VM."""
     fast = _frame(trace, "kvm_mmu_zap_all_fast")
@@ -164,7 +148,8 @@ def _fast_zaps_by_vm(trace: Trace, threads: ThreadMap) -> dict[int, np.ndarray]:
     return {vm: np.sort(np.asarray(ts, dtype=np.int64)) for vm, ts in out.items()}
 
 
-def _root_loads(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]]) -> None:
+def _root_loads(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]],
+                asked: RequestTimes) -> None:
     pages = _frame(trace, "kvm_mmu_get_page")
     if pages.empty:
         return
@@ -176,11 +161,12 @@ def _root_loads(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]])
     found: dict[int, list[int]] = {}
     for items in steps.values():
         for st in items:
-            if isinstance(st.op, Unload):
+            if isinstance(st.op, (Unload, SetSregs)):
                 found.setdefault(st.op.vcpu, []).append(st.op.at)
     unloads = {v: np.sort(np.asarray(a, dtype=np.int64)) for v, a in found.items()}
     user = _frame(trace, "kvm_userspace_exit")
     last_load: dict[int, int] = {}
+    wp: dict[int, bool] = {}
     for row in pages[pages["level"] == top].itertuples():
         vcpu = threads.vcpus[int(row.pid)]
         new = "new" if row.created is True else "existing"
@@ -196,15 +182,20 @@ def _root_loads(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]])
                 if not user.empty else user
             at, seq = (int(out["ts"].iloc[-1]), int(out["seq"].iloc[-1])) if len(out) \
                 else (int(row.ts), int(row.seq))
+            wp[vcpu.vcpu] = not wp.get(vcpu.vcpu, True)
             steps[vcpu.vm].append(_Step(
-                Unload(vcpu=vcpu.vcpu, at=at), seq,
+                SetSregs(vcpu=vcpu.vcpu, cr0_wp=wp[vcpu.vcpu], at=at), seq,
                 f"a new root by {threads.thread_name(int(row.pid))} with no fast zap since "
                 f"its previous load: an MMU reset (KVM_SET_SREGS, CPUID, SMM) unloaded it"
-                + (" after its exit to userspace" if len(out) else ""), "medium"))
+                + (" after its exit to userspace" if len(out) else "")
+                + "; replayed as KVM_SET_SREGS with a new role (CR0.WP flipped), so <= 6.3 "
+                "allocate again even when another vCPU still holds the old root", "medium"))
+        at = asked.at(int(row.pid), int(row.seq), int(row.ts))
         steps[vcpu.vm].append(_Step(
-            LoadRoot(vcpu=vcpu.vcpu, at=int(row.ts)), int(row.seq),
+            LoadRoot(vcpu=vcpu.vcpu, at=at), int(row.seq),
             f"kvm_mmu_get_page {new} level {row.level} gfn {row.gfn:#x} by "
-            f"{threads.thread_name(int(row.pid))}", "high"))
+            f"{threads.thread_name(int(row.pid))}"
+            + (f", asked for at {at} (its exit)" if at != int(row.ts) else ""), "high"))
 
 
 def _any_in(times: np.ndarray | None, lo: int, hi: int) -> bool:
@@ -215,7 +206,8 @@ def _any_in(times: np.ndarray | None, lo: int, hi: int) -> bool:
     return k < times.size and int(times[k]) <= hi
 
 
-def _reloads_at_entry(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]]) -> None:
+def _reloads_at_entry(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]],
+                      asked: RequestTimes) -> None:
     """Silent reuse (§3.3 rules 3 and 5): a vCPU's first ``kvm_entry``, and its first
     ``kvm_entry`` after each fast zap of its VM, load a root; when no root ``get_page`` by
     that vCPU lies in between, it reused a valid root without a trace of it."""
@@ -231,7 +223,7 @@ def _reloads_at_entry(trace: Trace, threads: ThreadMap, steps: dict[int, list[_S
         ts = group["ts"].to_numpy(dtype=np.int64)
         seq = group["seq"].to_numpy(dtype=np.int64)
         resets = sorted(s.op.at for s in steps.get(vcpu.vm, [])
-                        if isinstance(s.op, Unload) and s.op.vcpu == vcpu.vcpu)
+                        if isinstance(s.op, (Unload, SetSregs)) and s.op.vcpu == vcpu.vcpu)
         marks = [(int(ts[0]), int(seq[0]), -1, "")]
         for z, what in [(z, "the fast zap") for z in zaps] + [(u, "its unload") for u in resets]:
             k = int(np.searchsorted(ts, z, side="right"))
@@ -246,36 +238,11 @@ def _reloads_at_entry(trace: Trace, threads: ThreadMap, steps: dict[int, list[_S
                 continue
             why = ("first kvm_entry" if since < 0 else
                    f"first kvm_entry after {what} at {since}")
-            steps[vcpu.vm].append(_Step(LoadRoot(vcpu=vcpu.vcpu, at=at), sq,
+            steps[vcpu.vm].append(_Step(LoadRoot(vcpu=vcpu.vcpu,
+                                                 at=asked.at(int(pid), sq, at)), sq,
                                         f"{why} with no root get_page by this vCPU: it "
                                         f"reused a valid root (not traced)", "medium"))
 
-
-
-def _root_level(trace: Trace) -> int | None:
-    """The TDP root level: the highest level of a direct ``kvm_mmu_get_page``, else the
-    highest level of a ``kvm_tdp_mmu_spte_changed``."""
-    pages = _frame(trace, "kvm_mmu_get_page")
-    if not pages.empty and (pages["direct"] == True).any():  # noqa: E712
-        return int(pages.loc[pages["direct"] == True, "level"].max())  # noqa: E712
-    changed = _frame(trace, "kvm_tdp_mmu_spte_changed")
-    level = changed["level"].max() if not changed.empty else None
-    return None if level is None or pd.isna(level) else int(level)
-
-
-def _root_teardowns(trace: Trace) -> pd.DataFrame:
-    """``kvm_tdp_mmu_spte_changed`` rows that zap a top-level entry (present → non-present
-    at the root level): only a root's teardown does that (``tdp_mmu_zap_root``, or ≤ 5.17
-    ``zap_gfn_range`` over the whole root); mmu_notifier unmaps zap leaves, faults at most
-    the level of the huge page they install."""
-    changed = _frame(trace, "kvm_tdp_mmu_spte_changed")
-    level = _root_level(trace)
-    if changed.empty or level is None:
-        return pd.DataFrame(columns=["seq", "ts", "pid"])
-    old = changed["old_spte"].fillna(0).astype(np.uint64)
-    new = changed["new_spte"].fillna(0).astype(np.uint64)
-    gone = ((old & SPTE_PRESENT) != 0) & ((new & SPTE_PRESENT) == 0) & (changed["level"] == level)
-    return changed.loc[gone, ["seq", "ts", "pid"]]
 
 
 def _resets(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]]) -> None:
@@ -295,6 +262,13 @@ def _resets(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]]) -> 
     entries = _frame(trace, "kvm_entry")
     fast_by_vm = _fast_zaps_by_vm(trace, threads)
     done: set[tuple[int, int]] = set()
+    for items in steps.values():  # resets already derived from their ioctl
+        for st in items:
+            if isinstance(st.op, (Unload, SetSregs)):
+                pid = next(p for p, v in threads.vcpus.items() if v.vcpu == st.op.vcpu)
+                before = entries.loc[(entries["pid"] == pid) & (entries["ts"] <= st.op.at),
+                                     "ts"] if not entries.empty else pd.Series(dtype=np.int64)
+                done.add((pid, int(before.max()) if len(before) else -1))
     for pid, ts, seq, why in sorted(evidence, key=lambda e: (e[1], e[2])):
         vcpu = threads.vcpus.get(pid)
         if vcpu is None:
@@ -359,29 +333,44 @@ def _populates(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]]) 
             f"{c} x {src[i]} from gfn {int(start[i]) >> 12:#x}", "high"))
 
 
-def _fast_zaps(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]]) -> None:
+def _fast_zaps(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]],
+               calls: list[Call]) -> None:
     fast = _frame(trace, "kvm_mmu_zap_all_fast")
     for row in fast.itertuples():
         vm = threads.vm_of.get(int(row.pid))
         if vm is None or vm not in steps:
             continue
         actor = threads.thread_name(int(row.pid))
-        steps[vm].append(_Step(MemslotDelete(actor=actor, at=int(row.ts)), int(row.seq),
+        call = enclosing_call(calls, int(row.pid), int(row.seq), int(row.ts))
+        at = int(row.ts) if call is None else call.start
+        steps[vm].append(_Step(MemslotDelete(actor=actor, at=at), int(row.seq),
                                f"kvm_mmu_zap_all_fast gen {row.mmu_valid_gen} by {actor} "
-                               f"(memslot delete/move or nx_huge_pages: not told apart)",
-                               "medium"))
+                               f"(memslot delete/move or nx_huge_pages: not told apart)"
+                               + (f", in its {call.name} from {call.start}" if call else ""),
+                               "medium", call.start_seq if call else None,
+                               call.end if call else None, call.end_seq if call else None))
 
 
-def _teardowns(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]]) -> None:
+def _teardowns(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]],
+               calls: list[Call]) -> None:
     zaps = _frame(trace, "kvm_mmu_prepare_zap_page")
-    if zaps.empty:
-        return
     fast = _frame(trace, "kvm_mmu_zap_all_fast")
+    exits = [c for c in calls if c.name in ("exit_group", "exit") and c.pid not in threads.vcpus]
     for vm, items in steps.items():
+        mine_exit = [c for c in exits if vm_of_call(c, threads.vm_of) == vm]
+        if mine_exit:  # the VMM's process exit: mmu_notifier release, then teardown
+            c = mine_exit[0]
+            actor = threads.thread_name(c.pid)
+            items.append(_Step(VmDestroy(actor=actor, at=c.start), c.start_seq,
+                               f"{c.name} by {actor}: kvm_mmu_zap_all at process exit, then "
+                               f"vCPU and MMU teardown", "high", c.start_seq))
+            continue
         vcpu_ends = [s.op.at for s in items if isinstance(s.op, (LoadRoot, Populate))]
         if not vcpu_ends:
             continue
         last = max(vcpu_ends)
+        if zaps.empty:
+            continue
         in_vm = zaps["pid"].map(lambda p: threads.vm_of.get(int(p))) == vm
         mine = zaps[in_vm & ~zaps["pid"].isin(list(threads.vcpus)) & (zaps["ts"] > last)]
         if mine.empty:
@@ -392,106 +381,47 @@ def _teardowns(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]]) 
         if len(prior_fast):
             continue
         actor = threads.thread_name(int(first["pid"]))
-        items.append(_Step(VmDestroy(actor=actor, at=int(first["ts"])), int(first["seq"]),
+        call = enclosing_call(calls, int(first["pid"]), int(first["seq"]), int(first["ts"]))
+        at = call.start if call is not None and call.name in ("exit_group", "exit") \
+            else int(first["ts"])
+        items.append(_Step(VmDestroy(actor=actor, at=at), int(first["seq"]),
                            f"{len(mine)} kvm_mmu_prepare_zap_page by {actor} after the VM's last "
                            f"vCPU event, with no fast zap: kvm_mmu_zap_all at VM exit", "medium"))
 
 
+def _relative(trace: Trace, calls: list[Call], threads: ThreadMap, vm: int,
+              items: list[_Step]) -> list[_Step]:
+    """``items`` as runs, sleeps and rendezvous between the steps (:mod:`.relative`)."""
+    pids = {f"vcpu{v.vcpu}": p for p, v in threads.vcpus.items() if v.vm == vm}
+    pids.update({threads.thread_name(p): p for p, v in threads.vm_of.items()
+                 if v == vm and p not in threads.vcpus})
+    pids.update({threads.thread_name(c.pid): c.pid for c in calls
+                 if c.pid not in threads.vcpus and vm_of_call(c, threads.vm_of) == vm})
+    timed = [Timed(s.op, s.seq, s.evidence, s.confidence,
+                   s.seq if s.from_seq is None else s.from_seq, s.until, s.until_seq)
+             for s in items if not isinstance(s.op, LoadRoot)]
+    conf = {s.seq: s.confidence for s in items}
+    return [_Step(op, seq, why, conf.get(seq, "medium")) for op, why, seq in
+            relativize(trace, calls, pids, timed)]
+
+
 def _with_first_loads(items: list[_Step]) -> list[_Step]:
     """A vCPU whose first traced step is not a root load loaded its root before the trace
-    began: add that load (at its first step's time)."""
+    began: add that load (at its first step's time). A ``SetSregs`` at
+    :data:`~replay.infer.resets.PRETRACE_AT` is the role the vCPU ran with before the trace
+    (set before its pre-trace load, which follows it), not a reset of a loaded root."""
     loaded: set[str] = set()
     out: list[_Step] = []
     for s in items:
-        if isinstance(s.op, Populate) and s.op.actor not in loaded:
+        if isinstance(s.op, SetSregs) and s.op.at == PRETRACE_AT:
+            out.append(s)
+            continue
+        if isinstance(s.op, (Populate, Unload, SetSregs)) and s.op.actor not in loaded:
+            assert isinstance(s.op, VcpuOp)
             out.append(_Step(LoadRoot(vcpu=s.op.vcpu, at=s.op.at), s.seq,
-                             "root loaded before the trace began (first traced step is a fault)",
-                             "low"))
-        if isinstance(s.op, (LoadRoot, Populate)):
+                             f"root loaded before the trace began (the first traced step is "
+                             f"{type(s.op).__name__}, not a load)", "low"))
+        if isinstance(s.op, (LoadRoot, Populate, Unload, SetSregs)):
             loaded.add(s.op.actor)
         out.append(s)
     return out
-
-
-#: ``SHADOW_NONPRESENT_VALUE`` (bit 63, x86_64 ~6.10+): what a zapping iterator writes.
-_NONPRESENT_VALUE: Final = 1 << 63
-
-
-def _fast_zap_passes(trace: Trace, zaps: pd.DataFrame) -> str | None:
-    """``"one"`` or ``"multi"``: how the fast-zap task tore the invalidated roots down.
-
-    The iterator writes 0 (or ``SHADOW_NONPRESENT_VALUE``) into the entries it zaps;
-    ``handle_removed_pt`` writes the frozen value below them. <= 5.17 zaps at the root
-    level only (``zap_gfn_range`` over everything): the task's first zap after its
-    ``kvm_mmu_zap_all_fast`` is a top-level entry and every write below it is frozen.
-    5.18+ zap the 1 GiB level first (6.9+: 4K, 2M, 1G), then the root level: iterator
-    writes below the root level come first. ``None`` when no teardown follows a fast zap."""
-    level = _root_level(trace)
-    fast = _frame(trace, "kvm_mmu_zap_all_fast")
-    if level is None or fast.empty or zaps.empty:
-        return None
-    zaps = zaps.sort_values("seq", kind="stable")
-    new = zaps["new_spte"].fillna(0).astype(np.uint64).to_numpy()
-    iterator = (new & np.uint64(~_NONPRESENT_VALUE & (2**64 - 1))) == 0
-    zseq, zpid, zlevel = (zaps[c].to_numpy() for c in ("seq", "pid", "level"))
-    votes: set[str] = set()
-    for pid in pd.unique(fast["pid"]):  # per task, by seq: its zaps, its fast zaps
-        mine = np.flatnonzero(zpid == pid)
-        seqs, tops = zseq[mine], np.flatnonzero(zlevel[mine] == level)
-        hits = np.r_[0, np.cumsum((zlevel[mine] < level) & iterator[mine])]
-        starts = np.sort(fast["seq"].to_numpy()[fast["pid"].to_numpy() == pid])
-        ends = np.append(starts[1:], np.iinfo(np.int64).max)  # the task's next fast zap
-        for lo, hi in zip(np.searchsorted(seqs, starts, "right").tolist(),
-                          np.searchsorted(seqs, ends, "left").tolist(), strict=True):
-            t = int(np.searchsorted(tops, lo))  # its first top-level zap in the window
-            if t < tops.size and tops[t] < hi:  # iterator writes below it, up to it?
-                votes.add("multi" if hits[tops[t] + 1] > hits[lo] else "one")
-    return "multi" if "multi" in votes else ("one" if votes else None)
-
-
-def detect_era(trace: Trace, threads: ThreadMap) -> tuple[str, str | None, str]:
-    """(backend, era policy name or None, evidence): who zaps roots tells the era."""
-    pages = _frame(trace, "kvm_mmu_get_page")
-    shadow = not pages.empty and ((pages["root_count"].fillna(0) > 0).any()
-                                  or (pages["direct"] == False).any())  # noqa: E712
-    if shadow and not _has_event(trace, "kvm_tdp_mmu_spte_changed"):
-        return ("shadow", None, "kvm_mmu_get_page shows live root_count / indirect roots and "
-                "no kvm_tdp_mmu_spte_changed: the shadow MMU (kvm.tdp_mmu=N); no TDP era applies")
-    if not _has_event(trace, "kvm_tdp_mmu_spte_changed"):
-        return ("unknown", None, "no kvm_tdp_mmu_spte_changed and no shadow pages: backend unknown")
-    args = " ".join(a or "" for a in trace.events.column("args").to_pylist()
-                    if a and "function=" in a)
-    if "tdp_mmu_zap_root_work" in args:
-        defunct = any(i.queued_by in threads.vcpus for i in threads.work_items
-                      if i.function == "tdp_mmu_zap_root_work")
-        return ("tdp", "5.18", "workqueue_queue_work function=tdp_mmu_zap_root_work: per-VM "
-                "workqueue zaps " + ("(5.18 .. 6.3: a vCPU queued one, a defunct root's put; "
-                                     "from 6.4 a valid root is never put to 0)" if defunct else
-                                     "(5.18 .. 6.5; no vCPU queued one, so 6.4/6.5, which "
-                                     "preserve roots, are not ruled out)"))
-    if "tdp_mmu_zap_root_async" in args:
-        return ("tdp", "async", "function=tdp_mmu_zap_root_async on the system workqueue")
-    changed = _frame(trace, "kvm_tdp_mmu_spte_changed")
-    gone = ((changed["old_spte"].fillna(0).astype(np.uint64) & SPTE_PRESENT) != 0) & \
-        ((changed["new_spte"].fillna(0).astype(np.uint64) & SPTE_PRESENT) == 0)
-    zappers = set(changed.loc[gone, "pid"].dropna().astype(int))
-    fast = set(_frame(trace, "kvm_mmu_zap_all_fast").get("pid", pd.Series(dtype=int)))
-    names = {threads.comms.get(p, "") for p in zappers}
-    torn = set(_root_teardowns(trace)["pid"].dropna().astype(int))
-    if torn & set(threads.vcpus):
-        return ("tdp", "sync", "vCPU threads zap top-level entries: the last put of a valid "
-                "root tears it down inline (<= 5.17; from 5.18 the putter only queues the "
-                "zap, from 6.4 a valid root is never put to 0)")
-    if zappers & fast:
-        if _fast_zap_passes(trace, changed[gone]) == "one":
-            return ("tdp", "sync", "SPTE zaps by the kvm_mmu_zap_all_fast task itself, in one "
-                    "root-level pass (top-level entry first, only frozen writes below it): "
-                    "<= 5.17 zaps gifted roots inline that way; 5.18+ zap the 1 GiB level "
-                    "first")
-        return ("tdp", "6.6", "SPTE zaps by the kvm_mmu_zap_all_fast task itself: the invalidating "
-                "task zaps inline (6.6+; the 1 GiB level first unless no teardown is traced)")
-    if any(n.startswith("kworker") for n in names):
-        return ("tdp", "5.18", "SPTE zaps by kworkers (5.18 .. 6.5)")
-    if zappers & set(threads.vcpus):
-        return ("tdp", "sync", "SPTE zaps by vCPU threads: the last put zaps inline (<= 5.17)")
-    return ("tdp", None, "no root zap in the trace: the era is not determined")

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from typing import Any
 
 from replay.errors import WorkloadError
-from replay.model.engine import Signal, Wait
-from replay.model.ids import ActorId, Nanos
+from replay.model.engine import LATE, URGENT, Signal, Wait
+from replay.model.ids import ActorId, Nanos, vcpu_actor
 from replay.model.lifecycle import Replay, VcpuState
 from replay.model.lock import READ, WRITE
 from replay.model.population import (
@@ -53,7 +53,7 @@ class _Driver:
     def __init__(self, rp: Replay, workload: Workload) -> None:
         self.rp = rp
         self.workload = workload
-        self.barriers: dict[str, tuple[list[int], Signal]] = {}
+        self.barriers: dict[str, list[tuple[int, int, int, Signal]]] = {}
         self.vcpu_done: list[Signal] = []
         self.slots_lock_free = True
         self.slots_waiters: list[Signal] = []
@@ -65,8 +65,9 @@ class _Driver:
         per_actor: dict[str, list[tuple[int, Op]]] = {}
         for i, op in enumerate(self.workload.ops):
             per_actor.setdefault(op.actor, []).append((i, op))
-            if isinstance(op, VcpuOp) and op.vcpu not in self.rp.vcpus:
-                self.rp.vcpus[op.vcpu] = VcpuState(op.vcpu, ActorId(op.actor), self.rp.sim)
+        # vCPUs in id order: kvm_for_each_vcpu (kicks, vCPU destroy) walks them by index
+        for vid in sorted({op.vcpu for op in self.workload.ops if isinstance(op, VcpuOp)}):
+            self.rp.vcpus[vid] = VcpuState(vid, vcpu_actor(vid), self.rp.sim)
         for actor, ops in per_actor.items():
             proc = self.rp.sim.process(self._actor(ActorId(actor), ops), actor)
             if actor.startswith("vcpu"):
@@ -75,8 +76,14 @@ class _Driver:
     def _actor(self, actor: ActorId, ops: list[tuple[int, Op]]) -> Wait:
         rp = self.rp
         for index, op in ops:
-            if op.at > rp.sim.now:
-                yield rp.sim.timeout(op.at - rp.sim.now)
+            if op.at > rp.sim.now or op.at == rp.sim.now > 0:
+                # an operation due at `at` starts after whatever else happens at that instant
+                # (a kick, a lock grant): a trace-derived step was asked for then, so the
+                # state it reacts to is the one those left; operations due at the same
+                # instant start in workload order (a derived workload's is the trace's)
+                due = Signal(rp.sim)
+                rp.sim.schedule(op.at - rp.sim.now, due.fire, LATE + index)
+                yield due
             handler = _HANDLERS.get(type(op))
             if handler is None:
                 raise WorkloadError(index, actor, f"no handler for {type(op).__name__}")
@@ -94,6 +101,9 @@ class _Driver:
     def enter_guest(self, v: VcpuState) -> Wait:
         """``kvm_mmu_reload``: service the request (drop an obsolete root), load a root."""
         rp = self.rp
+        work = v.root is None or v.root.invalid or v.request
+        for r in rp.recorders:
+            r.enter_guest(rp.now, v.actor, work)
         while v.root is None or v.root.invalid or v.request:
             v.request = False
             if v.root is not None and v.root.invalid:
@@ -165,6 +175,7 @@ class _Driver:
         rp = self.rp
         each = round(rp.cost.fault_ns)
         cur = WorkCursor([Segment(n, float(each))])
+        asked = rp.now
         yield from rp.acquire(v.actor, READ)
         while not root.invalid:
             t0, u0 = rp.sim.now, cur.units_done
@@ -178,12 +189,18 @@ class _Driver:
             rp.block(v.actor, t0, "fault", count=cur.units_done - u0, each=each, root=root)
             for r in rp.recorders:
                 r.populated(Nanos(t0), rp.now, v.actor, root.id, installed)
+                r.faults(Nanos(t0), v.actor, root.id, head, installed, each)
             if done:
                 fresh = []
                 break
             rp.release(v.actor, READ)  # the fault ends; the next one takes the lock again
+            asked = rp.now
             yield from rp.acquire(v.actor, READ)
         rp.release(v.actor, READ)
+        if fresh:  # the fault asked for at `asked` found the root obsolete: retry after reload
+            first, _ = split_extents(fresh, 1)
+            for r in rp.recorders:
+                r.fault_retry(Nanos(asked), v.actor, root.id, first[0])
         return fresh
 
     def run(self, index: int, op: Op) -> Wait:
@@ -208,11 +225,20 @@ class _Driver:
         assert isinstance(op, SetSregs)
         v = self.vcpu(index, op)
         v.cr0_wp = op.cr0_wp
+        self.ioctl(v.actor, "KVM_SET_SREGS", "enter")
         yield from self.unload(v, "KVM_SET_SREGS: kvm_mmu_reset_context")
+        self.ioctl(v.actor, "KVM_SET_SREGS", "exit")
 
     def mmu_reset(self, index: int, op: Op) -> Wait:
         v = self.vcpu(index, op)
+        self.ioctl(v.actor, "KVM_SET_CPUID2", "enter")
         yield from self.unload(v, "MMU reset")
+        self.ioctl(v.actor, "KVM_SET_CPUID2", "exit")
+
+    def ioctl(self, actor: str, name: str, phase: str) -> None:
+        """Tell the recorders that ``actor`` enters or leaves a system call."""
+        for r in self.rp.recorders:
+            r.ioctl(self.rp.now, ActorId(actor), name, phase)
 
     # ------------------------------------------------------------ VMM side
     def slots_lock(self) -> Wait:
@@ -230,12 +256,11 @@ class _Driver:
     def fast_zap(self, index: int, op: Op) -> Wait:
         """``kvm_mmu_zap_all_fast`` under ``slots_lock``; checks §5 item 7 on return."""
         rp = self.rp
+        self.ioctl(op.actor, _FAST_ZAP_CALL[type(op)], "enter")
         yield from self.slots_lock()
         if rp.fast_zap_busy:
             rp.violate("two fast zaps at once", holder=op.actor, invariant=10)
         rp.fast_zap_busy = True
-        for r in rp.recorders:
-            r.fast_zap(rp.now, ActorId(op.actor), rp.mmu_valid_gen)
         existing = len(rp.roots)  # roots created meanwhile cannot map the deleted slot
         yield from rp.policy.fast_zap(rp, ActorId(op.actor))
         for rid in sorted(self.mapped):  # in root order, as rp.roots
@@ -247,8 +272,11 @@ class _Driver:
                            root=root, holder=op.actor, invariant=7)
         rp.fast_zap_busy = False
         self.slots_unlock()
+        self.ioctl(op.actor, _FAST_ZAP_CALL[type(op)], "exit")
 
     def memslot_create(self, index: int, op: Op) -> Wait:
+        self.ioctl(op.actor, "KVM_SET_USER_MEMORY_REGION", "enter")
+        self.ioctl(op.actor, "KVM_SET_USER_MEMORY_REGION", "exit")
         yield from ()
 
     def sleep(self, index: int, op: Op) -> Wait:
@@ -257,11 +285,25 @@ class _Driver:
 
     def rendezvous(self, index: int, op: Op) -> Wait:
         assert isinstance(op, Rendezvous)
-        arrived, sig = self.barriers.setdefault(op.name, ([0], Signal(self.rp.sim)))
-        arrived[0] += 1
-        if arrived[0] >= op.parties:
-            sig.fire(None)
-        yield sig
+        for r in self.rp.recorders:
+            r.rendezvous(self.rp.now, ActorId(op.actor), op.name)
+        waiting = self.barriers.setdefault(op.name, [])
+        mine = Signal(self.rp.sim)
+        waiting.append((self.rp.sim.now, op.order, len(waiting), mine))
+        if len(waiting) >= op.parties:
+            order = sorted(waiting, key=lambda w: (w[0], w[1], w[2]))
+            at = next(i for i, w in enumerate(order) if w[3] is mine)
+            for *_, sig in order[:at]:
+                sig.fire(None)
+            if at == len(order) - 1:
+                mine.fire(None)  # the last arriver goes on last, as it yields
+            else:  # it goes on in its place: release it and the rest after its yield
+                def release() -> None:
+                    for *_, sig in order[at:]:
+                        sig.fire(None)
+
+                self.rp.sim.schedule(0, release, URGENT)
+        yield mine
 
     def zap_leafs(self, index: int, op: Op) -> Wait:
         """mmu_notifier unmap: ``mmu_lock`` write, every valid root, leaves in the range."""
@@ -271,7 +313,9 @@ class _Driver:
     def write_protect(self, index: int, op: Op) -> Wait:
         """Dirty-log write protection / clear: ``mmu_lock`` read, valid roots, yielding."""
         assert isinstance(op, WriteProtect)
+        self.ioctl(op.actor, "KVM_CLEAR_DIRTY_LOG", "enter")
         yield from self._range_walk(op.actor, op.start, op.size, READ, remove=False)
+        self.ioctl(op.actor, "KVM_CLEAR_DIRTY_LOG", "exit")
 
     def _range_walk(self, actor: str, start: int, size: int, mode: Any, *, remove: bool) -> Wait:
         rp = self.rp
@@ -287,8 +331,11 @@ class _Driver:
             leaves = counts_of(touched).leaves
             shared = mode == READ
             cur = WorkCursor([Segment(leaves, rp.cost.leaf_ns(shared))])
+            t0 = rp.now
             while not (yield from rp.run_cursor(cur, yieldable=rp.cost.yield_on_contention)):
                 yield from rp.relock(actor, mode)
+            for r in rp.recorders:
+                r.walked(t0, rp.now, ActorId(actor), root.id, touched, remove)
             yield from rp.put(root, iterator, "range iterator advances", mode, by=actor)
         rp.release(actor, mode)
 
@@ -299,6 +346,7 @@ class _Driver:
         for done in self.vcpu_done:  # noqa: UP028 (each is resumed with a value via send)
             yield done
         rp.vm_dying = True
+        self.ioctl(actor, "exit_group", "enter")
         iterator = f"iter:{actor}"
         yield from rp.acquire(actor, WRITE)
         for root in rp.live_roots():
@@ -317,6 +365,13 @@ class _Driver:
                 rp.violate("VM destroyed but the root was never freed", root=root,
                            holder=actor, invariant=9)
 
+
+#: The call that issues each fast-zapping operation (a module parameter write is a write(2)).
+_FAST_ZAP_CALL: dict[type, str] = {
+    MemslotDelete: "KVM_SET_USER_MEMORY_REGION",
+    MemslotMove: "KVM_SET_USER_MEMORY_REGION",
+    SetNxHugePages: "write",
+}
 
 _Handler = Callable[[_Driver, int, Op], Wait]
 _HANDLERS: dict[type, _Handler] = {

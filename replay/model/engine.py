@@ -101,13 +101,14 @@ class Sim:
         self._seq += 1
         heapq.heappush(self._heap, (self.now + delay, priority, self._seq, fn))
 
-    def timeout(self, delay: int) -> Signal:
-        """A signal that fires ``delay`` ns from now."""
+    def timeout(self, delay: int, priority: int = NORMAL) -> Signal:
+        """A signal that fires ``delay`` ns from now (after the callbacks of lower
+        ``priority`` due at the same time)."""
         sig = Signal(self)
         if delay <= 0:
             sig.fired = True
             return sig
-        self.schedule(delay, sig.fire)
+        self.schedule(delay, sig.fire, priority)
         return sig
 
     def first_of(self, *signals: Signal) -> Signal:

@@ -20,7 +20,7 @@ from replay.model.engine import Signal, Sim, Wait
 from replay.model.ids import ActorId, Nanos, RootId, VcpuId
 from replay.model.lock import READ, WRITE, Mode, RwLock
 from replay.model.population import Granularity, WorkCursor, counts_of, zap_segments
-from replay.model.recorders import Recorder
+from replay.model.recorders import Recorder, ZapShape
 from replay.model.records import Anomaly, BlockCause, BlockInterval, RefChange
 from replay.model.roots import RootState
 from replay.model.workqueue import Workqueue
@@ -118,6 +118,7 @@ class Replay:
         self._rcu_idle = Signal(self.sim)
         self.end_ts = 0
         self.anomalies = 0
+        self.zap_shapes: dict[RootId, ZapShape] = {}
 
     @property
     def now(self) -> Nanos:
@@ -345,6 +346,8 @@ class Replay:
                 tlb_per_table=self.policy.tlb_flush_per_table,
             )
             root.zap = WorkCursor(segments)
+            self.zap_shapes[root.id] = ZapShape(granularity, mode == READ,
+                                                self.policy.tlb_flush_per_table, tuple(segments))
             if root.zap_start is None:
                 root.zap_start = self.now
                 root.zapped_by = ActorId(actor)
@@ -377,7 +380,8 @@ class Replay:
         f1 = 1.0 - cur.remaining_ns() / total
         self.block(actor, t0, "zap", root=root)
         for r in self.recorders:
-            r.zapped(Nanos(t0), self.now, ActorId(actor), root.id, root.population, f0, f1)
+            r.zapped(Nanos(t0), self.now, ActorId(actor), root.id, root.population, f0, f1,
+                     shape=self.zap_shapes.get(root.id))
         root.zap_active = False
         changed, root.zap_changed = root.zap_changed, None
         changed.fire(None)
@@ -445,6 +449,8 @@ class Replay:
     def write_section(self, actor: str, body: Callable[[], None], extra_ns: float = 0.0) -> Wait:
         """``W{ body }`` of the fast zap: take the lock for write, run, charge, release."""
         yield from self.acquire(actor, WRITE)
+        for r in self.recorders:  # trace_kvm_mmu_zap_all_fast: first thing under the lock
+            r.fast_zap(self.now, ActorId(actor), self.mmu_valid_gen)
         body()
         yield self.sim.timeout(round(self.cost.fast_zap_section_ns + extra_ns))
         self.release(actor, WRITE)

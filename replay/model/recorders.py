@@ -8,16 +8,18 @@ overrides the hooks it needs (all no-ops in :class:`Recorder`) and returns its t
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import ClassVar, Final
 
 import pyarrow as pa
 
 from replay.model.ids import ActorId, Nanos, RootId
-from replay.model.population import Extent
+from replay.model.population import Extent, Granularity, Segment
 from replay.model.records import Anomaly, BlockInterval, RefChange, Root
 
 __all__ = [
     "Recorder",
+    "ZapShape",
     "BlockLatency",
     "RefcountHistory",
     "RootLifecycle",
@@ -78,6 +80,17 @@ ANOMALIES_SCHEMA: Final = pa.schema(
 )
 
 
+@dataclass(frozen=True)
+class ZapShape:
+    """How one root's zap is done: the era's ``granularity``, ``shared`` (``mmu_lock`` held
+    for read) or exclusive, ≤5.17 per-table TLB flushes, and the cursor's ``segments``."""
+
+    granularity: Granularity
+    shared: bool
+    tlb_per_table: bool
+    segments: tuple[Segment, ...]
+
+
 class Recorder:
     """Base observer: every hook is a no-op; :meth:`table` returns the recorder's table."""
 
@@ -103,13 +116,42 @@ class Recorder:
 
     def zapped(
         self, start: Nanos, end: Nanos, actor: ActorId, root: RootId, extents: Iterable[Extent],
-        done_from: float, done_to: float,
+        done_from: float, done_to: float, *, shape: ZapShape | None = None,
     ) -> None:
         """``actor`` zapped ``root`` (mapping ``extents``) in one uninterrupted stretch, from
-        fraction ``done_from`` to ``done_to`` of the root's zap work."""
+        fraction ``done_from`` to ``done_to`` of the root's zap work; ``shape`` says how the
+        whole zap was cut into units (its passes, lock mode and segments)."""
 
     def work(self, ts: Nanos, actor: ActorId, what: str, root: RootId, queue: str) -> None:
         """Workqueue activity: ``what`` in {"queue", "start", "end"}."""
+
+    def faults(
+        self, start: Nanos, actor: ActorId, root: RootId, faulted: list[Extent],
+        installed: list[Extent], each_ns: int,
+    ) -> None:
+        """``actor`` took one fault per leaf of ``faulted`` back to back from ``start``, each
+        ``each_ns`` long; ``installed`` are the leaves that were not mapped yet (the rest were
+        spurious: another vCPU installed them meanwhile)."""
+
+    def fault_retry(self, ts: Nanos, actor: ActorId, root: RootId, leaf: Extent) -> None:
+        """A fault on ``leaf`` requested at ``ts`` found its root obsolete once it held
+        ``mmu_lock``: nothing installed, the vCPU reloads and faults again."""
+
+    def walked(self, start: Nanos, end: Nanos, actor: ActorId, root: RootId,
+               extents: list[Extent], removed: bool) -> None:
+        """A range walk by ``actor`` zapped (``removed``) or write-protected the leaves of
+        ``extents`` in ``root`` between ``start`` and ``end``."""
+
+    def enter_guest(self, ts: Nanos, actor: ActorId, reload: bool) -> None:
+        """vCPU ``actor`` is about to enter its guest (``vcpu_enter_guest``); ``reload``:
+        ``kvm_mmu_reload`` has work to do first (a request, or no valid root)."""
+
+    def rendezvous(self, ts: Nanos, actor: ActorId, name: str) -> None:
+        """``actor`` arrives at barrier ``name`` (a vCPU leaves ``KVM_RUN`` to wait)."""
+
+    def ioctl(self, ts: Nanos, actor: ActorId, name: str, phase: str) -> None:
+        """Thread ``actor`` enters (``phase`` "enter") or leaves ("exit") the ioctl or system
+        call ``name`` (``KVM_SET_SREGS``, ``KVM_SET_USER_MEMORY_REGION``, ``exit_group``...)."""
 
     def root_final(self, root: Root) -> None:
         """End of the run: the lifecycle of one root."""

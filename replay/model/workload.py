@@ -185,10 +185,13 @@ class Sleep(Op):
 
 @dataclass(frozen=True, kw_only=True)
 class Rendezvous(Op):
-    """Wait at barrier ``name`` until ``parties`` actors arrived."""
+    """Wait at barrier ``name`` until ``parties`` actors arrived; on release the waiters go
+    on in arrival order, those that arrived at the same instant by ascending ``order`` (a
+    trace-derived barrier orders them as the trace shows them going on)."""
 
     name: str
     parties: int
+    order: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)

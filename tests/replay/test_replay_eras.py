@@ -121,7 +121,7 @@ def walk(era: str, script: list[tuple[Any, ...]]) -> Lifecycle:
         if action in ("alloc", "reuse"):
             vcpu, at = args
             if vcpu in pending_unload:  # the reset is visible: a new root of the same role
-                life.ops.append(("Unload", f"vcpu{vcpu}", pending_unload.pop(vcpu),
+                life.ops.append(("SetSregs", f"vcpu{vcpu}", pending_unload.pop(vcpu),
                                  "after its exit to userspace"))
             life.load(vcpu, t(at), alloc=action == "alloc")
             if action == "alloc" and vcpu in exits:  # root_alloc outranks userspace/exit

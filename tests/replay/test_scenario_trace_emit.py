@@ -12,7 +12,7 @@ from replay.model.policies import policy_names
 
 REAL = Path(__file__).resolve().parents[2] / ".." / "shared" / "traces" / "real"
 # %16s-%-7d [%03d] %s %5lu.%06lu: event: payload   (tracefs `trace`, no tgid column)
-LINE = re.compile(r"^ *(?P<comm>.{1,16})-(?P<pid>\d+) +\[(?P<cpu>\d{3})\] "
+LINE = re.compile(r"^ *(?P<comm>.{1,16})-(?P<pid>\d+) +(?:\( *\d+\) )?\[(?P<cpu>\d{3})\] "
                   r"(?P<flags>[.dNnhs0-9]{5}) +(?P<sec>\d+)\.(?P<usec>\d{6}): "
                   r"(?P<event>\w+): (?P<payload>.*)$")
 ROLE = (r"sp gen \d+ gfn [0-9a-f]+ l\d \d-byte q\d( direct)? [-wux]{3}( invalid)? "
@@ -33,6 +33,9 @@ PAYLOADS = {
     "kvm_exit": re.compile(r"^vcpu \d+ reason [A-Z_]+ rip 0x[0-9a-f]+ info1 0x[0-9a-f]{16} "
                            r"info2 0x[0-9a-f]{16} intr_info 0x[0-9a-f]{8} error_code "
                            r"0x[0-9a-f]{8} requests 0x[0-9a-f]{16}$"),
+    "sys_enter": re.compile(r"^NR \d+ \(([0-9a-f]+, ){5}[0-9a-f]+\)$"),
+    "sys_exit": re.compile(r"^NR \d+ = -?\d+$"),
+    "kvm_userspace_exit": re.compile(r"^reason KVM_EXIT_\w+ \(\d+\)$"),
     "workqueue_queue_work": re.compile(r"^work struct=[0-9a-f]+ function=\w+ workqueue=\w+ "
                                        r"req_cpu=\d+ cpu=\d+$"),
     "workqueue_execute_start": re.compile(r"^work struct [0-9a-f]+: function \w+$"),
@@ -40,10 +43,10 @@ PAYLOADS = {
 }
 
 
-def emit(tmp_path: Path, policy: str) -> list[str]:
+def emit(tmp_path: Path, policy: str, tgid: bool = True) -> list[str]:
     out = tmp_path / f"{policy}.txt"
-    run_scenario("max-guest-memory", policies=[policy], memory=8 << 30, vcpus=2,
-                 emit_trace=out, sample_every=50_000)
+    run_scenario("max-guest-memory", policies=[policy], memory=8 << 20, slot_size=4 << 20,
+                 vcpus=2, emit_trace=out, emit_tgid=tgid)
     return out.read_text().splitlines()
 
 
@@ -88,7 +91,7 @@ def test_header_matches_a_real_tracefs_file(tmp_path: Path) -> None:
         pytest.skip(f"{real} absent (../shared/traces is not next to the repository)")
     with real.open() as f:
         real_header = [next(f).rstrip("\n") for _ in range(12)]
-    ours = emit(tmp_path, "6.6")[:12]
+    ours = emit(tmp_path, "6.6", tgid=False)[:12]
     assert [h for i, h in enumerate(ours) if i != 2] == [h for i, h in enumerate(real_header)
                                                         if i != 2]
     real_line = next(ln for ln in real.read_text().splitlines()
