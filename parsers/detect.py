@@ -86,9 +86,11 @@ _STREAMERS: dict[str, Callable[..., TraceStream]] = {
 def _options(fmt: str, strict: bool, salvage: bool, workers: int | None) -> dict[str, Any]:
     """The reading options ``fmt``'s reader takes (trace.dat decodes fields from format
     definitions, so nothing in it is "unknown" for ``strict`` to reject)."""
-    return {"ftrace-text": {"strict": strict, "salvage": salvage, "workers": workers},
-            "trace.dat": {"salvage": salvage},
-            "perfetto": {"strict": strict, "salvage": salvage}}[fmt]
+    options: dict[str, dict[str, Any]] = {
+        "ftrace-text": {"strict": strict, "salvage": salvage, "workers": workers},
+        "trace.dat": {"salvage": salvage},
+        "perfetto": {"strict": strict, "salvage": salvage}}
+    return options[fmt]
 
 
 def iter_trace(
