@@ -196,7 +196,9 @@ def split_event_lines(lines: pa.StringArray) -> EventLines:
     if fixed is None:
         return _split_general(lines)
     fast = _from_fixed(lines, fixed, _content_end(lines, ends))
-    rest = np.setdiff1d(np.arange(len(lines)), fixed.rows, assume_unique=True)
+    left = np.ones(len(lines), dtype=bool)
+    left[fixed.rows] = False
+    rest = np.flatnonzero(left)
     if not rest.size:
         return fast
     slow = _split_general(lines.take(pa.array(rest)))

@@ -154,8 +154,10 @@ def _decode_into(chunk: LineChunk, state: _State, res: ChunkResult) -> None:
     lines, dropped = _damaged_lines(chunk, state)
     base_seq = chunk.first_line - 1
     ev = split_event_lines(lines)
-    others = np.setdiff1d(np.arange(len(lines)), np.union1d(ev.rows, dropped),
-                          assume_unique=True)
+    left = np.ones(len(lines), dtype=bool)
+    left[ev.rows] = False
+    left[dropped] = False
+    others = np.flatnonzero(left)
     markers = _classify_others(lines, others, chunk.first_line, state)
     if state.prefixed:
         ev = _split_prefix(ev)
@@ -269,7 +271,7 @@ def _filter_events(ev: EventLines, keep: frozenset[str] | None) -> EventLines:
 
 def _note_variants(ev: EventLines, state: _State) -> None:
     meta = state.meta
-    digits = set(np.unique(ev.frac_digits).tolist())
+    digits = set(_distinct(ev.frac_digits).tolist())
     for d in digits:
         unit = "ticks" if d == 0 else "ns"
         state.units.add(unit)
@@ -301,13 +303,20 @@ def _resolve_markers(
     return resolved
 
 
+def _distinct(values: np.ndarray) -> np.ndarray:
+    """The sorted distinct values of small integers (>= -1): a count, not a sort."""
+    if values.size and values.min() >= -1 and values.max() < (1 << 16):
+        return np.flatnonzero(np.bincount(values.astype(np.int64) + 1)) - 1
+    return np.unique(values)
+
+
 def _cpu_order(ev: EventLines, seq: np.ndarray) -> list[CpuOrder]:
     """Per CPU: first and last timestamps, and the backward steps within the chunk."""
     if not len(seq):
         return []
     cpu = pc.fill_null(ev.cpu, -1).to_numpy(zero_copy_only=False)
     out: list[CpuOrder] = []
-    for c in np.unique(cpu).tolist():
+    for c in _distinct(cpu).tolist():
         sel = np.flatnonzero(cpu == c)
         t = ev.ts[sel]
         back = np.flatnonzero(np.diff(t) < 0)
