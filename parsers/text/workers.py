@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,6 +33,9 @@ __all__ = ["PARALLEL_BYTES", "pick_workers", "parallel_batches", "split_spans"]
 #: Files larger than this are read with one process per core when ``workers`` is None
 #: (below it, starting the processes costs more than they save; see benchmarks/parse_text.py).
 PARALLEL_BYTES = 32 << 20
+
+#: Where workers leave their batches for the parent (memory-backed; else the temp dir).
+_SPOOL = "/dev/shm"
 
 #: Bytes before a chunk boundary searched for the newline the chunk is cut at.
 _WINDOW = 64 << 10
@@ -106,6 +111,8 @@ class _Task:
     span: tuple[int, int]
     chunk_bytes: int
     prefixed: bool
+    index: int
+    spool: str
 
 
 _DECODE: list[Decode] = []
@@ -131,32 +138,37 @@ def _decode_span(task: _Task, decode: Decode) -> Iterator[ChunkResult]:
             exc.path, exc.reason, exc.lineno, exc.line, exc.offset))
 
 
-def _run(task: _Task) -> list[tuple[ChunkResult, list[tuple[str, bytes]]]]:
-    """Worker: decode a span; each batch goes back as Arrow IPC streams (events first)."""
-    out = []
-    for res in _decode_span(task, _DECODE[0]):
-        packed: list[tuple[str, bytes]] = []
-        if res.batch is not None:
-            tables = [("", res.batch.events), *res.batch.typed.items()]
-            packed = [(name, _ipc(rb)) for name, rb in tables]
-            res = replace(res, batch=replace(res.batch, events=res.batch.events.slice(0, 0),
-                                             typed={}))
-        out.append((res, packed))
+_Packed = tuple[ChunkResult, str | None, list[str]]
+
+
+def _run(task: _Task) -> list[_Packed]:
+    """Worker: decode a span; each chunk's tables go to one Arrow IPC file in the spool
+    directory (memory-backed where /dev/shm exists), read back by the parent without a copy
+    (a pipe would copy each batch four times)."""
+    out: list[_Packed] = []
+    for i, res in enumerate(_decode_span(task, _DECODE[0])):
+        if res.batch is None:
+            out.append((res, None, []))
+            continue
+        names = ["", *res.batch.typed]
+        file = os.path.join(task.spool, f"{task.index}-{i}.arrow")
+        with pa.OSFile(file, "wb") as sink:
+            for rb in [res.batch.events, *res.batch.typed.values()]:
+                with pa.ipc.new_stream(sink, rb.schema) as writer:
+                    writer.write_batch(rb)
+        out.append((replace(res, batch=replace(res.batch, events=res.batch.events.slice(0, 0),
+                                               typed={})), file, names))
     return out
 
 
-def _ipc(rb: pa.RecordBatch) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, rb.schema) as writer:
-        writer.write_batch(rb)
-    data: bytes = sink.getvalue().to_pybytes()
-    return data
-
-
-def _unpack(res: ChunkResult, packed: list[tuple[str, bytes]]) -> ChunkResult:
-    if res.batch is None:
+def _unpack(res: ChunkResult, file: str | None, names: list[str]) -> ChunkResult:
+    if res.batch is None or file is None:
         return res
-    tables = {name: pa.ipc.open_stream(data).read_next_batch() for name, data in packed}
+    source = pa.memory_map(file)
+    os.unlink(file)  # the mapping keeps the data until its batches are freed
+    tables = {}
+    for name in names:  # one stream per table, one batch each (iterating reads its end)
+        (tables[name],) = list(pa.ipc.open_stream(source))
     events = tables.pop("")
     return replace(res, batch=TraceBatch(events, tables, res.batch.source_bytes))
 
@@ -168,16 +180,21 @@ def parallel_batches(
     """The file's batches, its spans decoded by ``workers`` processes, joined in order."""
     spans = split_spans(source, chunk_bytes)
     guess = _head_prefixed(source) if len(spans) > 1 else False
-    tasks = [_Task(str(source), opts, span, chunk_bytes, guess if i else False)
+    spool = tempfile.mkdtemp(prefix="kvm-mmu-text-",
+                             dir=_SPOOL if os.path.isdir(_SPOOL) else None)
+    tasks = [_Task(str(source), opts, span, chunk_bytes, guess if i else False, i, spool)
              for i, span in enumerate(spans)]
     ctx = multiprocessing.get_context("fork")
     base = 0
-    with ctx.Pool(min(workers, len(tasks)), initializer=_init, initargs=(decode,)) as pool:
-        for task, packed in zip(tasks, pool.imap(_run, tasks), strict=True):
-            results = [_unpack(res, p) for res, p in packed]
-            if results and results[0].prefixed_in != fold.prefixed:  # the guess was wrong
-                results = list(_decode_span(replace(task, prefixed=fold.prefixed), decode))
-            for res in results:
-                yield from fold.add(res, base)
-            base += sum(res.lines for res in results)
+    try:
+        with ctx.Pool(min(workers, len(tasks)), initializer=_init, initargs=(decode,)) as pool:
+            for task, packed in zip(tasks, pool.imap(_run, tasks), strict=True):
+                results = [_unpack(*p) for p in packed]
+                if results and results[0].prefixed_in != fold.prefixed:  # the guess was wrong
+                    results = list(_decode_span(replace(task, prefixed=fold.prefixed), decode))
+                for res in results:
+                    yield from fold.add(res, base)
+                base += sum(res.lines for res in results)
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
     yield from fold.finish()
