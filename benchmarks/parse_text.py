@@ -149,10 +149,14 @@ def measure(layout: str, path: Path, workers: list[int], lisa: str | None
     lisa_mb_s = None
     if lisa:
         part = _slice(path, 4)
-        peer = run(LISA, str(part), python=lisa)
-        lisa_mb_s = part.stat().st_size / 1e6 / peer["s"]
+        try:
+            peer = run(LISA, str(part), python=lisa)
+            lisa_mb_s = part.stat().st_size / 1e6 / peer["s"]
+            result["lisa_mb_per_s_on_4_mb"] = round(lisa_mb_s, 2)
+        except subprocess.CalledProcessError as exc:
+            last = (exc.stderr or "").strip().splitlines()[-1:] or ["?"]
+            result["lisa"] = f"fails on this layout: {last[0][:160]}"
         part.unlink()
-        result["lisa_mb_per_s_on_4_mb"] = round(lisa_mb_s, 2)
     for n in workers:
         r = run(READ, str(path), str(n))
         mb_s = mb / r["s"]
