@@ -12,6 +12,7 @@ Threads would not help: most of a chunk's decode holds the GIL between Arrow cal
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
 import shutil
@@ -120,6 +121,19 @@ _DECODE: list[Decode] = []
 
 def _init(decode: Decode) -> None:
     _DECODE[:] = [decode]
+    _keep_freed_memory()
+
+
+def _keep_freed_memory() -> None:
+    """Let glibc keep the memory a chunk's decode frees for the next chunk: a fresh worker
+    otherwise maps and unmaps its NumPy buffers chunk after chunk (on 100 MB, 126K page
+    faults and a third of a CPU-second, against 34K). Its peak RSS is a chunk's anyway."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
+        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD (glibc's largest)
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
 
 
 def _decode_span(task: _Task, decode: Decode) -> Iterator[ChunkResult]:
