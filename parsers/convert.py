@@ -76,6 +76,7 @@ def convert_trace(
     salvage: bool = False,
     force: bool = False,
     batches: Callable[[TraceStream], Iterable[TraceBatch]] | None = None,
+    workers: int | None = None,
 ) -> ConvertReport:
     """Read ``source`` (any format :func:`~parsers.detect.read_trace` reads) and write it
     to ``out``.
@@ -88,7 +89,7 @@ def convert_trace(
             ``generic_event_descriptors``, as current traced_probes writes) or ``legacy``
             (``GenericFtraceEvent`` with named fields).
         compress: Perfetto: wrap packets in zlib ``compressed_packets``.
-        events, strict, salvage: as for :func:`~parsers.detect.read_trace`.
+        events, strict, salvage, workers: as for :func:`~parsers.detect.read_trace`.
         force: replace an existing output (a directory only when kvm-mmu-replay wrote it).
         batches: wraps the reader's batch stream (the CLI draws its progress bar there).
 
@@ -110,7 +111,7 @@ def convert_trace(
         check_output_file(out, force=force)
     else:
         check_output_dir(out, force=force)
-    stream = iter_trace(source, events=events, strict=strict, salvage=salvage)
+    stream = iter_trace(source, events=events, strict=strict, salvage=salvage, workers=workers)
     trace = stream.complete(Trace.from_batches(batches(stream) if batches else stream,
                                                stream.metadata))
     meta = trace.metadata

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Collection
 from pathlib import Path
+from typing import Any
 
 from parsers.errors import TraceFormatError
 from parsers.perfetto.reader import is_perfetto, iter_perfetto
@@ -82,30 +83,33 @@ _STREAMERS: dict[str, Callable[..., TraceStream]] = {
     "ftrace-text": iter_ftrace_text, "trace.dat": iter_tracedat, "perfetto": iter_perfetto}
 
 
-def _options(fmt: str, strict: bool, salvage: bool) -> dict[str, bool]:
+def _options(fmt: str, strict: bool, salvage: bool, workers: int | None) -> dict[str, Any]:
     """The reading options ``fmt``'s reader takes (trace.dat decodes fields from format
     definitions, so nothing in it is "unknown" for ``strict`` to reject)."""
-    return {"ftrace-text": {"strict": strict, "salvage": salvage},
-            "trace.dat": {"salvage": salvage},
-            "perfetto": {"strict": strict, "salvage": salvage}}[fmt]
+    options: dict[str, dict[str, Any]] = {
+        "ftrace-text": {"strict": strict, "salvage": salvage, "workers": workers},
+        "trace.dat": {"salvage": salvage},
+        "perfetto": {"strict": strict, "salvage": salvage}}
+    return options[fmt]
 
 
 def iter_trace(
     source: str | Path, *, events: Collection[str] | None = None, strict: bool = False,
-    salvage: bool = False,
+    salvage: bool = False, workers: int | None = None,
 ) -> TraceStream:
     """Stream any supported trace as batches; the format is detected from the content.
 
     Streaming readers give each batch what they know when it is decoded; :func:`read_trace`
     may complete a whole trace afterwards (Perfetto's thread names, loss counts).
+    ``workers`` as in :func:`read_trace`.
     """
     fmt = detect_format(source)
-    return _STREAMERS[fmt](source, events=events, **_options(fmt, strict, salvage))
+    return _STREAMERS[fmt](source, events=events, **_options(fmt, strict, salvage, workers))
 
 
 def read_trace(
     source: str | Path, *, events: Collection[str] | None = None, strict: bool = False,
-    salvage: bool = False,
+    salvage: bool = False, workers: int | None = None,
 ) -> Trace:
     """Read any supported trace into a :class:`~parsers.trace.Trace`.
 
@@ -121,6 +125,10 @@ def read_trace(
             instead of raising: binary formats keep the events decoded before the damage;
             text skips lines with a NUL byte or not UTF-8 and keeps the complete lines of a
             truncated compressed file.
+        workers: processes decoding an uncompressed text trace (the result is the same
+            with any number); None: the machine's cores for files over
+            :data:`~parsers.text.workers.PARALLEL_BYTES`, else one. Other formats and
+            compressed text read in one process.
 
     Examples:
         >>> trace = read_trace("sample_traces/tracefs_record_tgid.txt")
@@ -129,6 +137,7 @@ def read_trace(
         >>> read_trace("sample_traces/tc_kvm.head.dat").info()["format"]
         'trace.dat'
     """
-    trace = Trace.from_stream(iter_trace(source, events=events, strict=strict, salvage=salvage))
+    trace = Trace.from_stream(iter_trace(source, events=events, strict=strict, salvage=salvage,
+                                         workers=workers))
     trace.metadata.warnings.extend(check_event_filter(trace, events))
     return trace

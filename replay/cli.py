@@ -82,6 +82,10 @@ SalvageOpt = Annotated[bool, typer.Option("--salvage", help="Keep what reads bef
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing output file, or "
                                         "a directory kvm-mmu-replay wrote; nothing else is "
                                         "ever replaced.")]
+WorkersOpt = Annotated[int | None, typer.Option(
+    "--workers", min=1, help="Processes decoding an uncompressed text trace (same result "
+    "with any number); default: the machine's cores for files over 32 MiB, else 1.",
+    show_default=False)]
 EventsOpt = Annotated[list[str] | None, typer.Option(
     "--event", "-e", help="Keep only this event (repeatable).", show_default=False)]
 
@@ -112,8 +116,10 @@ def _with_progress(stream: TraceStream, path: Path) -> Iterator[TraceBatch]:
             yield batch
 
 
-def _load(path: Path, events: list[str] | None, strict: bool, salvage: bool) -> Trace:
-    stream = iter_trace(path, events=events or None, strict=strict, salvage=salvage)
+def _load(path: Path, events: list[str] | None, strict: bool, salvage: bool,
+          workers: int | None = None) -> Trace:
+    stream = iter_trace(path, events=events or None, strict=strict, salvage=salvage,
+                        workers=workers)
     return stream.complete(Trace.from_batches(_with_progress(stream, path), stream.metadata))
 
 
@@ -134,11 +140,13 @@ def parse(
     strict: StrictOpt = False,
     salvage: SalvageOpt = False,
     force: ForceOpt = False,
+    workers: WorkersOpt = None,
 ) -> None:
     """Parse TRACE into Arrow tables written as Parquet, Feather or Arrow IPC files."""
     report: ConvertReport = _guard(lambda: convert_trace(
         trace, out, to=format_for(out, fmt), events=events or None, strict=strict,
-        salvage=salvage, force=force, batches=lambda s: _with_progress(s, trace)))
+        salvage=salvage, force=force, batches=lambda s: _with_progress(s, trace),
+        workers=workers))
     typer.echo(f"wrote {len(report.files)} tables ({report.events} event rows) to {out}")
     _warn(report.warnings)
 
@@ -149,9 +157,10 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     strict: StrictOpt = False,
     salvage: SalvageOpt = False,
+    workers: WorkersOpt = None,
 ) -> None:
     """Summarise TRACE: format, clock, CPUs, time range, events per name, losses, skips."""
-    summary = _guard(lambda: _load(trace, None, strict, salvage).info())
+    summary = _guard(lambda: _load(trace, None, strict, salvage, workers).info())
     if as_json:
         typer.echo(json.dumps(summary, indent=2, sort_keys=True))
         return
@@ -209,6 +218,7 @@ def convert(
     strict: StrictOpt = False,
     salvage: SalvageOpt = False,
     force: ForceOpt = False,
+    workers: WorkersOpt = None,
 ) -> None:
     """Convert TRACE (any format) to Perfetto, Parquet, Feather or Arrow IPC."""
     if encoding not in ("dense", "legacy"):
@@ -217,7 +227,7 @@ def convert(
     report: ConvertReport = _guard(lambda: convert_trace(
         trace, out, to=to, encoding="dense" if encoding == "dense" else "legacy",
         compress=compress, events=events or None, strict=strict, salvage=salvage, force=force,
-        batches=lambda s: _with_progress(s, trace)))
+        batches=lambda s: _with_progress(s, trace), workers=workers))
     typer.echo(f"wrote {report.target} ({report.events} events from {report.source_format}) "
                f"to {report.out}")
     for name, count in sorted(report.dropped.items()):
@@ -263,20 +273,20 @@ CalibrateOpt = Annotated[bool, typer.Option(
 
 def _replayed(trace: Path, policy: list[str] | None, cost_file: Path | None,
               cost: list[str] | None, strict: bool = False, salvage: bool = False,
-              calibrate: bool = False) -> TraceReplayResult:
+              calibrate: bool = False, workers: int | None = None) -> TraceReplayResult:
     model = apply_overrides(load_cost_file(cost_file) if cost_file else DEFAULT_COST, cost or [])
-    return replay(load_for_replay(trace, strict=strict, salvage=salvage),
+    return replay(load_for_replay(trace, strict=strict, salvage=salvage, workers=workers),
                   policy=policy or ["all"], cost=model, calibrate=calibrate)
 
 
 def _replay_to(trace: Path, policy: list[str] | None, cost_file: Path | None,
                cost: list[str] | None, strict: bool, salvage: bool, calibrate: bool,
                write: Callable[[TraceReplayResult], object],
-               check: Callable[[], object]) -> TraceReplayResult:
+               check: Callable[[], object], workers: int | None = None) -> TraceReplayResult:
     """Check the output first (before the long replay), replay, then write."""
     def run() -> TraceReplayResult:
         check()
-        result = _replayed(trace, policy, cost_file, cost, strict, salvage, calibrate)
+        result = _replayed(trace, policy, cost_file, cost, strict, salvage, calibrate, workers)
         write(result)
         return result
     return _guard(run)
@@ -288,12 +298,12 @@ def report(
     out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write ('-': stdout).")],
     policy: PolicyOpt = None, cost_file: CostFileOpt = None, cost: CostOpt = None,
     calibrate: CalibrateOpt = False, strict: StrictOpt = False, salvage: SalvageOpt = False,
-    force: ForceOpt = False,
+    force: ForceOpt = False, workers: WorkersOpt = None,
 ) -> None:
     """Replay TRACE and write a self-contained HTML report with plots."""
     _replay_to(trace, policy, cost_file, cost, strict, salvage, calibrate,
                lambda r: r.write_report(out, force=force),
-               lambda: check_output_file(out, force=force))
+               lambda: check_output_file(out, force=force), workers)
     _done(out)
 
 
@@ -304,12 +314,12 @@ def export_perfetto(
                                       "(open it in ui.perfetto.dev; '-': stdout).")],
     policy: PolicyOpt = None, cost_file: CostFileOpt = None, cost: CostOpt = None,
     calibrate: CalibrateOpt = False, strict: StrictOpt = False, salvage: SalvageOpt = False,
-    force: ForceOpt = False,
+    force: ForceOpt = False, workers: WorkersOpt = None,
 ) -> None:
     """Replay TRACE and write a Perfetto timeline: vCPU blocks, zaps, refcounts per run."""
     result = _replay_to(trace, policy, cost_file, cost, strict, salvage, calibrate,
                         lambda r: r.write_timeline(out, force=force),
-                        lambda: check_output_file(out, force=force))
+                        lambda: check_output_file(out, force=force), workers)
     _done(out)
     if result.ts_unit != "ns":
         _warn([f"the trace's timestamps are {result.ts_unit}: Perfetto shows the observed "
@@ -397,12 +407,14 @@ def replay_command(
     salvage: SalvageOpt = False,
     calibrate: CalibrateOpt = False,
     force: ForceOpt = False,
+    workers: WorkersOpt = None,
 ) -> None:
     """Replay TRACE: observed per-vCPU blocks and refcounts, and each policy's replay."""
     result = _replay_to(
         trace, policy, cost_file, cost, strict, salvage, calibrate,
         lambda r: r.write_tables(out, force=force) if out is not None else None,
-        lambda: (format_for(out), check_output_dir(out, force=force)) if out else None)
+        lambda: (format_for(out), check_output_dir(out, force=force)) if out else None,
+        workers)
     if as_json:
         typer.echo(json.dumps(result.to_json_dict(), indent=2, sort_keys=True))
         return

@@ -124,15 +124,16 @@ def _sampled_note(path: Path) -> list[str]:
     return []
 
 
-def load_for_replay(source: str | Path, *, strict: bool = False, salvage: bool = False
-                    ) -> Trace:
+def load_for_replay(source: str | Path, *, strict: bool = False, salvage: bool = False,
+                    workers: int | None = None) -> Trace:
     """Stream ``source`` keeping only what :func:`replay` reads: every event row, but
     ``args`` text only for :data:`REPLAY_ARGS_EVENTS`, only :data:`REPLAY_TABLES`, and the
     ``events`` columns the replay never reads (``flags``, ``instance``) null.
 
     Memory is then a few dozen bytes per event instead of the whole payload text.
+    ``workers``: as for :func:`~parsers.detect.read_trace`.
     """
-    stream = iter_trace(source, strict=strict, salvage=salvage)
+    stream = iter_trace(source, strict=strict, salvage=salvage, workers=workers)
     trace = stream.complete(Trace.from_batches(_slim(stream), stream.metadata))
     trace.events = _without_unread(trace.events)
     # The streamed batches, freed once concatenated, stay reserved by Arrow's pool (mimalloc

@@ -114,3 +114,19 @@ def test_readme_python_examples_run(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_makefile_run_target_uses_an_existing_sample() -> None:
     sample = re.search(r"^SAMPLE \?= (\S+)", (ROOT / "Makefile").read_text(), re.M)
     assert sample and (ROOT / sample[1]).exists()
+
+
+def test_info_with_workers_says_what_one_process_says() -> None:
+    """--workers reaches the reader (the equality over several spans is
+    tests/parsers/test_text_workers.py's); 0 is refused."""
+    outputs = []
+    for workers in ("1", "2"):
+        result = runner.invoke(app, ["info", str(SAMPLES / "tracefs_record_tgid.txt"),
+                                     "--json", "--workers", workers])
+        assert result.exit_code == 0, result.output
+        outputs.append(json.loads(result.stdout))
+    assert outputs[0] == outputs[1]
+    assert outputs[0]["events"] == 11957
+    bad = runner.invoke(app, ["info", str(SAMPLES / "tracefs_record_tgid.txt"),
+                              "--workers", "0"])
+    assert bad.exit_code == 2

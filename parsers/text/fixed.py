@@ -18,7 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["FixedFields", "FIXED_TGID_RE", "FIXED_PLAIN_RE", "match_fixed", "pieces"]
+__all__ = ["FixedFields", "FIXED_TGID_RE", "FIXED_PLAIN_RE", "FIXED_REPORT_RE", "match_fixed",
+           "pieces"]
 
 #: record-tgid layout: ``comm(16)-pid(7) (tgid(7)) [cpu(3)] flags ts: event:``.
 FIXED_TGID_RE: Final = (r"^[ -~]{16}-[0-9][0-9 ]{6} \([ 0-9-]{7}\) \[[0-9]{3}\] [^ ]{4,5} +"
@@ -26,7 +27,14 @@ FIXED_TGID_RE: Final = (r"^[ -~]{16}-[0-9][0-9 ]{6} \([ 0-9-]{7}\) \[[0-9]{3}\] 
 #: default layout: ``comm(16)-pid(7) [cpu(3)] flags ts: event:``.
 FIXED_PLAIN_RE: Final = (r"^[ -~]{16}-[0-9][0-9 ]{6} \[[0-9]{3}\] [^ ]{4,5} +"
                          r"[0-9]+\.[0-9]+: [^ :]+:")
-_SPACE, _DOT, _COLON = 32, 46, 58
+#: ``trace-cmd report`` (tracecmd/trace-read.c, 3.1): ``comm(16)-pid(%-5d) [cpu(3)] ts: event:``
+#: (no flags column; ``-t`` prints 9 decimals; pids wider than 5 push the bracket right).
+FIXED_REPORT_RE: Final = r"^[ -~]{16}-[0-9]{1,7} *\[[0-9]{3}\] +[0-9]+\.[0-9]+: [^ :]+:"
+_TGID, _PLAIN, _REPORT = 1, 2, 3
+_LAYOUTS: Final = ((_TGID, FIXED_TGID_RE), (_PLAIN, FIXED_PLAIN_RE), (_REPORT, FIXED_REPORT_RE))
+#: Lines at the head of a chunk that pick the order the layouts are tried in.
+_PROBE: Final = 64
+_SPACE, _DOT, _COLON, _BRACKET = 32, 46, 58, 91
 _TS_SCAN: Final = 40  # bytes scanned for the timestamp (>= 26 digits + padding)
 _EVENT_SCAN: Final = 64  # longest event name the fast path takes
 
@@ -78,20 +86,37 @@ def _ints(piece: pa.Array, typ: pa.DataType) -> np.ndarray:
     return out
 
 
+def _hits(lines: pa.Array, pattern: str) -> np.ndarray:
+    found = pc.match_substring_regex(lines, pattern)
+    return np.asarray(pc.fill_null(found, False).to_numpy(zero_copy_only=False))
+
+
+def _layouts(lines: pa.StringArray) -> np.ndarray:
+    """Each line's layout (0: none). The one that takes most of the chunk's first lines is
+    tried on every line, the others only on the lines it leaves (a line matches one layout
+    at most, so the order changes the cost, not the result)."""
+    probe = lines.slice(0, _PROBE)
+    order = sorted(_LAYOUTS, key=lambda kv: -int(_hits(probe, kv[1]).sum()))
+    kind = np.zeros(len(lines), dtype=np.int8)
+    rest = np.arange(len(lines))
+    for code, pattern in order:
+        if not rest.size:
+            break
+        hit = _hits(lines if rest.size == len(lines) else lines.take(pa.array(rest)), pattern)
+        kind[rest[hit]] = code
+        rest = rest[~hit]
+    return kind
+
+
 def match_fixed(lines: pa.StringArray, starts: np.ndarray, ends: np.ndarray,
                 content_end: np.ndarray) -> FixedFields | None:
-    """Rows of ``lines`` in a fixed kernel layout and their fields; None if there are none."""
-    tgid = np.asarray(pc.fill_null(pc.match_substring_regex(lines, FIXED_TGID_RE), False)
-                      .to_numpy(zero_copy_only=False))
-    plain = np.zeros_like(tgid)
-    rest = np.flatnonzero(~tgid)
-    if rest.size:  # only the lines the record-tgid layout did not take
-        hit = pc.match_substring_regex(lines.take(pa.array(rest)), FIXED_PLAIN_RE)
-        plain[rest] = np.asarray(pc.fill_null(hit, False).to_numpy(zero_copy_only=False))
-    rows = np.flatnonzero(tgid | plain)
+    """Rows of ``lines`` in a fixed layout and their fields; None if there are none."""
+    kind = _layouts(lines)
+    rows = np.flatnonzero(kind)
     if not rows.size:
         return None
-    has_tgid = tgid[rows]
+    has_tgid = kind[rows] == _TGID
+    report = kind[rows] == _REPORT
     raw = np.frombuffer(lines.buffers()[2], dtype=np.uint8)
     data = np.concatenate([raw, np.zeros(_PAD, dtype=np.uint8)])
     s = starts[rows]
@@ -109,11 +134,15 @@ def match_fixed(lines: pa.StringArray, starts: np.ndarray, ends: np.ndarray,
     tg_from = np.where(tgid_ok, s + 26 + tg_lead, s + 17)
     tg_to = np.where(tgid_ok, s + 33, s + 18)  # a pid digit stands in for absent tgids
     tgid_v = _ints(pieces(lines, tg_from, tg_to), pa.int64())
-    cpu_at = np.where(has_tgid, s + 36, s + 26)
+    bracket = s + 17 + np.argmax(_grid(data, s + 17, 16) == _BRACKET, axis=1)
+    cpu_at = np.where(has_tgid, s + 36, np.where(report, bracket + 1, s + 26))
     cpu = _ints(pieces(lines, cpu_at, cpu_at + 3), pa.int64())
     flag_at = cpu_at + 5
-    flag_len = np.where(data[np.minimum(flag_at + 4, data.size - 1)] == _SPACE, 4, 5)
+    flag_len = np.where(report, 0,
+                        np.where(data[np.minimum(flag_at + 4, data.size - 1)] == _SPACE, 4, 5))
     flags = pieces(lines, flag_at, flag_at + flag_len)
+    if report.any():
+        flags = pc.if_else(pa.array(report), pa.scalar(None, pa.string()), flags)
     ts_grid = _grid(data, flag_at + flag_len, _TS_SCAN)
     first = np.argmax(ts_grid != _SPACE, axis=1)
     dot = np.argmax(ts_grid == _DOT, axis=1)

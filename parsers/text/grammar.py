@@ -122,9 +122,9 @@ def _content_end(lines: pa.StringArray, ends: np.ndarray) -> np.ndarray:
 
 def _timestamps(sec: pa.Array, frac: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """int64 ts: ``sec * 1e9 + frac`` scaled by its digit count; bare integers stay ticks."""
-    s = dec_to_int(sec, pa.int64()).to_numpy(zero_copy_only=False)
+    s = dec_to_int(sec, pa.int64(), digits=True).to_numpy(zero_copy_only=False)
     digits = pc.fill_null(pc.utf8_length(frac), 0).to_numpy(zero_copy_only=False)
-    f = pc.fill_null(dec_to_int(frac, pa.int64()), 0).to_numpy(zero_copy_only=False)
+    f = pc.fill_null(dec_to_int(frac, pa.int64(), digits=True), 0).to_numpy(zero_copy_only=False)
     digits = np.asarray(digits, dtype=np.int64)
     scale = _POW10[np.clip(9 - digits, 0, 9)]
     ns = s * 1_000_000_000 + f * scale
@@ -196,7 +196,9 @@ def split_event_lines(lines: pa.StringArray) -> EventLines:
     if fixed is None:
         return _split_general(lines)
     fast = _from_fixed(lines, fixed, _content_end(lines, ends))
-    rest = np.setdiff1d(np.arange(len(lines)), fixed.rows, assume_unique=True)
+    left = np.ones(len(lines), dtype=bool)
+    left[fixed.rows] = False
+    rest = np.flatnonzero(left)
     if not rest.size:
         return fast
     slow = _split_general(lines.take(pa.array(rest)))
@@ -260,9 +262,9 @@ def _split_general(lines: pa.StringArray) -> EventLines:
     return EventLines(
         rows=rows,
         comm=ctx["comm"],
-        pid=dec_to_int(ctx["pid"], pa.int32()),
+        pid=dec_to_int(ctx["pid"], pa.int32(), digits=True),
         tgid=dec_to_int(tgid_text, pa.int32()),
-        cpu=dec_to_int(cpu, pa.int32()),
+        cpu=dec_to_int(cpu, pa.int32(), digits=True),
         flags=flags,
         sec=tail["sec"],
         frac_digits=digits,

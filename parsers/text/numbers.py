@@ -67,20 +67,33 @@ def hex_to_uint64(text: pa.Array, *, strict: bool = False) -> pa.Array:
 _INT64 = pa.int64()
 
 
-def dec_to_int(text: pa.Array, typ: pa.DataType = _INT64, *, strict: bool = False) -> pa.Array:
+def dec_to_int(
+    text: pa.Array, typ: pa.DataType = _INT64, *, strict: bool = False, digits: bool = False
+) -> pa.Array:
     """Parse decimal strings (optionally signed) into ``typ``; non-numbers become null.
+
+    ``digits``: the text was matched as ``-?[0-9]+`` (or is empty, or null) by the caller's
+    pattern, so a plain cast is tried first (no validation regex); an empty value makes the
+    cast fail and the values take the validating path.
 
     Examples:
         >>> dec_to_int(pa.array(["12", "-3", None, "x"])).to_pylist()
         [12, -3, None, None]
+        >>> dec_to_int(pa.array(["12", "-3", None]), digits=True).to_pylist()
+        [12, -3, None]
     """
     s = text.cast(pa.string())
+    wide = pa.uint64() if pa.types.is_unsigned_integer(typ) else pa.int64()
+    if digits:
+        try:
+            return pc.cast(s, wide).cast(typ)
+        except pa.ArrowInvalid:
+            pass
     ok = pc.match_substring_regex(s, r"^-?[0-9]+$")
     bad = pc.and_(pc.invert(pc.fill_null(ok, True)), pc.is_valid(s))
     if strict and pc.any(bad).as_py():
         raise NumberTextError(np.asarray(bad.to_numpy(zero_copy_only=False)))
     cleaned = pc.if_else(pc.fill_null(ok, False), s, pa.scalar(None, pa.string()))
-    wide = pa.uint64() if pa.types.is_unsigned_integer(typ) else pa.int64()
     if wide == pa.uint64():
         cleaned = pc.if_else(pc.starts_with(cleaned, "-"), pa.scalar(None, pa.string()), cleaned)
     return pc.cast(cleaned, wide).cast(typ)

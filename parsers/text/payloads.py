@@ -170,7 +170,7 @@ def _kvm_exit(s: pa.StructArray) -> dict[str, pa.Array]:
 
 
 def _userspace_exit(s: pa.StructArray) -> dict[str, pa.Array]:
-    name, num = s.field("_name"), dec_to_int(s.field("_num"), pa.int64())
+    name, num = s.field("_name"), dec_to_int(s.field("_num"), pa.int64(), digits=True)
     is_restart, is_error = pc.equal(name, "restart"), pc.equal(name, "error")
     err = pc.if_else(is_restart, -4, pc.if_else(is_error, pc.negate(num), None))
     reason = pc.if_else(pc.or_(is_restart, is_error), None, num)
@@ -289,19 +289,21 @@ _ROLE_TYPES = {n: t for n, _, _, t in ROLE_BITS}
 def _convert(rendering: Rendering, event: str, s: pa.StructArray) -> dict[str, pa.Array]:
     types = {**_TYPES[event], **(_ROLE_TYPES if event in PAGE_EVENTS else {})}
     out: dict[str, pa.Array] = {}
+    digits = rendering.name != "raw"  # the other renderings capture numbers as -?\d+
     for g in rendering.groups:
         if g.startswith("_") or g not in types:
             continue
         typ, col = types[g], s.field(g)
         if typ == pa.bool_():
-            out[g] = pc.not_equal(dec_to_int(col, pa.int64()), 0)
+            out[g] = pc.not_equal(dec_to_int(col, pa.int64(), digits=digits), 0)
         elif rendering.name == "raw":
             out[g] = (auto_radix_to_uint64(col, g in rendering.hex)
                       if pa.types.is_unsigned_integer(typ) else dec_to_int(col, typ))
         elif g in rendering.hex:
             out[g] = hex_to_uint64(col)
         else:
-            out[g] = dec_to_int(col, typ if pa.types.is_signed_integer(typ) else pa.uint64())
+            out[g] = dec_to_int(col, typ if pa.types.is_signed_integer(typ) else pa.uint64(),
+                                digits=digits)
         out[g] = out[g].cast(typ, safe=False) if pa.types.is_integer(typ) else out[g]
     if rendering.extra is not None:
         out.update(rendering.extra(s))

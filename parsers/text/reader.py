@@ -16,10 +16,19 @@ import pyarrow.compute as pc
 
 from parsers.errors import TraceParseError
 from parsers.schema import EVENT_FIELDS, EVENTS_SCHEMA, LOST_EVENTS
+from parsers.text.fold import (
+    ChunkOptions,
+    ChunkResult,
+    CpuOrder,
+    Fold,
+    ParseFailure,
+    Pending,
+)
 from parsers.text.grammar import EventLines, split_event_lines
 from parsers.text.markers import LineKind, Marker, classify_line
 from parsers.text.payloads import decode_payloads
 from parsers.text.source import CHUNK_BYTES, LineChunk, iter_line_chunks
+from parsers.text.workers import parallel_batches, pick_workers
 from parsers.trace import Trace, TraceBatch, TraceMetadata, TraceStream
 from parsers.typed_batch import build_typed_batch
 
@@ -29,27 +38,22 @@ _NOT_EVENTS = {LineKind.HEADER, LineKind.BLANK, LineKind.PREAMBLE}
 
 
 @dataclass
-class _Pending:
-    """A lost-events or buffer-started marker waiting for the timestamp of the next record."""
-
-    seq: int
-    marker: Marker
-
-
-@dataclass
 class _State:
+    """What decoding one chunk needs and records (the file-wide state is :class:`Fold`'s)."""
+
     path: str
     strict: bool
     events: frozenset[str] | None
     meta: TraceMetadata
     prefixed: bool = False
-    last_ts: int | None = None
-    pending: list[_Pending] = field(default_factory=list)
-    cpu_last: dict[int, int] = field(default_factory=dict)
-    out_of_order: int = 0
+    pending: list[Pending] = field(default_factory=list)
     undecoded: dict[str, int] = field(default_factory=dict)
     units: set[str] = field(default_factory=set)
     salvage: bool = False
+    skips: list[tuple[str, int, str]] = field(default_factory=list)
+
+    def skip(self, reason: str, lineno: int, text: str) -> None:
+        self.skips.append((reason, lineno, text))
 
 
 def read_ftrace_text(
@@ -59,6 +63,7 @@ def read_ftrace_text(
     strict: bool = False,
     salvage: bool = False,
     chunk_bytes: int = CHUNK_BYTES,
+    workers: int | None = 1,
 ) -> Trace:
     """Read a kernel ftrace or ``trace-cmd report`` text file (plain, .gz, .xz or .zst).
 
@@ -70,6 +75,8 @@ def read_ftrace_text(
         salvage: skip (and count) lines with a NUL byte or not UTF-8, and keep the complete
             lines of a truncated compressed file (see :func:`iter_ftrace_text`).
         chunk_bytes: input bytes per streamed batch.
+        workers: processes decoding chunks (see :func:`iter_ftrace_text`); ``None`` picks
+            the machine's cores for files over :data:`~parsers.text.workers.PARALLEL_BYTES`.
 
     Examples:
         >>> t = read_ftrace_text("sample_traces/tracefs_record_tgid.txt")
@@ -78,7 +85,7 @@ def read_ftrace_text(
     """
     return Trace.from_stream(
         iter_ftrace_text(source, events=events, strict=strict, salvage=salvage,
-                         chunk_bytes=chunk_bytes))
+                         chunk_bytes=chunk_bytes, workers=workers))
 
 
 def iter_ftrace_text(
@@ -88,6 +95,7 @@ def iter_ftrace_text(
     strict: bool = False,
     salvage: bool = False,
     chunk_bytes: int = CHUNK_BYTES,
+    workers: int | None = 1,
 ) -> TraceStream:
     """Stream a text trace as :class:`~parsers.trace.TraceBatch` es of about ``chunk_bytes``.
 
@@ -96,30 +104,60 @@ def iter_ftrace_text(
     a line that is not UTF-8 (``not_utf8``; without ``salvage`` it is read with U+FFFD and
     counted as ``not_utf8_replaced``), and a truncated compressed file gives its complete
     lines plus a warning naming the offset where it breaks off.
+
+    With ``workers`` > 1 an uncompressed file is cut at chunk boundaries into byte ranges
+    decoded in that many processes (:mod:`parsers.text.workers`); the tables, ``seq``,
+    warnings and skipped lines are the same as with one. ``None``: the machine's cores for
+    files over :data:`~parsers.text.workers.PARALLEL_BYTES`, else one.
     """
     meta = TraceMetadata(source=str(source), format="ftrace-text")
-    state = _State(str(source), strict, frozenset(events) if events is not None else None, meta,
-                   salvage=salvage)
-    return TraceStream(_batches(source, state, chunk_bytes), meta)
+    opts = ChunkOptions(str(source), strict, salvage,
+                        frozenset(events) if events is not None else None)
+    fold = Fold(str(source), meta, _marker_batch)
+    n = pick_workers(source, workers)
+    batches = (_batches(source, opts, fold, chunk_bytes) if n <= 1 else
+               parallel_batches(source, opts, fold, decode_chunk, n, chunk_bytes))
+    return TraceStream(batches, meta)
 
 
-def _batches(source: str | Path, state: _State, chunk_bytes: int) -> Iterator[TraceBatch]:
-    for chunk in iter_line_chunks(source, chunk_bytes=chunk_bytes, salvage=state.salvage,
-                                  notes=state.meta.warnings):
-        batch = _chunk_batch(chunk, state)
-        if batch is not None:
-            yield batch
-    if state.pending:
-        yield _marker_only_batch(state)
-    _finish(state)
+def _batches(
+    source: str | Path, opts: ChunkOptions, fold: Fold, chunk_bytes: int
+) -> Iterator[TraceBatch]:
+    for chunk in iter_line_chunks(source, chunk_bytes=chunk_bytes, salvage=opts.salvage,
+                                  notes=fold.meta.warnings):
+        yield from fold.add(decode_chunk(chunk, opts, fold.prefixed), 0)
+    yield from fold.finish()
 
 
-def _chunk_batch(chunk: LineChunk, state: _State) -> TraceBatch | None:
+def decode_chunk(chunk: LineChunk, opts: ChunkOptions, prefixed: bool) -> ChunkResult:
+    """Decode one chunk on its own; ``prefixed``: a multi-input preamble came before it.
+
+    A :class:`~parsers.errors.TraceParseError` is returned in the result (after what the
+    chunk recorded before it), so that it is raised in file order by :class:`Fold`.
+    """
+    meta = TraceMetadata(source=opts.path, format="ftrace-text")
+    state = _State(opts.path, opts.strict, opts.events, meta, prefixed=prefixed,
+                   salvage=opts.salvage)
+    res = ChunkResult(None, len(chunk.lines), prefixed)
+    try:
+        _decode_into(chunk, state, res)
+    except TraceParseError as exc:
+        res.failure = ParseFailure(exc.path, exc.reason, exc.lineno, exc.line, exc.offset)
+    res.skips, res.variants, res.warnings = state.skips, meta.variants, meta.warnings
+    res.cpus, res.report = meta.cpus, meta.format == "trace-cmd-report"
+    res.prefixed_out, res.pending = state.prefixed, state.pending
+    res.units, res.undecoded = state.units, state.undecoded
+    return res
+
+
+def _decode_into(chunk: LineChunk, state: _State, res: ChunkResult) -> None:
     lines, dropped = _damaged_lines(chunk, state)
     base_seq = chunk.first_line - 1
     ev = split_event_lines(lines)
-    others = np.setdiff1d(np.arange(len(lines)), np.union1d(ev.rows, dropped),
-                          assume_unique=True)
+    left = np.ones(len(lines), dtype=bool)
+    left[ev.rows] = False
+    left[dropped] = False
+    others = np.flatnonzero(left)
     markers = _classify_others(lines, others, chunk.first_line, state)
     if state.prefixed:
         ev = _split_prefix(ev)
@@ -129,11 +167,11 @@ def _chunk_batch(chunk: LineChunk, state: _State) -> TraceBatch | None:
     ts = ev.ts
     seq = base_seq + ev.rows.astype(np.int64)
     marker_rows = _resolve_markers(markers, seq, ts, base_seq, state)
-    _check_order(ev, seq, state)
+    res.order = _cpu_order(ev, seq)
     if len(ts):
-        state.last_ts = int(ts[-1])
+        res.first_ts, res.last_ts = int(ts[0]), int(ts[-1])
     batch = _assemble(ev, seq, marker_rows, state)
-    return None if batch is None else replace(batch, source_bytes=chunk.nbytes)
+    res.batch = None if batch is None else replace(batch, source_bytes=chunk.nbytes)
 
 
 def _damaged_lines(chunk: LineChunk, state: _State) -> tuple[pa.StringArray, np.ndarray]:
@@ -149,17 +187,17 @@ def _damaged_lines(chunk: LineChunk, state: _State) -> tuple[pa.StringArray, np.
                               "lines", lineno=chunk.first_line + i)
     dropped = set(chunk.nul)
     for i in chunk.nul:
-        state.meta.skip("nul_byte", chunk.first_line + i,
+        state.skip("nul_byte", chunk.first_line + i,
                         f"line with a NUL byte at byte {chunk.first_byte + starts[i]}")
     for i in chunk.not_utf8:
         if i in dropped:
             continue
         if state.salvage:
             dropped.add(i)
-            state.meta.skip("not_utf8", chunk.first_line + i,
+            state.skip("not_utf8", chunk.first_line + i,
                             f"line not UTF-8, at byte {chunk.first_byte + starts[i]}")
         else:
-            state.meta.skip("not_utf8_replaced", chunk.first_line + i, "line decoded with U+FFFD")
+            state.skip("not_utf8_replaced", chunk.first_line + i, "line decoded with U+FFFD")
     rows = np.array(sorted(dropped), dtype=np.int64)
     if not dropped:
         return lines, rows
@@ -185,7 +223,7 @@ def _classify_others(
         if m.kind not in _NOT_EVENTS and state.strict:
             raise TraceParseError(state.path, f"line matches no grammar ({m.kind})",
                                   lineno=lineno, line=text)
-        state.meta.skip(m.kind, lineno, text)
+        state.skip(m.kind, lineno, text)
     return found
 
 
@@ -214,12 +252,13 @@ def _apply_facts(m: Marker, state: _State) -> None:
 
 
 def _split_prefix(ev: EventLines) -> EventLines:
-    """Multi-input ``trace-cmd report``: move the ``name: `` prefix out of ``comm``."""
-    parts = pc.split_pattern(ev.comm, ": ", max_splits=1)
-    has = pc.greater(pc.list_value_length(parts), 1)
-    inst = pc.utf8_trim_whitespace(pc.list_element(parts, 0))
+    """Multi-input ``trace-cmd report``: move the ``name: `` prefix out of ``comm`` (a line
+    without one, before the preamble in the same chunk, keeps its ``comm``)."""
+    parts = pc.extract_regex(ev.comm, r"^(?P<inst>.*?): (?P<rest>.*)$")
+    has = pc.is_valid(parts)
+    inst = pc.utf8_trim_whitespace(pc.struct_field(parts, [0]))
     inst = pc.if_else(pc.and_(has, pc.not_equal(inst, "")), inst, pa.scalar(None, pa.string()))
-    rest = pc.utf8_ltrim_whitespace(pc.list_element(pc.list_slice(parts, 1, 2, 1), 0))
+    rest = pc.utf8_ltrim_whitespace(pc.struct_field(parts, [1]))
     return replace(ev, comm=pc.if_else(has, rest, ev.comm), instance=inst)
 
 
@@ -232,7 +271,7 @@ def _filter_events(ev: EventLines, keep: frozenset[str] | None) -> EventLines:
 
 def _note_variants(ev: EventLines, state: _State) -> None:
     meta = state.meta
-    digits = set(np.unique(ev.frac_digits).tolist())
+    digits = set(_distinct(ev.frac_digits).tolist())
     for d in digits:
         unit = "ticks" if d == 0 else "ns"
         state.units.add(unit)
@@ -250,41 +289,41 @@ def _resolve_markers(
     markers: list[tuple[int, Marker]], seq: np.ndarray, ts: np.ndarray, base_seq: int,
     state: _State,
 ) -> list[tuple[int, int, Marker]]:
-    """Give each marker the timestamp of the next record in the file (the kernel prints a
-    loss marker just before the first record after the loss)."""
+    """Give each marker the timestamp of the next record in the chunk (the kernel prints a
+    loss marker just before the first record after the loss); those after the chunk's last
+    record wait in ``state.pending`` for the next chunk's first."""
     resolved: list[tuple[int, int, Marker]] = []
-    first_ts = int(ts[0]) if len(ts) else None
-    if first_ts is not None:
-        resolved += [(p.seq, first_ts, p.marker) for p in state.pending]
-        state.pending.clear()
     for row, m in markers:
         s = base_seq + row
         nxt = int(np.searchsorted(seq, s))
         if nxt < len(seq):
             resolved.append((s, int(ts[nxt]), m))
         else:
-            state.pending.append(_Pending(s, m))
+            state.pending.append(Pending(s, m))
     return resolved
 
 
-def _check_order(ev: EventLines, seq: np.ndarray, state: _State) -> None:
-    """Per-CPU timestamps must not go backwards; count and report where they do."""
+def _distinct(values: np.ndarray) -> np.ndarray:
+    """The sorted distinct values of small integers (>= -1): a count, not a sort."""
+    if values.size and values.min() >= -1 and values.max() < (1 << 16):
+        return np.flatnonzero(np.bincount(values.astype(np.int64) + 1)) - 1
+    return np.unique(values)
+
+
+def _cpu_order(ev: EventLines, seq: np.ndarray) -> list[CpuOrder]:
+    """Per CPU: first and last timestamps, and the backward steps within the chunk."""
     if not len(seq):
-        return
+        return []
     cpu = pc.fill_null(ev.cpu, -1).to_numpy(zero_copy_only=False)
-    for c in np.unique(cpu).tolist():
+    out: list[CpuOrder] = []
+    for c in _distinct(cpu).tolist():
         sel = np.flatnonzero(cpu == c)
         t = ev.ts[sel]
-        prev = state.cpu_last.get(c)
-        series = t if prev is None else np.concatenate([[prev], t])
-        back = np.flatnonzero(np.diff(series) < 0)
-        if back.size:
-            state.out_of_order += int(back.size)
-            line = int(seq[sel[back[0] + (0 if prev is None else -1) + 1]]) + 1
-            if state.out_of_order == back.size:
-                state.meta.warnings.append(
-                    f"{state.path}:{line}: timestamp goes backwards on CPU {c}")
-        state.cpu_last[c] = int(t[-1])
+        back = np.flatnonzero(np.diff(t) < 0)
+        first_back = int(seq[sel[back[0] + 1]]) + 1 if back.size else -1
+        out.append(CpuOrder(c, int(t[0]), int(t[-1]), int(back.size), first_back,
+                            int(seq[sel[0]]) + 1))
+    return out
 
 
 def _typed_batches(
@@ -371,10 +410,9 @@ def _with_markers(
     return {name: col.take(order) for name, col in merged.items()}
 
 
-def _marker_only_batch(state: _State) -> TraceBatch:
-    ts = state.last_ts if state.last_ts is not None else 0
-    markers = [(p.seq, ts, p.marker) for p in state.pending]
-    state.pending.clear()
+def _marker_batch(markers: list[tuple[int, int, Marker]]) -> TraceBatch:
+    """A batch of marker rows only (``(seq, ts, marker)``)."""
+    state = _State("", False, None, TraceMetadata(source="", format="ftrace-text"))
     empty = EventLines(
         rows=np.array([], np.int64), comm=pa.array([], pa.string()), pid=pa.array([], pa.int32()),
         tgid=pa.array([], pa.int32()), cpu=pa.array([], pa.int32()), flags=pa.array([], pa.string()),
@@ -383,19 +421,3 @@ def _marker_only_batch(state: _State) -> TraceBatch:
     batch = _assemble(empty, np.array([], np.int64), markers, state)
     assert batch is not None
     return batch
-
-
-def _finish(state: _State) -> None:
-    meta = state.meta
-    if len(state.units) > 1:
-        meta.warnings.append("timestamps mix integer ticks and seconds.fraction")
-    meta.ts_unit = "ticks" if state.units == {"ticks"} else "ns"
-    if meta.ts_unit == "ticks":
-        meta.clock = "counter-or-tsc"
-    if state.out_of_order:
-        meta.warnings.append(f"{state.out_of_order} timestamps go backwards within a CPU")
-    for name, count in sorted(state.undecoded.items()):
-        meta.warnings.append(
-            f"{count} {name} payloads match no known rendering; kept as args text")
-    if "kernel-trace-header" not in meta.variants and meta.format == "ftrace-text":
-        meta.add_variant("trace_pipe (no header)")

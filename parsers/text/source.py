@@ -18,7 +18,8 @@ import pyarrow as pa
 
 from parsers.errors import MissingExtraError, TraceFormatError, TraceParseError
 
-__all__ = ["LineChunk", "open_raw", "open_text", "iter_line_chunks", "sniff", "CHUNK_BYTES"]
+__all__ = ["LineChunk", "open_raw", "open_text", "iter_line_chunks", "sniff", "CHUNK_BYTES",
+           "is_compressed"]
 
 #: Bytes read per chunk; a batch of the output holds the events of one chunk.
 CHUNK_BYTES = 8 << 20
@@ -65,6 +66,13 @@ def _open_compressed(path: str, raw: BinaryIO, head: bytes) -> BinaryIO:
             raise MissingExtraError("zstandard", "zstd", f"{path}: zstd-compressed input") from exc
         return zstandard.ZstdDecompressor().stream_reader(raw)
     return raw
+
+
+def is_compressed(path: str | Path) -> bool:
+    """Whether ``path`` starts with the magic bytes of a compression format we read."""
+    with open_raw(path) as f:
+        head = f.read(8)
+    return head.startswith((_GZIP, _XZ, _ZSTD, _BZ2))
 
 
 def open_raw(path: str | Path) -> BinaryIO:
@@ -174,9 +182,14 @@ def _chunk(data: bytes, line_no: int, nbytes: int, first_byte: int) -> LineChunk
 
 def iter_line_chunks(
     path: str | Path, *, chunk_bytes: int = CHUNK_BYTES, salvage: bool = False,
-    notes: list[str] | None = None,
+    notes: list[str] | None = None, span: tuple[int, int] | None = None,
 ) -> Iterator[LineChunk]:
     """Yield the file's lines in chunks of about ``chunk_bytes``, cut at line boundaries.
+
+    ``span`` (uncompressed files only): read bytes ``[start, stop)`` only, where ``start``
+    is where a chunk of the whole file begins and ``stop`` where one ends (or the file's
+    end); the chunks are then those of the whole file, but line numbers count from 1 at
+    ``start`` (byte offsets stay the file's).
 
     Each line keeps its ``\\n``; a final line without one gets it added. With ``salvage``, a
     compressed stream that breaks off (a truncated ``.gz``) ends the file after its last
@@ -188,12 +201,17 @@ def iter_line_chunks(
     """
     name = str(path)
     cut_off: list[str] = []
-    with open_text(path) as f:
+    start, stop = span if span is not None else (0, -1)
+    with open_text(path) if span is None else open_raw(path) as f:
         carry = b""
-        line_no, offset = 1, 0
+        line_no, offset = 1, start
+        if start:  # the whole file's reads end at multiples of chunk_bytes: keep to them
+            f.seek(start)
+            carry = f.read(min(-start % chunk_bytes, stop - start))
         while True:
-            block = (_read_salvaging(name, f, chunk_bytes, cut_off) if salvage
-                     else _read(name, f, chunk_bytes))
+            size = chunk_bytes if stop < 0 else min(chunk_bytes, stop - offset - len(carry))
+            block = (_read_salvaging(name, f, size, cut_off) if salvage
+                     else _read(name, f, size))
             if not block:
                 break
             data = carry + block

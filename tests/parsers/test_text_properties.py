@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from parsers import KvmMmuError, read_trace
 from parsers.text.grammar import split_event_lines
+from tests.conftest import SAMPLES
 
 COMM_CHARS = st.sampled_from(list("abcdefghijklmnopqrstuvwxyzKVMCPU0123456789 -/:_.<>"))
 comms = st.text(COMM_CHARS, min_size=1, max_size=15).filter(
@@ -149,15 +151,17 @@ def test_chunk_with_timestamps_but_no_event_line(line: str) -> None:
 @settings(max_examples=60, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(recs=st.lists(records(), min_size=1, max_size=20), tgid=st.booleans(),
-       junk=st.lists(st.text(max_size=80), max_size=5))
+       junk=st.lists(st.text(max_size=80), max_size=5),
+       report=st.sampled_from([None, "", "t", "3.3", "l", "diff"]))
 def test_fixed_column_fast_path_equals_the_general_grammar(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, recs: list[dict[str, object]],
-        tgid: bool, junk: list[str]) -> None:
-    """parsers/text/fixed.py must give exactly what the general patterns give."""
+        tgid: bool, junk: list[str], report: str | None) -> None:
+    """parsers/text/fixed.py must give exactly what the general patterns give, on kernel
+    lines and on every trace-cmd report layout (the report fast path takes "" and "t")."""
     import parsers.text.grammar as grammar
 
-    body = [kernel_line(r, tgid) for r in recs] + [
-        j.replace("\n", " ").replace("\r", " ") for j in junk]
+    body = [kernel_line(r, tgid) if report is None else report_line(r, report)
+            for r in recs] + [j.replace("\n", " ").replace("\r", " ") for j in junk]
     path = tmp_path / "k.txt"
     path.write_text("\n".join(body) + "\n", encoding="utf-8", errors="surrogatepass")
     try:
@@ -169,3 +173,29 @@ def test_fixed_column_fast_path_equals_the_general_grammar(
     assert fast.events.equals(slow.events)
     assert fast.names == slow.names
     assert all(fast.table(n).equals(slow.table(n)) for n in fast.names)
+    assert fast.metadata == slow.metadata
+
+
+_REPORTS = [SAMPLES / n for n in ("tc_kvm.report.head.txt", "tc_kvm.report_t.head.txt",
+                                  "tc_kvm.report_R.head.txt", "tc_kvm.head.report_Rt.txt",
+                                  "tracefs_record_tgid.txt", "trace_pipe_lost_events.txt")]
+
+
+@pytest.mark.parametrize("path", _REPORTS, ids=lambda p: p.name)
+def test_fixed_paths_equal_the_general_grammar_on_real_lines(
+        path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real kernel and trace-cmd report lines: the fixed-column paths take nearly all of
+    them and give what the general patterns give."""
+    import parsers.text.grammar as grammar
+    from parsers.text.fixed import FIXED_PLAIN_RE, FIXED_REPORT_RE, FIXED_TGID_RE
+
+    lines = pa.array(path.read_text().splitlines())
+    taken = sum(pc.sum(pc.match_substring_regex(lines, rx)).as_py() or 0
+                for rx in (FIXED_TGID_RE, FIXED_PLAIN_RE, FIXED_REPORT_RE))
+    assert taken > 0.95 * len(lines)
+    fast = read_trace(path)
+    monkeypatch.setattr(grammar, "match_fixed", lambda *args: None)
+    slow = read_trace(path)
+    assert fast.events.equals(slow.events)
+    assert all(fast.table(n).equals(slow.table(n)) for n in fast.names)
+    assert fast.metadata == slow.metadata
