@@ -21,11 +21,13 @@ import pyarrow.compute as pc
 __all__ = ["FixedFields", "FIXED_TGID_RE", "FIXED_PLAIN_RE", "match_fixed", "pieces"]
 
 #: record-tgid layout: ``comm(16)-pid(7) (tgid(7)) [cpu(3)] flags ts: event:``.
-FIXED_TGID_RE: Final = (r"^[ -~]{16}-[0-9][0-9 ]{6} \([ 0-9-]{7}\) \[[0-9]{3}\] [^ ]{4,5} +"
+FIXED_TGID_RE: Final = (r"^[ -~]{16}-[0-9][0-9 ]{6} \([ 0-9-]{7}\) \[[0-9]{3}\] [!-~]{4,5} +"
                         r"[0-9]+\.[0-9]+: [^ :]+:")
 #: default layout: ``comm(16)-pid(7) [cpu(3)] flags ts: event:``.
-FIXED_PLAIN_RE: Final = (r"^[ -~]{16}-[0-9][0-9 ]{6} \[[0-9]{3}\] [^ ]{4,5} +"
+FIXED_PLAIN_RE: Final = (r"^[ -~]{16}-[0-9][0-9 ]{6} \[[0-9]{3}\] [!-~]{4,5} +"
                          r"[0-9]+\.[0-9]+: [^ :]+:")
+# The flags are ASCII ([!-~], not [^ ]): the columns after them are cut at byte offsets, and a
+# multi-byte character matched as a flag would shift every one of them.
 _SPACE, _DOT, _COLON = 32, 46, 58
 _TS_SCAN: Final = 40  # bytes scanned for the timestamp (>= 26 digits + padding)
 _EVENT_SCAN: Final = 64  # longest event name the fast path takes
