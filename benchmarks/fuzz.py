@@ -190,7 +190,9 @@ def campaign(args: argparse.Namespace) -> dict[str, Any]:
             _progress(line, last, final, artifacts, args.verbose)
     seconds = time.monotonic() - started
     result = _figures(args, last, final, seconds, proc.returncode)
-    result["findings"] = _collect(findings_log, artifacts, keep)
+    notes: list[str] = []
+    result["findings"] = _collect(args, findings_log, artifacts, keep, notes)
+    result["notes"] = notes
     result["log"] = str(log_path)
     if not args.keep_work:
         shutil.rmtree(seeds, ignore_errors=True)
@@ -224,7 +226,8 @@ def _figures(args: argparse.Namespace, last: dict[str, Any], final: dict[str, in
             "new_units": final.get("new_units_added"), "exit_status": rc}
 
 
-def _collect(findings_log: Path, artifacts: list[str], keep: Path) -> list[dict[str, Any]]:
+def _collect(args: argparse.Namespace, findings_log: Path, artifacts: list[str], keep: Path,
+             notes: list[str]) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = []
     if findings_log.exists():
         counts_path = findings_log.with_suffix(".counts.json")
@@ -236,11 +239,44 @@ def _collect(findings_log: Path, artifacts: list[str], keep: Path) -> list[dict[
     for art in artifacts:  # a hang, an OOM or a crash libFuzzer caught itself
         path = Path(art)
         kind = path.name.split("-", 1)[0]
-        if path.exists():
-            saved = save_input(keep, path.read_bytes())
-            found.append({"signature": f"libFuzzer {kind}", "input": str(saved), "hits": 1,
-                          "message": f"libFuzzer stopped on a {kind}", "traceback": []})
+        if not path.exists():
+            continue
+        alone = replay_alone(args, path)
+        if alone is not None:  # the input alone is fine: the fuzzing process's own growth
+            notes.append(f"libFuzzer stopped on a {kind}, but its input alone {alone}: not "
+                         f"a finding (kept out of the regressions: {path})")
+            continue
+        saved = save_input(keep, path.read_bytes())
+        found.append({"signature": f"libFuzzer {kind}", "input": str(saved), "hits": 1,
+                      "message": f"libFuzzer stopped on a {kind}", "traceback": []})
     return found
+
+
+def replay_alone(args: argparse.Namespace, path: Path) -> str | None:
+    """Run ``path`` alone in a fresh uninstrumented process: a description of how it went
+    when it stays within ``--timeout`` and ``--rss-limit-mb``, else None (it reproduces)."""
+    cmd = [sys.executable, __file__, "--reader", args.reader, "--replay", str(path)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return None
+    m = re.search(r"peak RSS (\d+) MB", done.stdout)
+    if done.returncode != 0 or m is None or int(m[1]) >= args.rss_limit_mb:
+        return None
+    return f"reads in a fresh process with a peak RSS of {m[1]} MB"
+
+
+def _replay(reader: str, path: Path) -> int:
+    import resource
+
+    from parsers.errors import KvmMmuError
+
+    try:
+        exercise(_load_reader(reader), path)
+    except KvmMmuError:
+        pass
+    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10} MB")
+    return 0
 
 
 def _report(result: dict[str, Any]) -> None:
@@ -253,6 +289,8 @@ def _report(result: dict[str, Any]) -> None:
     for item in result["findings"]:
         print(f"   finding: {item['signature']} x{item['hits']}: {item['message'][:160]}")
         print(f"            input kept as {item['input']}")
+    for note in result["notes"]:
+        print(f"   note: {note}")
     print(f"   libFuzzer log: {result['log']}")
 
 
@@ -271,12 +309,15 @@ def _args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--keep-work", action="store_true")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--findings", help=argparse.SUPPRESS)
+    p.add_argument("--replay", help="run this one input alone (no atheris) and print its peak RSS")
     p.add_argument("libfuzzer", nargs="*", help="extra libFuzzer flags, after --")
     return p.parse_args(argv)
 
 
 def main(argv: list[str]) -> int:
     args = _args(argv)
+    if args.replay:
+        return _replay(args.reader, Path(args.replay))
     if args.child:
         child(args.reader, Path(args.findings), Path(args.regressions) / args.reader,
               args.libfuzzer)
