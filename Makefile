@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 SAMPLE ?= sample_traces/tracefs_record_tgid.txt
 
-.PHONY: run test bench samples clean
+.PHONY: run test bench fuzz samples clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,16 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/replay.py
 	$(BIN)/python benchmarks/report_outputs.py
 	$(BIN)/python benchmarks/published.py
+
+FUZZ_MINUTES ?= 5
+$(VENV)/.installed-fuzz: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[fuzz]'
+	touch $@
+
+fuzz: $(VENV)/.installed-fuzz  # one reader after the other, one process each
+	$(BIN)/python benchmarks/fuzz.py --reader text --minutes $(FUZZ_MINUTES)
+	$(BIN)/python benchmarks/fuzz.py --reader tracedat --minutes $(FUZZ_MINUTES)
+	$(BIN)/python benchmarks/fuzz.py --reader perfetto --minutes $(FUZZ_MINUTES)
 
 samples: $(VENV)/.installed  # needs root, /dev/kvm, tracefs (and trace-cmd for the .dat)
 	sample_traces/regenerate.sh

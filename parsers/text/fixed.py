@@ -22,10 +22,10 @@ __all__ = ["FixedFields", "FIXED_TGID_RE", "FIXED_PLAIN_RE", "FIXED_REPORT_RE", 
            "pieces"]
 
 #: record-tgid layout: ``comm(16)-pid(7) (tgid(7)) [cpu(3)] flags ts: event:``.
-FIXED_TGID_RE: Final = (r"^[ -~]{16}-[0-9][0-9 ]{6} \([ 0-9-]{7}\) \[[0-9]{3}\] [^ ]{4,5} +"
+FIXED_TGID_RE: Final = (r"^[ -~]{16}-[0-9][0-9 ]{6} \([ 0-9-]{7}\) \[[0-9]{3}\] [!-~]{4,5} +"
                         r"[0-9]+\.[0-9]+: [^ :]+:")
 #: default layout: ``comm(16)-pid(7) [cpu(3)] flags ts: event:``.
-FIXED_PLAIN_RE: Final = (r"^[ -~]{16}-[0-9][0-9 ]{6} \[[0-9]{3}\] [^ ]{4,5} +"
+FIXED_PLAIN_RE: Final = (r"^[ -~]{16}-[0-9][0-9 ]{6} \[[0-9]{3}\] [!-~]{4,5} +"
                          r"[0-9]+\.[0-9]+: [^ :]+:")
 #: ``trace-cmd report`` (tracecmd/trace-read.c, 3.1): ``comm(16)-pid(%-5d) [cpu(3)] ts: event:``
 #: (no flags column; ``-t`` prints 9 decimals; pids wider than 5 push the bracket right).
@@ -35,6 +35,8 @@ _LAYOUTS: Final = ((_TGID, FIXED_TGID_RE), (_PLAIN, FIXED_PLAIN_RE), (_REPORT, F
 #: Lines at the head of a chunk that pick the order the layouts are tried in.
 _PROBE: Final = 64
 _SPACE, _DOT, _COLON, _BRACKET = 32, 46, 58, 91
+# The flags are ASCII ([!-~], not [^ ]): the columns after them are cut at byte offsets, and a
+# multi-byte character matched as a flag would shift every one of them.
 _TS_SCAN: Final = 40  # bytes scanned for the timestamp (>= 26 digits + padding)
 _EVENT_SCAN: Final = 64  # longest event name the fast path takes
 
@@ -149,7 +151,9 @@ def match_fixed(lines: pa.StringArray, starts: np.ndarray, ends: np.ndarray,
     colon = np.argmax(ts_grid == _COLON, axis=1)
     ok = (dot > first) & (colon > dot + 1)
     ts_start = flag_at + flag_len
-    ok &= (colon - first < 30) & (colon - dot - 1 <= 18)
+    # at most 9 digits of seconds and of fraction: the int64 ns of any such timestamp fit
+    # (longer ones take the general grammar, which checks them)
+    ok &= (dot - first <= 9) & (colon - dot - 1 <= 9)
     # rows that fail read a validated cpu digit instead, and are dropped below
     sec_from = np.where(ok, ts_start + first, cpu_at)
     sec_to = np.where(ok, ts_start + dot, cpu_at + 1)

@@ -120,15 +120,28 @@ def _content_end(lines: pa.StringArray, ends: np.ndarray) -> np.ndarray:
     return np.where(cr & (end > 0), end - 1, end)
 
 
-def _timestamps(sec: pa.Array, frac: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """int64 ts: ``sec * 1e9 + frac`` scaled by its digit count; bare integers stay ticks."""
-    s = dec_to_int(sec, pa.int64(), digits=True).to_numpy(zero_copy_only=False)
+#: Largest seconds whose ns (plus a 9-digit fraction) fit in int64.
+_MAX_SEC = (np.iinfo(np.int64).max - 999_999_999) // 1_000_000_000
+
+
+def _timestamps(sec: pa.Array, frac: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """int64 ts: ``sec * 1e9 + frac`` scaled by its digit count; bare integers stay ticks.
+
+    The third array says which rows' timestamps are representable: ticks within int64, or at
+    most :data:`_MAX_SEC` seconds with at most 9 fraction digits (ns); the others are not
+    timestamps the kernel prints, and their lines are not taken as events.
+    """
+    s_int = dec_to_int(sec, pa.int64(), digits=True)
+    fits = np.asarray(pc.is_valid(s_int).to_numpy(zero_copy_only=False))
+    s = pc.fill_null(s_int, 0).to_numpy(zero_copy_only=False)
     digits = pc.fill_null(pc.utf8_length(frac), 0).to_numpy(zero_copy_only=False)
-    f = pc.fill_null(dec_to_int(frac, pa.int64(), digits=True), 0).to_numpy(zero_copy_only=False)
     digits = np.asarray(digits, dtype=np.int64)
+    fits &= (digits == 0) | ((digits <= 9) & (s <= _MAX_SEC))
+    f = pc.fill_null(dec_to_int(frac, pa.int64()), 0).to_numpy(zero_copy_only=False)
+    s, f = np.where(fits, s, 0), np.where(fits, f, 0)
     scale = _POW10[np.clip(9 - digits, 0, 9)]
     ns = s * 1_000_000_000 + f * scale
-    return np.where(digits == 0, s, ns).astype(np.int64), digits
+    return np.where(digits == 0, s, ns).astype(np.int64), digits, fits
 
 
 def _first_match(text: pa.Array, patterns: list[str]) -> dict[str, pa.Array]:
@@ -255,16 +268,26 @@ def _split_general(lines: pa.StringArray) -> EventLines:
     bounds[rows, 2] = pay_end
     _, payload_all, _ = _partition(lines, bounds.astype(np.int32), 3)
     payload = payload_all.take(pa.array(rows))
-    cpu = pc.coalesce(_opt(ctx["cpu"]), _opt(ctx["lcpu"]))
+    cpu_text = pc.coalesce(_opt(ctx["cpu"]), _opt(ctx["lcpu"]))
     flags = pc.coalesce(*(_opt(ctx[g]) for g in ("flags", "lflags", "rflags")))
     tgid_text = _opt(pc.utf8_trim_whitespace(ctx["tgid"]))
-    ts, digits = _timestamps(tail["sec"], _opt(tail["frac"]))
-    return EventLines(
+    ts, digits, fits = _timestamps(tail["sec"], _opt(tail["frac"]))
+    pid = dec_to_int(ctx["pid"], pa.int32(), digits=True)
+    tgid = dec_to_int(tgid_text, pa.int32())
+    cpu = dec_to_int(cpu_text, pa.int32(), digits=True)
+    # a number too big for its column (null after conversion): not an event line
+    for num, text in ((pid, ctx["pid"]), (tgid, tgid_text), (cpu, cpu_text)):
+        if num.null_count == text.null_count:
+            continue  # every number converted: nothing out of range
+        number = pc.fill_null(pc.match_substring_regex(text, r"^-?[0-9]+$"), False)
+        fits &= np.asarray(pc.or_(pc.is_valid(num), pc.invert(number))
+                           .to_numpy(zero_copy_only=False))
+    lines_ = EventLines(
         rows=rows,
         comm=ctx["comm"],
-        pid=dec_to_int(ctx["pid"], pa.int32(), digits=True),
-        tgid=dec_to_int(tgid_text, pa.int32()),
-        cpu=dec_to_int(cpu, pa.int32(), digits=True),
+        pid=pid,
+        tgid=tgid,
+        cpu=cpu,
         flags=flags,
         sec=tail["sec"],
         frac_digits=digits,
@@ -272,3 +295,4 @@ def _split_general(lines: pa.StringArray) -> EventLines:
         event=tail["event"],
         payload=payload,
     )
+    return lines_ if fits.all() else lines_.take(np.flatnonzero(fits))

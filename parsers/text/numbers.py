@@ -44,11 +44,13 @@ def hex_to_uint64(text: pa.Array, *, strict: bool = False) -> pa.Array:
     if pc.any(has_prefix).as_py():
         s = pc.if_else(has_prefix, pc.utf8_slice_codeunits(s, 2), s)
     length = pc.utf8_length(s).to_numpy(zero_copy_only=False)
+    nbytes = pc.binary_length(s).to_numpy(zero_copy_only=False)
     valid = ~np.asarray(pc.is_null(s).to_numpy(zero_copy_only=False))
     length = np.where(valid, length, 1)
     padded = pc.utf8_lpad(pc.fill_null(s, "0"), 16, "0").combine_chunks() if isinstance(
         s, pa.ChunkedArray) else pc.utf8_lpad(pc.fill_null(s, "0"), 16, "0")
-    too_long = length > 16
+    # non-ASCII text is not hex, and padded to 16 characters it is more than 16 bytes
+    too_long = (length > 16) | (np.where(valid, nbytes, 1) != length)
     if too_long.any():
         padded = pc.if_else(pa.array(too_long), "0" * 16, padded)
     offsets = np.frombuffer(padded.buffers()[1], dtype=np.int32)[padded.offset : padded.offset + n + 1]
@@ -96,7 +98,23 @@ def dec_to_int(
     cleaned = pc.if_else(pc.fill_null(ok, False), s, pa.scalar(None, pa.string()))
     if wide == pa.uint64():
         cleaned = pc.if_else(pc.starts_with(cleaned, "-"), pa.scalar(None, pa.string()), cleaned)
-    return pc.cast(cleaned, wide).cast(typ)
+    try:
+        return pc.cast(cleaned, wide).cast(typ)
+    except pa.ArrowInvalid:  # a value out of typ's range: rare, so converted one by one
+        return _in_range(cleaned, typ, strict)
+
+
+def _in_range(cleaned: pa.Array, typ: pa.DataType, strict: bool) -> pa.Array:
+    """Validated decimal strings to ``typ``, values out of its range null (or, when
+    ``strict``, a :class:`NumberTextError` marking them)."""
+    info = np.iinfo(typ.to_pandas_dtype())
+    values = [None if v is None else int(v) for v in cleaned.to_pylist()]
+    out = [v if v is None or info.min <= v <= info.max else None for v in values]
+    if strict:
+        bad = np.array([v is not None and o is None for v, o in zip(values, out, strict=True)])
+        if bad.any():
+            raise NumberTextError(bad)
+    return pa.array(out, typ)
 
 
 def auto_radix_to_uint64(text: pa.Array, hex_default: bool) -> pa.Array:

@@ -254,11 +254,13 @@ def _apply_facts(m: Marker, state: _State) -> None:
 def _split_prefix(ev: EventLines) -> EventLines:
     """Multi-input ``trace-cmd report``: move the ``name: `` prefix out of ``comm`` (a line
     without one, before the preamble in the same chunk, keeps its ``comm``)."""
-    parts = pc.extract_regex(ev.comm, r"^(?P<inst>.*?): (?P<rest>.*)$")
-    has = pc.is_valid(parts)
-    inst = pc.utf8_trim_whitespace(pc.struct_field(parts, [0]))
+    parts = pc.split_pattern(ev.comm, ": ", max_splits=1)
+    has = pc.fill_null(pc.greater(pc.list_value_length(parts), 1), False)
+    inst = pc.utf8_trim_whitespace(pc.list_element(parts, 0))
     inst = pc.if_else(pc.and_(has, pc.not_equal(inst, "")), inst, pa.scalar(None, pa.string()))
-    rest = pc.utf8_ltrim_whitespace(pc.struct_field(parts, [1]))
+    # rows without a prefix split ": " instead, so every list has an element 1 to take
+    two = pc.split_pattern(pc.if_else(has, ev.comm, ": "), ": ", max_splits=1)
+    rest = pc.utf8_ltrim_whitespace(pc.list_element(two, 1))
     return replace(ev, comm=pc.if_else(has, rest, ev.comm), instance=inst)
 
 

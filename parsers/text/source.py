@@ -7,6 +7,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import lzma
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,7 +120,7 @@ def sniff(path: str | Path, size: int = 64 << 10) -> bytes:
 def _read(path: str, f: BinaryIO, size: int) -> bytes:
     try:
         return f.read(size)
-    except (OSError, EOFError, lzma.LZMAError) as exc:
+    except (OSError, EOFError, lzma.LZMAError, zlib.error) as exc:  # zlib.error: corrupt gzip data
         raise TraceParseError(path, f"cannot decompress: {exc}") from None
     except Exception as exc:  # zstandard raises its own ZstdError
         if type(exc).__name__ == "ZstdError":
