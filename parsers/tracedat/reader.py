@@ -179,12 +179,13 @@ def _emit(
     where = np.empty_like(order)
     where[order] = np.arange(len(order))
     cat = {name: np.concatenate([getattr(p, name) for p in parts])[order]
-           for name in ("ts", "pid", "code", "flag", "lost", "keep", "args")}
+           for name in ("ts", "pid", "code", "flag", "lost", "keep")}
+    cat["args"] = _args_index(parts)[order]
     cpu = cpu[order]
     inst = inst[order]
     seq = np.arange(seq0, seq0 + len(order), dtype=np.int64)
     keep = cat["keep"]
-    events = _events_batch(dec, cat, seq, cpu, inst, instances, comms, keep)
+    events = _events_batch(dec, parts, cat, (seq, cpu, inst), instances, comms)
     typed = _typed_batches(dec, parts, where, cat, seq, cpu, keep)
     if events.num_rows == 0 and not typed:
         return None
@@ -192,9 +193,11 @@ def _emit(
 
 
 def _events_batch(
-    dec: Decoder, cat: dict[str, Any], seq: Any, cpu: Any, inst: Any, instances: list[str],
-    comms: dict[int, str], keep: Any,
+    dec: Decoder, parts: list[Block], cat: dict[str, Any], place: tuple[Any, Any, Any],
+    instances: list[str], comms: dict[int, str],
 ) -> pa.RecordBatch:
+    seq, cpu, inst = place
+    keep = cat["keep"]
     pid = cat["pid"][keep]
     marker = pid < 0
     flag = cat["flag"][keep]
@@ -214,9 +217,24 @@ def _events_batch(
         _dict_by(flag, marker, lambda f: irq_flags(f >> 8, f & 0xFF)),
         _dict_by(inst_k, np.array([not n for n in instances], bool)[inst_k],
                  lambda i: instances[i]),
-        pa.array(cat["args"][keep], pa.string(), from_pandas=True),
+        _args_column(parts, cat["args"][keep]),
     ]
     return pa.RecordBatch.from_arrays(cols, schema=EVENTS_SCHEMA)
+
+
+def _args_index(parts: list[Block]) -> Any:
+    """Every row's index into the parts' texts laid end to end (-1: no text)."""
+    out, base = [], 0
+    for p in parts:
+        out.append(np.where(p.args < 0, -1, p.args.astype(np.int64) + base))
+        base += len(p.texts)
+    return np.concatenate(out)
+
+
+def _args_column(parts: list[Block], index: Any) -> pa.Array:
+    """The ``args`` strings, gathered in Arrow from the parts' distinct texts."""
+    texts = pa.array([t for p in parts for t in p.texts], pa.string())
+    return texts.take(pa.array(index, pa.int64(), mask=index < 0))
 
 
 def _dict_by(values: Any, null: Any, name: Any) -> pa.Array:

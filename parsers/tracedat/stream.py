@@ -44,7 +44,8 @@ class Block:
     flag: npt.NDArray[np.int32]  # common_flags << 8 | preempt_count; -1 on markers
     lost: I64  # marker counts (-1 unknown); 0 elsewhere
     keep: npt.NDArray[np.bool_]
-    args: npt.NDArray[np.object_]
+    args: npt.NDArray[np.int32]  # index into ``texts`` (-1: no args text)
+    texts: list[str] = field(default_factory=list)
     typed: Typed = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -62,7 +63,7 @@ class Block:
                 typed[name] = (rows[sel] - lo, {k: v[sel] for k, v in cols.items()})
         return Block(self.inst, self.cpu, self.ts[lo:hi], self.key[lo:hi], self.pid[lo:hi],
                      self.code[lo:hi], self.flag[lo:hi], self.lost[lo:hi], self.keep[lo:hi],
-                     self.args[lo:hi], typed)
+                     self.args[lo:hi], self.texts, typed)
 
 
 @dataclass
@@ -267,14 +268,16 @@ def _rows(
     pid = _common_int(dec, common, "common_pid", 4, 4, True, big)
     code = np.zeros(n, np.int32)
     keep = np.ones(n, np.bool_)
-    args = np.full(n, None, dtype=object)
+    args = np.full(n, -1, np.int32)
+    texts: list[str] = []
     typed: Typed = {}
     for ident in np.flatnonzero(np.bincount(etype & 0xFFFF)).tolist():
         rows = np.flatnonzero(etype == ident)
-        _decode_event(dec, buf, recs, ident, rows, code, keep, args, typed, (cpu, where))
+        _decode_event(dec, buf, recs, ident, rows, code, keep, (args, texts), typed,
+                      (cpu, where))
     block = Block(inst, cpu, dec.convert_ts(recs.ts), np.zeros(n, np.int64), pid,
                   code, (flags << 8 | pc).astype(np.int32), np.zeros(n, np.int64), keep,
-                  args, typed)
+                  args, texts, typed)
     return _with_markers(dec, block, recs)
 
 
@@ -287,7 +290,8 @@ def _common_int(dec: Decoder, rec: npt.NDArray[np.uint8], name: str, off: int, s
 
 def _decode_event(
     dec: Decoder, buf: npt.NDArray[np.uint8], recs: PageRecords, ident: int, rows: I64,
-    code: npt.NDArray[np.int32], keep: npt.NDArray[np.bool_], args: npt.NDArray[np.object_],
+    code: npt.NDArray[np.int32], keep: npt.NDArray[np.bool_],
+    args: tuple[npt.NDArray[np.int32], list[str]],
     typed: Typed, place: tuple[int, int] = (0, 0),
 ) -> None:
     ev = dec.formats.get(ident)
@@ -320,7 +324,9 @@ def _decode_event(
                 cols[f.name] = col
         typed[ev.name] = (rows, cols)
     else:
-        args[rows] = render_args(ev, buf, offsets, recs.length[rows], dec.info.big_endian)
+        texts, index = render_args(ev, buf, offsets, recs.length[rows], dec.info.big_endian)
+        args[0][rows] = index + len(args[1])
+        args[1].extend(texts)
 
 
 def _with_markers(dec: Decoder, block: Block, recs: PageRecords) -> Block:
@@ -340,4 +346,4 @@ def _with_markers(dec: Decoder, block: Block, recs: PageRecords) -> Block:
         np.insert(block.pid, at, -1), np.insert(block.code, at, lost_code),
         np.insert(block.flag, at, -1), np.insert(block.lost, at, recs.lost[pages]),
         np.insert(block.keep, at, True),
-        np.insert(block.args, at, np.full(m, None, dtype=object)), typed)
+        np.insert(block.args, at, -1), block.texts, typed)
