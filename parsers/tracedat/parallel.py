@@ -33,8 +33,12 @@ from parsers.tracedat.stream import Block, Decoder, Named, Span, decode_span, ke
 __all__ = ["parallel_streams", "default_workers", "MIN_PARALLEL_BYTES"]
 
 #: Below this much per-CPU data (compressed bytes count 8 times, about trace-cmd's zstd ratio
-#: on kvm events), ``workers=None`` reads in one process: starting the workers costs more.
-MIN_PARALLEL_BYTES = 48 << 20
+#: on kvm events), ``workers=None`` reads in one process. Measured on the 2-core machines
+#: (benchmarks/parse_tracedat.py, 2.58 M events, 77 MiB v6 / 11 MiB v7-zstd): 2 workers were
+#: slower than one process (0.9-1.9 vs 1.5-2.7 M events/s): the one process already keeps a
+#: core busy, the parent's merge and Arrow assembly stay serial, and starting the workers
+#: (forkserver, numpy and pyarrow imports) costs ~1 s. Hence a high threshold.
+MIN_PARALLEL_BYTES = 1 << 30
 _COMPRESSED_RATIO = 8
 
 Journal = list[str | Named]
