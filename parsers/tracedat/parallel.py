@@ -172,7 +172,7 @@ def _init(path: str, events: Collection[str] | None, salvage: bool, window_pages
 def _decode_task(buf_index: int, cpu_index: int, span: Span) -> Result | None:
     """Decode one task in a worker (``None``: it met a failure; the parent decodes it)."""
     dec: Decoder = _STATE["dec"]
-    dec.journal, dec.names = [], [LOST_EVENTS]
+    dec.journal, dec.names, dec.warnings = [], [LOST_EVENTS], []
     buf = dec.info.buffers[buf_index]
     windows: list[tuple[int, list[tuple[str, bytes]]]] = []
     try:
@@ -180,8 +180,8 @@ def _decode_task(buf_index: int, cpu_index: int, span: Span) -> Result | None:
             windows.append((len(dec.journal), _to_ipc(block)))
     except Exception:  # noqa: BLE001 - anything unexpected: the parent decodes it and reports
         return None
-    if any(isinstance(e, TraceParseError) for e in dec.journal):
-        return None
+    if dec.warnings or any(isinstance(e, TraceParseError) for e in dec.journal):
+        return None  # a failure, or a warning appended past the journal: decode it here
     return [e for e in dec.journal if not isinstance(e, TraceParseError)], dec.names, windows
 
 
