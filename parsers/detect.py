@@ -88,7 +88,7 @@ def _options(fmt: str, strict: bool, salvage: bool, workers: int | None) -> dict
     definitions, so nothing in it is "unknown" for ``strict`` to reject)."""
     options: dict[str, dict[str, Any]] = {
         "ftrace-text": {"strict": strict, "salvage": salvage, "workers": workers},
-        "trace.dat": {"salvage": salvage},
+        "trace.dat": {"salvage": salvage, "workers": workers},
         "perfetto": {"strict": strict, "salvage": salvage}}
     return options[fmt]
 
@@ -125,10 +125,11 @@ def read_trace(
             instead of raising: binary formats keep the events decoded before the damage;
             text skips lines with a NUL byte or not UTF-8 and keeps the complete lines of a
             truncated compressed file.
-        workers: processes decoding an uncompressed text trace (the result is the same
-            with any number); None: the machine's cores for files over
-            :data:`~parsers.text.workers.PARALLEL_BYTES`, else one. Other formats and
-            compressed text read in one process.
+        workers: processes decoding an uncompressed text trace or a trace.dat's per-CPU
+            sections (the result is the same with any number); None: the machine's cores
+            for files over :data:`~parsers.text.workers.PARALLEL_BYTES` (text) or
+            :data:`~parsers.tracedat.parallel.MIN_PARALLEL_BYTES` (trace.dat), else one.
+            Perfetto and compressed text read in one process.
 
     Examples:
         >>> trace = read_trace("sample_traces/tracefs_record_tgid.txt")

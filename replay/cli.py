@@ -83,8 +83,9 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing out
                                         "a directory kvm-mmu-replay wrote; nothing else is "
                                         "ever replaced.")]
 WorkersOpt = Annotated[int | None, typer.Option(
-    "--workers", min=1, help="Processes decoding an uncompressed text trace (same result "
-    "with any number); default: the machine's cores for files over 32 MiB, else 1.",
+    "--workers", min=1, help="Processes decoding an uncompressed text trace or a trace.dat "
+    "(same result with any number); default: the machine's cores for text over 32 MiB or "
+    "trace.dat over 1 GiB, else 1.",
     show_default=False)]
 EventsOpt = Annotated[list[str] | None, typer.Option(
     "--event", "-e", help="Keep only this event (repeatable).", show_default=False)]

@@ -45,27 +45,27 @@ def int_column(rec: npt.NDArray[np.uint8], f: Field, big: bool) -> npt.NDArray[n
 
 def render_args(
     ev: EventFormat, buf: npt.NDArray[np.uint8], offsets: I64, lengths: I64, big: bool
-) -> list[str]:
-    """``name=value`` text of every record of ``ev`` (as ``trace-cmd report -R`` prints it)."""
+) -> tuple[list[str], npt.NDArray[np.int32]]:
+    """``name=value`` text of every record of ``ev`` (as ``trace-cmd report -R`` prints it),
+    as distinct texts and each record's index into them (identical payloads render once, and
+    no Python object is made per record)."""
     n = len(offsets)
     if n == 0:
-        return []
+        return [], np.zeros(0, np.int32)
     if not ev.fields:
-        return [""] * n
+        return [""], np.zeros(n, np.int32)
     if any(f.dynamic or f.relative for f in ev.fields):
         pairs = zip(offsets.tolist(), lengths.tolist(), strict=True)
-        return [_render(ev, bytes(buf[o:o + ln]), big) for o, ln in pairs]
+        return [_render(ev, bytes(buf[o:o + ln]), big) for o, ln in pairs], np.arange(
+            n, dtype=np.int32)
     width = ev.fixed_size
     start = min(f.offset for f in ev.fields)
     rec = gather(buf, offsets, width)
     body = np.ascontiguousarray(rec[:, start:])
     keys = body.view(np.dtype((np.void, body.shape[1]))).reshape(-1)
-    uniq, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
     texts = [_render(ev, rec[i].tobytes(), big) for i in first.tolist()]
-    table = np.array(texts, dtype=object)
-    out: list[str] = table[inverse.reshape(-1)].tolist()
-    del uniq
-    return out
+    return texts, inverse.reshape(-1).astype(np.int32)
 
 
 def _render(ev: EventFormat, rec: bytes, big: bool) -> str:

@@ -8,7 +8,6 @@ with ``seq`` numbering that merged order from 0. Streaming holds one window of p
 
 from __future__ import annotations
 
-import mmap
 from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,9 @@ from parsers.errors import TraceFormatError, TraceParseError
 from parsers.schema import EVENTS_SCHEMA, LOST_EVENTS
 from parsers.trace import Trace, TraceBatch, TraceMetadata, TraceStream
 from parsers.tracedat.fields import irq_flags
-from parsers.tracedat.formats import EventFormat, parse_format, parse_header_page
 from parsers.tracedat.header import TraceDatInfo, is_tracedat, read_info
+from parsers.tracedat.parallel import default_workers, parallel_streams
+from parsers.tracedat.source import make_decoder, open_mapped
 from parsers.tracedat.stream import Block, Decoder, iter_blocks
 from parsers.typed_batch import build_typed_batch
 
@@ -33,7 +33,8 @@ _DICT = pa.dictionary(pa.int32(), pa.string())
 
 
 def read_tracedat(
-    source: str | Path, *, events: Collection[str] | None = None, salvage: bool = False
+    source: str | Path, *, events: Collection[str] | None = None, salvage: bool = False,
+    workers: int | None = None,
 ) -> Trace:
     """Read a trace.dat file into a :class:`~parsers.trace.Trace`.
 
@@ -42,6 +43,9 @@ def read_tracedat(
         events: keep only these event names (lost-event markers are always kept).
         salvage: on damage, keep the events decoded before it and record a warning in
             ``metadata.warnings`` instead of raising.
+        workers: processes decoding the per-CPU data: ``None`` = the usable cores when the
+            file holds at least :data:`~parsers.tracedat.parallel.MIN_PARALLEL_BYTES` of
+            event data, else 1; 1 = this process only. The result is the same for any value.
 
     Raises:
         TraceFormatError: not a trace.dat file, or an unsupported version.
@@ -53,53 +57,28 @@ def read_tracedat(
         >>> trace.info()["format"], trace.table("kvm_mmu_get_page").num_rows > 0
         ('trace.dat', True)
     """
-    return Trace.from_stream(iter_tracedat(source, events=events, salvage=salvage))
+    return Trace.from_stream(iter_tracedat(source, events=events, salvage=salvage,
+                                           workers=workers))
 
 
 def iter_tracedat(
     source: str | Path, *, events: Collection[str] | None = None, salvage: bool = False,
-    window_pages: int = 2048,
+    window_pages: int = 2048, workers: int | None = None,
 ) -> TraceStream:
     """Stream a trace.dat file as :class:`~parsers.trace.TraceBatch` es in merged order.
 
-    Memory is bounded by ``window_pages`` pages per CPU plus one batch of rows.
+    Memory is bounded by ``window_pages`` pages per CPU plus one batch of rows, and with
+    ``workers`` > 1 (see :func:`read_tracedat`) by twice as many decoded windows in flight.
     """
     path = str(source)
-    data = _open(path)
+    data = open_mapped(path)
     info = read_info(data, path, salvage=salvage)
     if info.latency:
         raise TraceFormatError(path, "latency-tracer trace.dat data (not flyrecord) is not read")
-    dec = Decoder(path, info, parse_header_page(info.header_page, info.long_size),
-                  _formats(info), None if events is None else frozenset(events), salvage,
-                  window_pages=max(1, window_pages))
+    dec = make_decoder(path, info, events, salvage, window_pages)
     meta = _metadata(info, path)
-    return TraceStream(_batches(dec, data, meta), meta)
-
-
-def _open(path: str) -> Any:
-    try:
-        with open(path, "rb") as fh:
-            if not is_tracedat(fh.read(10)):
-                raise TraceFormatError(path, "not a trace.dat file (no \\x17\\x08Dtracing magic)")
-            fh.seek(0, 2)
-            if fh.tell() == 0:
-                raise TraceFormatError(path, "empty file")
-            return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-    except OSError as exc:
-        raise TraceFormatError(path, f"cannot read: {exc.strerror}") from None
-
-
-def _formats(info: TraceDatInfo) -> dict[int, EventFormat]:
-    out: dict[int, EventFormat] = {}
-    for text in info.ftrace_formats:
-        ev = parse_format(text, "ftrace")
-        if ev is not None:
-            out[ev.id] = ev
-    for system, text in info.event_formats:
-        ev = parse_format(text, system)
-        if ev is not None:
-            out[ev.id] = ev
-    return out
+    n = default_workers(dec) if workers is None else max(1, workers)
+    return TraceStream(_batches(dec, data, meta, n), meta)
 
 
 def _metadata(info: TraceDatInfo, path: str) -> TraceMetadata:
@@ -118,9 +97,14 @@ def _metadata(info: TraceDatInfo, path: str) -> TraceMetadata:
                          warnings=list(info.warnings))
 
 
-def _batches(dec: Decoder, data: Any, meta: TraceMetadata) -> Iterator[TraceBatch]:
-    streams = [iter_blocks(dec, data, i, buf, cpu)
-               for i, buf in enumerate(dec.info.buffers) for cpu in buf.cpus]
+def _batches(dec: Decoder, data: Any, meta: TraceMetadata, workers: int
+             ) -> Iterator[TraceBatch]:
+    pool = None
+    if workers > 1:
+        streams, pool = parallel_streams(dec, data, workers)
+    else:
+        streams = [iter_blocks(dec, data, i, buf, cpu)
+                   for i, buf in enumerate(dec.info.buffers) for cpu in buf.cpus]
     instances = [b.name for b in dec.info.buffers]
     comms = _cmdlines(dec.info.cmdlines)
     seq0 = 0
@@ -131,6 +115,8 @@ def _batches(dec: Decoder, data: Any, meta: TraceMetadata) -> Iterator[TraceBatc
             if batch is not None:
                 yield batch
     finally:
+        if pool is not None:
+            pool.close()
         meta.warnings.extend(w for w in _dedup(dec.warnings) if w not in meta.warnings)
 
 
@@ -179,12 +165,13 @@ def _emit(
     where = np.empty_like(order)
     where[order] = np.arange(len(order))
     cat = {name: np.concatenate([getattr(p, name) for p in parts])[order]
-           for name in ("ts", "pid", "code", "flag", "lost", "keep", "args")}
+           for name in ("ts", "pid", "code", "flag", "lost", "keep")}
+    cat["args"] = _args_index(parts)[order]
     cpu = cpu[order]
     inst = inst[order]
     seq = np.arange(seq0, seq0 + len(order), dtype=np.int64)
     keep = cat["keep"]
-    events = _events_batch(dec, cat, seq, cpu, inst, instances, comms, keep)
+    events = _events_batch(dec, parts, cat, (seq, cpu, inst), instances, comms)
     typed = _typed_batches(dec, parts, where, cat, seq, cpu, keep)
     if events.num_rows == 0 and not typed:
         return None
@@ -192,9 +179,11 @@ def _emit(
 
 
 def _events_batch(
-    dec: Decoder, cat: dict[str, Any], seq: Any, cpu: Any, inst: Any, instances: list[str],
-    comms: dict[int, str], keep: Any,
+    dec: Decoder, parts: list[Block], cat: dict[str, Any], place: tuple[Any, Any, Any],
+    instances: list[str], comms: dict[int, str],
 ) -> pa.RecordBatch:
+    seq, cpu, inst = place
+    keep = cat["keep"]
     pid = cat["pid"][keep]
     marker = pid < 0
     flag = cat["flag"][keep]
@@ -214,9 +203,24 @@ def _events_batch(
         _dict_by(flag, marker, lambda f: irq_flags(f >> 8, f & 0xFF)),
         _dict_by(inst_k, np.array([not n for n in instances], bool)[inst_k],
                  lambda i: instances[i]),
-        pa.array(cat["args"][keep], pa.string(), from_pandas=True),
+        _args_column(parts, cat["args"][keep]),
     ]
     return pa.RecordBatch.from_arrays(cols, schema=EVENTS_SCHEMA)
+
+
+def _args_index(parts: list[Block]) -> Any:
+    """Every row's index into the parts' texts laid end to end (-1: no text)."""
+    out, base = [], 0
+    for p in parts:
+        out.append(np.where(p.args < 0, -1, p.args.astype(np.int64) + base))
+        base += len(p.texts)
+    return np.concatenate(out)
+
+
+def _args_column(parts: list[Block], index: Any) -> pa.Array:
+    """The ``args`` strings, gathered in Arrow from the parts' distinct texts."""
+    texts = pa.array([t for p in parts for t in p.texts], pa.string())
+    return texts.take(pa.array(index, pa.int64(), mask=index < 0))
 
 
 def _dict_by(values: Any, null: Any, name: Any) -> pa.Array:

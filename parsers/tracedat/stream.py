@@ -10,7 +10,7 @@ converted (TSC2NSEC multiplier/shift, then the OFFSET option, as trace-cmd's
 from __future__ import annotations
 
 import mmap
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +25,7 @@ from parsers.tracedat.formats import EventFormat, Field, PageLayout
 from parsers.tracedat.header import BufferInfo, CpuData, TraceDatInfo
 from parsers.tracedat.pages import PageRecords, walk_pages
 
-__all__ = ["Block", "Decoder", "iter_blocks"]
+__all__ = ["Block", "Decoder", "Named", "Span", "iter_blocks", "keyed", "decode_span", "plan_spans"]
 
 I64 = npt.NDArray[np.int64]
 Typed = dict[str, tuple[I64, dict[str, npt.NDArray[Any]]]]
@@ -44,7 +44,8 @@ class Block:
     flag: npt.NDArray[np.int32]  # common_flags << 8 | preempt_count; -1 on markers
     lost: I64  # marker counts (-1 unknown); 0 elsewhere
     keep: npt.NDArray[np.bool_]
-    args: npt.NDArray[np.object_]
+    args: npt.NDArray[np.int32]  # index into ``texts`` (-1: no args text)
+    texts: list[str] = field(default_factory=list)
     typed: Typed = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -62,7 +63,14 @@ class Block:
                 typed[name] = (rows[sel] - lo, {k: v[sel] for k, v in cols.items()})
         return Block(self.inst, self.cpu, self.ts[lo:hi], self.key[lo:hi], self.pid[lo:hi],
                      self.code[lo:hi], self.flag[lo:hi], self.lost[lo:hi], self.keep[lo:hi],
-                     self.args[lo:hi], typed)
+                     self.args[lo:hi], self.texts, typed)
+
+
+@dataclass(frozen=True)
+class Named:
+    """A journal entry: the decoder looked event ``name`` up (see :meth:`Decoder.code`)."""
+
+    name: str
 
 
 @dataclass
@@ -78,17 +86,33 @@ class Decoder:
     window_pages: int = 256
     names: list[str] = field(default_factory=lambda: [LOST_EVENTS])
     warnings: list[str] = field(default_factory=list)
+    #: In a worker process: every warning (``str``), name lookup (:class:`Named`) and
+    #: failure (the exception) in the order they happen, for the parent to replay.
+    journal: list[str | Named | TraceParseError] | None = None
 
     def code(self, name: str) -> int:
         """The index of event ``name`` in :attr:`names` (added when new)."""
+        if self.journal is not None:
+            self.journal.append(Named(name))
         try:
             return self.names.index(name)
         except ValueError:
             self.names.append(name)
             return len(self.names) - 1
 
+    def warn(self, text: str) -> None:
+        """Record a warning."""
+        if self.journal is not None:
+            self.journal.append(text)
+        else:
+            self.warnings.append(text)
+
     def fail(self, exc: TraceParseError) -> None:
-        """Raise ``exc``, or record it as a warning when salvaging."""
+        """Raise ``exc``, or record it as a warning when salvaging (journal it in a worker:
+        the parent then decodes that window itself)."""
+        if self.journal is not None:
+            self.journal.append(exc)
+            return
         if not self.salvage:
             raise exc
         self.warnings.append(f"salvaged: {exc}")
@@ -106,40 +130,108 @@ class Decoder:
         return ts.astype(np.int64) + np.int64(self.info.ts_offset)
 
 
+@dataclass(frozen=True)
+class Span:
+    """One window of a stream, decodable on its own: ``count`` pages of plain data from page
+    ``first``, or ``count`` compressed chunks from the chunk header at file byte ``first``.
+    ``head``: the stream's first window (the stream-wide checks run with it)."""
+
+    first: int
+    count: int
+    head: bool
+
+
 def iter_blocks(
     dec: Decoder, data: Any, inst: int, buf: BufferInfo, cpu: CpuData
 ) -> Iterator[Block]:
     """Decoded windows of one CPU of one instance, in per-CPU order."""
-    carry = np.iinfo(np.int64).min
-    windows = (_compressed_windows(dec, data, buf, cpu) if buf.compressed
-               else _plain_windows(dec, data, buf, cpu))
-    for pages, where in windows:
-        block, damaged = _decode_window(dec, pages, where, inst, cpu.cpu, buf.page_size)
+    yield from keyed(decode_span(dec, data, inst, buf, cpu, None), [np.iinfo(np.int64).min])
+
+
+def keyed(blocks: Generator[Block, None, bool], carry: list[int]) -> Generator[Block, None, bool]:
+    """The non-empty ``blocks`` with their ``key`` (the running maximum of ``ts``, continued
+    from ``carry[0]``, which is updated); returns what ``blocks`` returns."""
+    while True:
+        try:
+            block = next(blocks)
+        except StopIteration as stop:
+            return bool(stop.value)
         if len(block):
-            block.key = np.maximum(np.maximum.accumulate(block.ts), carry)
-            carry = int(block.key[-1])
+            block.key = np.maximum(np.maximum.accumulate(block.ts), carry[0])
+            carry[0] = int(block.key[-1])
             yield block
+
+
+def decode_span(
+    dec: Decoder, data: Any, inst: int, buf: BufferInfo, cpu: CpuData, span: Span | None
+) -> Generator[Block, None, bool]:
+    """Decoded windows of ``span`` (the whole stream when ``None``), empty ones included;
+    returns whether the stream ends here (damage: nothing after it is read)."""
+    windows = (_compressed_windows(dec, data, buf, cpu, span) if buf.compressed
+               else _plain_windows(dec, data, buf, cpu, span))
+    while True:
+        try:
+            pages, where = next(windows)
+        except StopIteration as stop:
+            return bool(stop.value)
+        block, damaged = _decode_window(dec, pages, where, inst, cpu.cpu, buf.page_size)
+        yield block
         if damaged:
-            return
+            return True
+
+
+def plan_spans(dec: Decoder, data: Any, buf: BufferInfo, cpu: CpuData) -> list[Span] | None:
+    """The windows of one stream as :class:`Span` s, or ``None`` when the stream is better
+    decoded whole in one process (truncated, a damaged chunk layout, or no data)."""
+    page, step = buf.page_size, dec.window_pages
+    if not buf.compressed:
+        if cpu.offset + cpu.size > len(data):
+            return None
+        pages = cpu.size // page
+        return [Span(s, min(step, pages - s), s == 0) for s in range(0, pages, step)] or None
+    cur = Cursor(data, dec.path, big_endian=dec.info.big_endian)
+    spans: list[Span] = []
+    try:
+        cur.seek(cpu.offset, "CPU data")
+        cur.end = min(len(data), cpu.offset + 4 + cpu.size)
+        count = cur.u32("the chunk count")
+        cur.need(8 * count, "chunk headers")
+        first, n, total = 0, 0, 0
+        for _ in range(count):
+            at = cur.where()
+            csize, usize = cur.u32("a chunk size"), cur.u32("a chunk's uncompressed size")
+            cur.need(csize, "compressed chunk data")
+            cur.seek(cur.pos + csize, "the next chunk")
+            first, n, total = (at if n == 0 else first), n + 1, total + usize
+            if total >= step * page:
+                spans.append(Span(first, n, not spans))
+                n, total = 0, 0
+        if n:
+            spans.append(Span(first, n, not spans))
+    except TraceParseError:
+        return None
+    return spans or None
 
 
 def _plain_windows(
-    dec: Decoder, data: Any, buf: BufferInfo, cpu: CpuData
-) -> Iterator[tuple[npt.NDArray[np.uint8], int]]:
+    dec: Decoder, data: Any, buf: BufferInfo, cpu: CpuData, span: Span | None
+) -> Generator[tuple[npt.NDArray[np.uint8], int], None, bool]:
     size, page = cpu.size, buf.page_size
     have = max(0, min(size, len(data) - cpu.offset))
-    if have < size:
+    if have < size and (span is None or span.head):
         dec.fail(TraceTruncatedError(
             dec.path, f"expected {size} bytes of CPU {cpu.cpu} data (instance "
             f"{buf.name or 'top'!r}) from byte {cpu.offset}, the file ends first",
             offset=min(len(data), cpu.offset + have)))
     pages = have // page
+    lo, hi = (0, pages) if span is None else (span.first, min(pages, span.first + span.count))
     step = dec.window_pages
-    for start in range(0, pages, step):
-        count = min(step, pages - start) * page
+    for start in range(lo, hi, step):
+        count = min(step, hi - start) * page
         where = cpu.offset + start * page
         yield np.frombuffer(data, np.uint8, count, where), where
         _drop_pages(data, where, count)
+    return False
 
 
 def _drop_pages(data: Any, where: int, count: int) -> None:
@@ -156,19 +248,24 @@ def _drop_pages(data: Any, where: int, count: int) -> None:
 
 
 def _compressed_windows(
-    dec: Decoder, data: Any, buf: BufferInfo, cpu: CpuData
-) -> Iterator[tuple[npt.NDArray[np.uint8], int]]:
+    dec: Decoder, data: Any, buf: BufferInfo, cpu: CpuData, span: Span | None
+) -> Generator[tuple[npt.NDArray[np.uint8], int], None, bool]:
     algo = dec.info.compression or "none"
     cur = Cursor(data, dec.path, big_endian=dec.info.big_endian)
     pending: list[bytes] = []
     pending_at = cpu.offset
+    stopped = False
     try:
-        cur.seek(cpu.offset, f"CPU {cpu.cpu} data")
         # trace-cmd 3.1 counts the size from after the u32 chunk count
         end = min(len(data), cpu.offset + 4 + cpu.size)
-        cur.end = end
-        count = cur.u32("the chunk count")
-        cur.need(8 * count, f"{count} compressed chunk headers")
+        if span is None:
+            cur.seek(cpu.offset, f"CPU {cpu.cpu} data")
+            cur.end = end
+            count = cur.u32("the chunk count")
+            cur.need(8 * count, f"{count} compressed chunk headers")
+        else:
+            cur.seek(span.first, f"CPU {cpu.cpu} data")
+            cur.end, count = end, span.count
         for _ in range(count):
             at = cur.where()
             csize, usize = cur.u32("a chunk size"), cur.u32("a chunk's uncompressed size")
@@ -181,8 +278,10 @@ def _compressed_windows(
                 pending = []
     except TraceParseError as exc:
         dec.fail(exc)
+        stopped = True
     if pending:
         yield np.frombuffer(b"".join(pending), np.uint8), -pending_at - 1
+    return stopped
 
 
 def _decode_window(
@@ -213,7 +312,7 @@ def _check_lost_counts(dec: Decoder, recs: PageRecords, where: int, cpu: int, pa
     bad = np.flatnonzero(recs.missed & (recs.lost == 0))
     if bad.size:
         recs.lost[bad] = -1
-        dec.warnings.append(
+        dec.warn(
             f"CPU {cpu}: {bad.size} page(s) flag lost events with a stored count of 0 (a "
             f"damaged page header?), first at {_at(where, int(bad[0]) * page)}; their lost-"
             "event markers have an unknown count")
@@ -267,14 +366,16 @@ def _rows(
     pid = _common_int(dec, common, "common_pid", 4, 4, True, big)
     code = np.zeros(n, np.int32)
     keep = np.ones(n, np.bool_)
-    args = np.full(n, None, dtype=object)
+    args = np.full(n, -1, np.int32)
+    texts: list[str] = []
     typed: Typed = {}
     for ident in np.flatnonzero(np.bincount(etype & 0xFFFF)).tolist():
         rows = np.flatnonzero(etype == ident)
-        _decode_event(dec, buf, recs, ident, rows, code, keep, args, typed, (cpu, where))
+        _decode_event(dec, buf, recs, ident, rows, code, keep, (args, texts), typed,
+                      (cpu, where))
     block = Block(inst, cpu, dec.convert_ts(recs.ts), np.zeros(n, np.int64), pid,
                   code, (flags << 8 | pc).astype(np.int32), np.zeros(n, np.int64), keep,
-                  args, typed)
+                  args, texts, typed)
     return _with_markers(dec, block, recs)
 
 
@@ -287,14 +388,15 @@ def _common_int(dec: Decoder, rec: npt.NDArray[np.uint8], name: str, off: int, s
 
 def _decode_event(
     dec: Decoder, buf: npt.NDArray[np.uint8], recs: PageRecords, ident: int, rows: I64,
-    code: npt.NDArray[np.int32], keep: npt.NDArray[np.bool_], args: npt.NDArray[np.object_],
+    code: npt.NDArray[np.int32], keep: npt.NDArray[np.bool_],
+    args: tuple[npt.NDArray[np.int32], list[str]],
     typed: Typed, place: tuple[int, int] = (0, 0),
 ) -> None:
     ev = dec.formats.get(ident)
     if ev is None:
         code[rows] = dec.code(f"unknown_event_{ident}")
         cpu, where = place
-        dec.warnings.append(
+        dec.warn(
             f"CPU {cpu}: {len(rows)} records of event id {ident}, which has no format (damaged "
             f"records?), the first one's data at {_at(where, int(recs.offset[rows[0]]))}")
         return
@@ -320,7 +422,9 @@ def _decode_event(
                 cols[f.name] = col
         typed[ev.name] = (rows, cols)
     else:
-        args[rows] = render_args(ev, buf, offsets, recs.length[rows], dec.info.big_endian)
+        texts, index = render_args(ev, buf, offsets, recs.length[rows], dec.info.big_endian)
+        args[0][rows] = index + len(args[1])
+        args[1].extend(texts)
 
 
 def _with_markers(dec: Decoder, block: Block, recs: PageRecords) -> Block:
@@ -340,4 +444,4 @@ def _with_markers(dec: Decoder, block: Block, recs: PageRecords) -> Block:
         np.insert(block.pid, at, -1), np.insert(block.code, at, lost_code),
         np.insert(block.flag, at, -1), np.insert(block.lost, at, recs.lost[pages]),
         np.insert(block.keep, at, True),
-        np.insert(block.args, at, np.full(m, None, dtype=object)), typed)
+        np.insert(block.args, at, -1), block.texts, typed)

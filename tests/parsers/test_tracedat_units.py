@@ -54,8 +54,8 @@ def test_format_fields_and_raw_rendering() -> None:
     rec[20:22] = (-3 & 0xFFFF).to_bytes(2, "little")
     rec[24:28] = b"abc\0"
     buf = np.frombuffer(bytes(rec), np.uint8)
-    out = render_args(ev, buf, np.array([0]), np.array([32]), False)
-    assert out == ["rw=1 port=0x80 name=abc s=-3"]
+    texts, index = render_args(ev, buf, np.array([0, 0]), np.array([32, 32]), False)
+    assert [texts[i] for i in index] == ["rw=1 port=0x80 name=abc s=-3"] * 2
 
 
 def _page(records: list[bytes], base_ts: int, big: bool, missed: int = 0) -> bytes:
