@@ -15,6 +15,7 @@ __all__ = [
     "UnknownEventError",
     "MissingExtraError",
     "TraceProcessorError",
+    "QueryError",
     "RecordError",
     "OutputError",
     "EventNameError",
@@ -100,6 +101,16 @@ class TraceProcessorError(KvmMmuError):
         self.binary = binary
         self.reason = reason
         super().__init__(f"trace processor {binary}: {reason}")
+
+
+class QueryError(KvmMmuError):
+    """DuckDB refused or failed a query, or its input holds no table (``where`` names the
+    trace or dataset queried)."""
+
+    def __init__(self, where: str, reason: str) -> None:
+        self.where = where
+        self.reason = reason
+        super().__init__(f"{where}: {reason}")
 
 
 class RecordError(KvmMmuError):

@@ -7,26 +7,29 @@ Errors the user can cause print one line on stderr and exit with status 2.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from parsers import KvmMmuError, Trace, TraceBatch, TraceStream, __version__
+from parsers import Trace, TraceBatch, TraceStream, __version__
 from parsers.convert import CONVERT_TARGETS, ConvertReport, convert_trace
 from parsers.detect import iter_trace
 from parsers.output import check_output_dir, check_output_file
-from parsers.perfetto.sql import query_trace
 from parsers.recording.presets import PRESETS
 from parsers.recording.record import RecordReport, record
 from parsers.table_files import format_for
+from replay.cli_fleet import query
+from replay.cli_support import ForceOpt, PolicyOpt, SalvageOpt, StrictOpt, WorkersOpt
+from replay.cli_support import done as _done
+from replay.cli_support import err as _err
+from replay.cli_support import guard as _guard
+from replay.cli_support import out as _out
+from replay.cli_support import warn as _warn
 from replay.compare import run_scenario
 from replay.errors import ReplayConfigError
 from replay.model.cost import DEFAULT_COST, apply_overrides, load_cost_file
@@ -45,9 +48,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-T = TypeVar("T")
-
-
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"kvm-mmu-replay {__version__}")
@@ -59,48 +59,12 @@ def _main(version: Annotated[bool, typer.Option(
         "--version", callback=_version, is_eager=True,
         help="Print the version and exit.")] = False) -> None:
     """Read kvm_mmu traces into Arrow tables and replay KVM's TDP MMU root lifecycle."""
-_err = Console(stderr=True)
-
-
-def _out() -> Console:
-    """stdout console; at least 132 columns wide so tables stay readable when piped."""
-    return Console(width=max(shutil.get_terminal_size((132, 24)).columns, 132),
-                   soft_wrap=True, highlight=False)
-
 TraceArg = Annotated[Path, typer.Argument(help="Trace file: ftrace or trace-cmd report text "
                                           "(plain, .gz, .xz, .zst), trace.dat, or Perfetto "
                                           "protobuf; detected from the content.",
                                           show_default=False)]
-StrictOpt = Annotated[bool, typer.Option("--strict", help="Fail on the first line (text) or "
-                                         "field (Perfetto) that matches nothing known, naming "
-                                         "where, instead of counting it as skipped.")]
-SalvageOpt = Annotated[bool, typer.Option("--salvage", help="Keep what reads before damage "
-                                          "instead of failing: binary formats keep the events "
-                                          "decoded before it; text skips NUL or undecodable "
-                                          "lines and keeps the complete lines of a truncated "
-                                          "compressed file (each with a warning).")]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing output file, or "
-                                        "a directory kvm-mmu-replay wrote; nothing else is "
-                                        "ever replaced.")]
-WorkersOpt = Annotated[int | None, typer.Option(
-    "--workers", min=1, help="Processes decoding an uncompressed text trace or a trace.dat "
-    "(same result with any number); default: the machine's cores for text over 32 MiB or "
-    "trace.dat over 1 GiB, else 1.",
-    show_default=False)]
 EventsOpt = Annotated[list[str] | None, typer.Option(
     "--event", "-e", help="Keep only this event (repeatable).", show_default=False)]
-
-
-def _guard(fn: Callable[[], T]) -> T:
-    """Run ``fn``; turn the project's errors into a one-line message and exit status 2."""
-    try:
-        return fn()
-    except KvmMmuError as exc:
-        _err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
-        raise typer.Exit(2) from None
-    except KeyboardInterrupt:
-        _err.print("interrupted")
-        raise typer.Exit(130) from None
 
 
 def _with_progress(stream: TraceStream, path: Path) -> Iterator[TraceBatch]:
@@ -122,11 +86,6 @@ def _load(path: Path, events: list[str] | None, strict: bool, salvage: bool,
     stream = iter_trace(path, events=events or None, strict=strict, salvage=salvage,
                         workers=workers)
     return stream.complete(Trace.from_batches(_with_progress(stream, path), stream.metadata))
-
-
-def _warn(warnings: Iterable[str]) -> None:
-    for warning in warnings:
-        _err.print(f"[yellow]warning[/]: {escape(warning)}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -236,34 +195,6 @@ def convert(
     _warn(report.warnings)
 
 
-@app.command()
-def query(
-    trace: TraceArg,
-    sql: Annotated[str, typer.Argument(help="PerfettoSQL, e.g. 'select count(*) from "
-                                       "ftrace_event'.", show_default=False)],
-    trace_processor: Annotated[Path, typer.Option(
-        "--trace-processor", help="Path of a trace_processor_shell you supply (never "
-        "downloaded).", show_default=False)],
-    as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV instead of a table.")] = False,
-    strict: StrictOpt = False,
-    salvage: SalvageOpt = False,
-) -> None:
-    """Run Perfetto SQL on TRACE (converted to Perfetto first when needed)."""
-    table = _guard(lambda: query_trace(trace, sql, trace_processor=trace_processor,
-                                       strict=strict, salvage=salvage))
-    frame = table.to_pandas()
-    if as_csv:
-        typer.echo(frame.to_csv(index=False), nl=False)
-        return
-    grid = Table(*[str(c) for c in frame.columns])
-    for row in frame.itertuples(index=False):
-        grid.add_row(*[str(v) for v in row])
-    _out().print(grid)
-
-
-PolicyOpt = Annotated[list[str] | None, typer.Option(
-    "--policy", "-p", help="Policy to replay (repeatable), or 'all' (default).",
-    show_default=False)]
 
 
 CostFileOpt = Annotated[Path | None, typer.Option(help="TOML cost model")]
@@ -325,14 +256,6 @@ def export_perfetto(
     if result.ts_unit != "ns":
         _warn([f"the trace's timestamps are {result.ts_unit}: Perfetto shows the observed "
                "run's times as ns (a tick is not a nanosecond)"])
-
-
-def _done(out: Path | str) -> None:
-    """The closing line: on stdout, or on stderr when stdout is the output itself."""
-    if str(out) in ("-", "/dev/stdout"):
-        _err.print(f"wrote {out}", highlight=False, markup=False, soft_wrap=True)
-    else:
-        typer.echo(f"wrote {out}")
 
 
 def _layout(name: str) -> Literal["tracefs", "ns"]:
@@ -476,6 +399,8 @@ def record_cmd(
     if report.returncode != 0:
         _err.print(f"error: the command exited with status {report.returncode} (trace kept)")
         raise typer.Exit(1)
+
+app.command()(query)
 
 
 def main() -> None:

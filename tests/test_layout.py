@@ -20,7 +20,8 @@ MAX_MODULES_PER_FOLDER = 16
 READERS = ("parsers.detect", "parsers.convert", "parsers.text", "parsers.tracedat",
            "parsers.perfetto.reader", "parsers.perfetto.sql", "parsers.recording")
 #: Orchestration at replay's root: trace in, results out.
-ORCHESTRATION = ("replay.trace_replay", "replay.cli", "replay.compare")
+ORCHESTRATION = ("replay.trace_replay", "replay.cli", "replay.cli_support", "replay.cli_fleet",
+                 "replay.compare", "replay.fleets")
 
 
 def _module_name(path: Path) -> str:
