@@ -19,6 +19,11 @@ directory of table files). The rules:
   with status 2) raised before anything is created.
 * Files get mode ``0666`` and directories ``0777``, less the umask.
 
+A directory that grows entry by entry over a long run (a fleet dataset) is opened with
+:func:`open_growing_dir`: it is created with its marker first, each entry inside is then
+written under a temporary name and renamed by its writer, and an existing one is continued
+(``resume``) or replaced (``force``) by the same ownership rules.
+
 Callers check early with :func:`check_output_file` / :func:`check_output_dir` (before
 long work), then write.
 """
@@ -40,7 +45,7 @@ from typing import BinaryIO, Final
 from parsers.errors import OutputError
 
 __all__ = ["MARKER", "OutputTarget", "check_output_file", "check_output_dir", "output_file",
-           "output_dir"]
+           "output_dir", "open_growing_dir"]
 
 #: The file that marks a directory as written by kvm-mmu-replay (JSON: tool, files).
 MARKER: Final = ".kvm-mmu-replay"
@@ -269,3 +274,39 @@ def _swap_in(plan: OutputTarget, tmp: Path) -> None:
         os.rename(old, plan.path)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def open_growing_dir(path: str | os.PathLike[str], names: list[str], *, resume: bool = False,
+                     force: bool = False) -> Path:
+    """The directory ``path`` whose entries (``names``) are written one by one afterwards.
+
+    Missing: it is created with :data:`MARKER` listing ``names``. Existing and written by
+    kvm-mmu-replay, holding nothing but entries it lists: with ``resume`` it is kept (its
+    marker then lists ``names`` too), else with ``force`` it is replaced by an empty one.
+
+    Raises:
+        OutputError: as :func:`check_output_dir` (not ours, foreign files, no ``force`` nor
+            ``resume``, a special file, a missing parent), or it could not be created.
+    """
+    given = str(path)
+    target = Path(os.path.realpath(given))
+    if resume and target.is_dir():
+        _check_owned(given, target, force=True)
+        listed = json.loads((target / MARKER).read_text(encoding="utf-8"))["files"]
+        names = sorted(set(listed) | set(names))
+    else:
+        plan = check_output_dir(path, force=force)
+        target = plan.path
+        if plan.replace:
+            old = _temp_name(target, ".old")
+            os.rename(target, old)
+            shutil.rmtree(old, ignore_errors=True)
+    try:
+        target.mkdir(0o777, exist_ok=True)
+        tmp = _temp_name(target / MARKER, ".tmp")
+        tmp.write_text(json.dumps({"tool": "kvm-mmu-replay", "files": sorted(names)},
+                                  indent=1) + "\n", encoding="utf-8")
+        os.replace(tmp, target / MARKER)
+    except OSError as exc:
+        raise OutputError(given, f"cannot write: {exc.strerror or exc}") from None
+    return target

@@ -23,7 +23,7 @@ from parsers.output import check_output_dir, check_output_file
 from parsers.recording.presets import PRESETS
 from parsers.recording.record import RecordReport, record
 from parsers.table_files import format_for
-from replay.cli_fleet import query
+from replay.cli_fleet import fleet_command, query
 from replay.cli_support import ForceOpt, PolicyOpt, SalvageOpt, StrictOpt, WorkersOpt
 from replay.cli_support import done as _done
 from replay.cli_support import err as _err
@@ -401,6 +401,7 @@ def record_cmd(
         raise typer.Exit(1)
 
 app.command()(query)
+app.command("fleet")(fleet_command)
 
 
 def main() -> None:
