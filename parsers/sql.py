@@ -59,8 +59,8 @@ def query_tables(tables: Mapping[str, pa.Table], sql: str, *, where: str = "quer
 
     Examples:
         >>> import pyarrow as pa
-        >>> query_tables({"t": pa.table({"x": [1, 2, 3]})}, "select sum(x) s from t").to_pylist()
-        [{'s': 6}]
+        >>> query_tables({"t": pa.table({"x": [1, 2, 3]})}, "select max(x) m from t").to_pylist()
+        [{'m': 3}]
     """
     con = _connect()
     for name, table in tables.items():
