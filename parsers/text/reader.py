@@ -16,10 +16,12 @@ import pyarrow.compute as pc
 
 from parsers.errors import TraceParseError
 from parsers.schema import EVENT_FIELDS, EVENTS_SCHEMA, LOST_EVENTS
+from parsers.stacks import StackOwners
 from parsers.text.grammar import EventLines, split_event_lines
 from parsers.text.markers import LineKind, Marker, classify_line
 from parsers.text.payloads import decode_payloads
 from parsers.text.source import CHUNK_BYTES, LineChunk, iter_line_chunks
+from parsers.text.stacks import TextStacks
 from parsers.trace import Trace, TraceBatch, TraceMetadata, TraceStream
 from parsers.typed_batch import build_typed_batch
 
@@ -50,6 +52,9 @@ class _State:
     undecoded: dict[str, int] = field(default_factory=dict)
     units: set[str] = field(default_factory=set)
     salvage: bool = False
+    # stack records (parsers.text.stacks): frame runs across chunks, owners per CPU
+    stacks: TextStacks = field(default_factory=TextStacks)
+    owners: StackOwners = field(default_factory=StackOwners)
 
 
 def read_ftrace_text(
@@ -120,6 +125,7 @@ def _chunk_batch(chunk: LineChunk, state: _State) -> TraceBatch | None:
     ev = split_event_lines(lines)
     others = np.setdiff1d(np.arange(len(lines)), np.union1d(ev.rows, dropped),
                           assume_unique=True)
+    ev, others, frames = state.stacks.split(lines, ev, others, base_seq, state.meta)  # stacks
     markers = _classify_others(lines, others, chunk.first_line, state)
     if state.prefixed:
         ev = _split_prefix(ev)
@@ -133,7 +139,10 @@ def _chunk_batch(chunk: LineChunk, state: _State) -> TraceBatch | None:
     if len(ts):
         state.last_ts = int(ts[-1])
     batch = _assemble(ev, seq, marker_rows, state)
-    return None if batch is None else replace(batch, source_bytes=chunk.nbytes)
+    if batch is None:
+        return None
+    stacks = state.owners.batch(batch.events, frames)  # stack frames (parsers.stacks)
+    return replace(batch, source_bytes=chunk.nbytes, stacks=stacks)
 
 
 def _damaged_lines(chunk: LineChunk, state: _State) -> tuple[pa.StringArray, np.ndarray]:

@@ -19,11 +19,13 @@ import numpy.typing as npt
 
 from parsers.errors import TraceParseError, TraceTruncatedError
 from parsers.schema import EVENT_FIELDS, LOST_EVENTS
+from parsers.stacks import STACK_EVENTS
 from parsers.tracedat.binary import Cursor, decompress
 from parsers.tracedat.fields import gather, int_column, render_args
 from parsers.tracedat.formats import EventFormat, Field, PageLayout
 from parsers.tracedat.header import BufferInfo, CpuData, TraceDatInfo
 from parsers.tracedat.pages import PageRecords, walk_pages
+from parsers.tracedat.stacks import CALLERS, callers
 
 __all__ = ["Block", "Decoder", "iter_blocks"]
 
@@ -301,6 +303,11 @@ def _decode_event(
     code[rows] = dec.code(ev.name)
     if dec.wanted is not None and ev.name not in dec.wanted:
         keep[rows] = False
+        return
+    if ev.name in STACK_EVENTS:  # variable length: frames kept (parsers.tracedat.stacks)
+        typed[ev.name] = (rows, {CALLERS: callers(
+            ev, buf, recs.offset[rows], recs.length[rows], dec.info.long_size,
+            dec.info.big_endian)})
         return
     short = recs.length[rows] < ev.fixed_size
     if short.any():
