@@ -110,6 +110,8 @@ class StackOwners:
     """
 
     last: dict[int, int | None] = field(default_factory=dict)
+    #: The last stack record seen: seq → (ts, cpu, kind, owner seq).
+    held: dict[int, tuple[int, int | None, str, int | None]] = field(default_factory=dict)
 
     def batch(self, events: pa.RecordBatch, frames: StackFrames) -> pa.RecordBatch | None:
         """The ``stacks`` rows of ``frames`` (``None`` when the batch has no stack record)."""
@@ -119,27 +121,32 @@ class StackOwners:
             self._note_last(events)
             return None
         owner = self._owners(events, is_stack)
+        rows = np.flatnonzero(is_stack)
+        records = dict(self.held)
+        seqs = events.column("seq").to_numpy()[rows].tolist()
+        kinds = names.take(pa.array(rows)).cast(pa.string()).to_pylist()
+        ts = events.column("ts").to_numpy()[rows].tolist()
+        cpus = events.column("cpu").take(pa.array(rows)).to_pylist()
+        for k, q in enumerate(seqs):
+            own = int(owner[rows[k]])
+            records[q] = (ts[k], cpus[k], KIND_OF_EVENT.get(str(kinds[k]), "kernel"),
+                          None if own < 0 else own)
+        if seqs:  # frames of the batch's last record may follow in the next batch
+            self.held = {seqs[-1]: records[seqs[-1]]}
         if not len(frames):
             return None
         frames = frames.ordered()
-        seq = events.column("seq").to_numpy()
-        at = np.searchsorted(seq, np.asarray(frames.seq, np.int64))
-        at = np.minimum(at, max(len(seq) - 1, 0))
-        found = seq[at] == np.asarray(frames.seq, np.int64) if len(seq) else np.zeros(0, bool)
-        at = at[found]
-        kind = [KIND_OF_EVENT.get(str(n), "kernel") for n in
-                names.take(pa.array(at)).cast(pa.string()).to_pylist()]
-        own = owner[at]
-        pick = np.flatnonzero(found)
+        keep = [i for i, q in enumerate(frames.seq) if q in records]
+        info = [records[frames.seq[i]] for i in keep]
         cols = [
-            pa.array(seq[at], pa.int64()),
-            pa.array(own, pa.int64(), mask=own < 0),
-            events.column("ts").take(pa.array(at)),
-            events.column("cpu").take(pa.array(at)),
-            pa.array(kind, pa.string()).dictionary_encode().cast(_DICT),
-            pa.array(np.asarray(frames.depth, np.int32)[pick], pa.int32()),
-            pa.array([frames.frame[i] for i in pick.tolist()], pa.string()),
-            pa.array([frames.address[i] for i in pick.tolist()], pa.uint64()),
+            pa.array([frames.seq[i] for i in keep], pa.int64()),
+            pa.array([r[3] for r in info], pa.int64()),
+            pa.array([r[0] for r in info], pa.int64()),
+            pa.array([r[1] for r in info], pa.int32()),
+            pa.array([r[2] for r in info], pa.string()).dictionary_encode().cast(_DICT),
+            pa.array([frames.depth[i] for i in keep], pa.int32()),
+            pa.array([frames.frame[i] for i in keep], pa.string()),
+            pa.array([frames.address[i] for i in keep], pa.uint64()),
         ]
         return pa.RecordBatch.from_arrays(cols, schema=STACKS_SCHEMA)
 

@@ -139,8 +139,10 @@ def _chunk_batch(chunk: LineChunk, state: _State) -> TraceBatch | None:
     if len(ts):
         state.last_ts = int(ts[-1])
     batch = _assemble(ev, seq, marker_rows, state)
-    if batch is None:
+    if batch is None and not len(frames):
         return None
+    if batch is None:  # only frames of an earlier chunk's record
+        batch = TraceBatch(pa.RecordBatch.from_pylist([], schema=EVENTS_SCHEMA))
     stacks = state.owners.batch(batch.events, frames)  # stack frames (parsers.stacks)
     return replace(batch, source_bytes=chunk.nbytes, stacks=stacks)
 

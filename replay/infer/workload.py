@@ -13,6 +13,9 @@ Mapping (../shared/docs/kernel-semantics.md §3.3; the kernel paths are in docs/
 * root zaps by a VMM thread after the VM's last vCPU event, with no fast zap before them
   → :class:`~replay.model.workload.VmDestroy`.
 
+With kernel stacks in the trace the frames decide, and the evidence says so
+(:mod:`replay.infer.stack_causes`).
+
 Times are the trace's own nanoseconds, so replayed tables line up with observed ones.
 """
 
@@ -31,6 +34,7 @@ import pyarrow.compute as pc
 from parsers.trace import Trace
 from replay.infer.observed import BURST_GAP_NS, SPTE_PRESENT
 from replay.infer.resets import ResetPlan, plan_resets
+from replay.infer.stack_causes import StackCause, stack_causes, teardown_zaps
 from replay.infer.threads import Confidence, ThreadMap
 from replay.model.ids import PAGE_1G, PAGE_2M, PAGE_4K
 from replay.model.workload import (
@@ -43,7 +47,7 @@ from replay.model.workload import (
     Workload,
 )
 
-__all__ = ["DerivedWorkloads", "derive_workloads", "EVIDENCE_SCHEMA", "detect_era"]
+__all__ = ["DerivedWorkloads", "derive_workloads", "EVIDENCE_SCHEMA"]
 
 _PAGE_OF_LEVEL: Final = {1: PAGE_4K, 2: PAGE_2M, 3: PAGE_1G}
 #: Leaf bit of a non-4K SPTE (``PT_PAGE_SIZE_MASK``, bit 7).
@@ -98,6 +102,8 @@ def derive_workloads(trace: Trace, threads: ThreadMap) -> DerivedWorkloads:
     _teardowns(trace, threads, steps)
     warnings += _apply_resets(plan_resets(
         trace, threads, {vm: [s.op for s in items] for vm, items in steps.items()}), steps)
+    from replay.infer.era import detect_era  # era reads this module's frames
+
     backend, era, why = detect_era(trace, threads)
     workloads: dict[int, Workload] = {}
     rows: list[dict[str, object]] = []
@@ -361,21 +367,33 @@ def _populates(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]]) 
 
 def _fast_zaps(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]]) -> None:
     fast = _frame(trace, "kvm_mmu_zap_all_fast")
+    causes = stack_causes(trace, ["kvm_mmu_zap_all_fast"])
     for row in fast.itertuples():
         vm = threads.vm_of.get(int(row.pid))
         if vm is None or vm not in steps:
             continue
         actor = threads.thread_name(int(row.pid))
+        why = causes.get(int(row.seq))
+        told = (f"({why.words()})" if why is not None and why.cause in _FAST_ZAP_CAUSES else
+                "(memslot delete/move or nx_huge_pages: not told apart)")
         steps[vm].append(_Step(MemslotDelete(actor=actor, at=int(row.ts)), int(row.seq),
-                               f"kvm_mmu_zap_all_fast gen {row.mmu_valid_gen} by {actor} "
-                               f"(memslot delete/move or nx_huge_pages: not told apart)",
-                               "medium"))
+                               f"kvm_mmu_zap_all_fast gen {row.mmu_valid_gen} by {actor} {told}",
+                               "high" if why is not None else "medium"))
+
+
+#: Stack causes that say why a fast zap ran.
+_FAST_ZAP_CAUSES: Final = frozenset({"memslot", "nx_huge_pages"})
 
 
 def _teardowns(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]]) -> None:
     zaps = _frame(trace, "kvm_mmu_prepare_zap_page")
     if zaps.empty:
         return
+    causes = stack_causes(trace, ["kvm_mmu_prepare_zap_page"])
+    if causes:
+        told = _stack_teardowns(zaps, causes, threads, steps)
+        zaps = zaps[~zaps["seq"].isin(list(causes))]  # the heuristic takes the others
+        steps = {vm: items for vm, items in steps.items() if vm not in told}
     fast = _frame(trace, "kvm_mmu_zap_all_fast")
     for vm, items in steps.items():
         vcpu_ends = [s.op.at for s in items if isinstance(s.op, (LoadRoot, Populate))]
@@ -397,6 +415,19 @@ def _teardowns(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]]) 
                            f"vCPU event, with no fast zap: kvm_mmu_zap_all at VM exit", "medium"))
 
 
+def _stack_teardowns(zaps: pd.DataFrame, causes: dict[int, StackCause], threads: ThreadMap,
+                     steps: dict[int, list[_Step]]) -> set[int]:
+    """:class:`VmDestroy` of each VM whose zaps' stacks show its teardown (the VMs)."""
+    found = teardown_zaps(zaps, causes, threads.vm_of)
+    for vm, (seq, ts, pid, count) in found.items():
+        if vm in steps:
+            actor = threads.thread_name(pid)
+            steps[vm].append(_Step(VmDestroy(actor=actor, at=ts), seq, f"{count} "
+                                   f"kvm_mmu_prepare_zap_page by {actor} {causes[seq].words()}",
+                                   "high"))
+    return set(found) & set(steps)
+
+
 def _with_first_loads(items: list[_Step]) -> list[_Step]:
     """A vCPU whose first traced step is not a root load loaded its root before the trace
     began: add that load (at its first step's time)."""
@@ -411,87 +442,3 @@ def _with_first_loads(items: list[_Step]) -> list[_Step]:
             loaded.add(s.op.actor)
         out.append(s)
     return out
-
-
-#: ``SHADOW_NONPRESENT_VALUE`` (bit 63, x86_64 ~6.10+): what a zapping iterator writes.
-_NONPRESENT_VALUE: Final = 1 << 63
-
-
-def _fast_zap_passes(trace: Trace, zaps: pd.DataFrame) -> str | None:
-    """``"one"`` or ``"multi"``: how the fast-zap task tore the invalidated roots down.
-
-    The iterator writes 0 (or ``SHADOW_NONPRESENT_VALUE``) into the entries it zaps;
-    ``handle_removed_pt`` writes the frozen value below them. <= 5.17 zaps at the root
-    level only (``zap_gfn_range`` over everything): the task's first zap after its
-    ``kvm_mmu_zap_all_fast`` is a top-level entry and every write below it is frozen.
-    5.18+ zap the 1 GiB level first (6.9+: 4K, 2M, 1G), then the root level: iterator
-    writes below the root level come first. ``None`` when no teardown follows a fast zap."""
-    level = _root_level(trace)
-    fast = _frame(trace, "kvm_mmu_zap_all_fast")
-    if level is None or fast.empty or zaps.empty:
-        return None
-    zaps = zaps.sort_values("seq", kind="stable")
-    new = zaps["new_spte"].fillna(0).astype(np.uint64).to_numpy()
-    iterator = (new & np.uint64(~_NONPRESENT_VALUE & (2**64 - 1))) == 0
-    zseq, zpid, zlevel = (zaps[c].to_numpy() for c in ("seq", "pid", "level"))
-    votes: set[str] = set()
-    for pid in pd.unique(fast["pid"]):  # per task, by seq: its zaps, its fast zaps
-        mine = np.flatnonzero(zpid == pid)
-        seqs, tops = zseq[mine], np.flatnonzero(zlevel[mine] == level)
-        hits = np.r_[0, np.cumsum((zlevel[mine] < level) & iterator[mine])]
-        starts = np.sort(fast["seq"].to_numpy()[fast["pid"].to_numpy() == pid])
-        ends = np.append(starts[1:], np.iinfo(np.int64).max)  # the task's next fast zap
-        for lo, hi in zip(np.searchsorted(seqs, starts, "right").tolist(),
-                          np.searchsorted(seqs, ends, "left").tolist(), strict=True):
-            t = int(np.searchsorted(tops, lo))  # its first top-level zap in the window
-            if t < tops.size and tops[t] < hi:  # iterator writes below it, up to it?
-                votes.add("multi" if hits[tops[t] + 1] > hits[lo] else "one")
-    return "multi" if "multi" in votes else ("one" if votes else None)
-
-
-def detect_era(trace: Trace, threads: ThreadMap) -> tuple[str, str | None, str]:
-    """(backend, era policy name or None, evidence): who zaps roots tells the era."""
-    pages = _frame(trace, "kvm_mmu_get_page")
-    shadow = not pages.empty and ((pages["root_count"].fillna(0) > 0).any()
-                                  or (pages["direct"] == False).any())  # noqa: E712
-    if shadow and not _has_event(trace, "kvm_tdp_mmu_spte_changed"):
-        return ("shadow", None, "kvm_mmu_get_page shows live root_count / indirect roots and "
-                "no kvm_tdp_mmu_spte_changed: the shadow MMU (kvm.tdp_mmu=N); no TDP era applies")
-    if not _has_event(trace, "kvm_tdp_mmu_spte_changed"):
-        return ("unknown", None, "no kvm_tdp_mmu_spte_changed and no shadow pages: backend unknown")
-    args = " ".join(a or "" for a in trace.events.column("args").to_pylist()
-                    if a and "function=" in a)
-    if "tdp_mmu_zap_root_work" in args:
-        defunct = any(i.queued_by in threads.vcpus for i in threads.work_items
-                      if i.function == "tdp_mmu_zap_root_work")
-        return ("tdp", "5.18", "workqueue_queue_work function=tdp_mmu_zap_root_work: per-VM "
-                "workqueue zaps " + ("(5.18 .. 6.3: a vCPU queued one, a defunct root's put; "
-                                     "from 6.4 a valid root is never put to 0)" if defunct else
-                                     "(5.18 .. 6.5; no vCPU queued one, so 6.4/6.5, which "
-                                     "preserve roots, are not ruled out)"))
-    if "tdp_mmu_zap_root_async" in args:
-        return ("tdp", "async", "function=tdp_mmu_zap_root_async on the system workqueue")
-    changed = _frame(trace, "kvm_tdp_mmu_spte_changed")
-    gone = ((changed["old_spte"].fillna(0).astype(np.uint64) & SPTE_PRESENT) != 0) & \
-        ((changed["new_spte"].fillna(0).astype(np.uint64) & SPTE_PRESENT) == 0)
-    zappers = set(changed.loc[gone, "pid"].dropna().astype(int))
-    fast = set(_frame(trace, "kvm_mmu_zap_all_fast").get("pid", pd.Series(dtype=int)))
-    names = {threads.comms.get(p, "") for p in zappers}
-    torn = set(_root_teardowns(trace)["pid"].dropna().astype(int))
-    if torn & set(threads.vcpus):
-        return ("tdp", "sync", "vCPU threads zap top-level entries: the last put of a valid "
-                "root tears it down inline (<= 5.17; from 5.18 the putter only queues the "
-                "zap, from 6.4 a valid root is never put to 0)")
-    if zappers & fast:
-        if _fast_zap_passes(trace, changed[gone]) == "one":
-            return ("tdp", "sync", "SPTE zaps by the kvm_mmu_zap_all_fast task itself, in one "
-                    "root-level pass (top-level entry first, only frozen writes below it): "
-                    "<= 5.17 zaps gifted roots inline that way; 5.18+ zap the 1 GiB level "
-                    "first")
-        return ("tdp", "6.6", "SPTE zaps by the kvm_mmu_zap_all_fast task itself: the invalidating "
-                "task zaps inline (6.6+; the 1 GiB level first unless no teardown is traced)")
-    if any(n.startswith("kworker") for n in names):
-        return ("tdp", "5.18", "SPTE zaps by kworkers (5.18 .. 6.5)")
-    if zappers & set(threads.vcpus):
-        return ("tdp", "sync", "SPTE zaps by vCPU threads: the last put zaps inline (<= 5.17)")
-    return ("tdp", None, "no root zap in the trace: the era is not determined")
