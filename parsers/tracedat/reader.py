@@ -241,12 +241,17 @@ def _events_batch(
 
 
 def _dict_by(values: Any, null: Any, name: Any) -> pa.Array:
-    """A dictionary column naming each distinct value once (``null`` rows are null)."""
+    """A dictionary column naming each distinct value once (``null`` rows are null); values
+    with one name (two threads both ``CPU 0/KVM``) share one dictionary word."""
     enc = pa.array(values).dictionary_encode()
-    words = pa.array([name(int(v)) for v in enc.dictionary.to_pylist()], pa.string())
-    indices = pa.array(enc.indices.to_numpy(zero_copy_only=False).astype(np.int32), pa.int32(),
+    named = [name(int(v)) for v in enc.dictionary.to_pylist()]
+    unique = list(dict.fromkeys(named))
+    where = {w: i for i, w in enumerate(unique)}
+    remap = np.array([where[w] for w in named], np.int32)
+    codes = enc.indices.to_numpy(zero_copy_only=False)
+    indices = pa.array(remap[codes] if len(remap) else codes.astype(np.int32), pa.int32(),
                        mask=np.asarray(null))
-    return pa.DictionaryArray.from_arrays(indices, words)
+    return pa.DictionaryArray.from_arrays(indices, pa.array(unique, pa.string()))
 
 
 def _comm(comms: dict[int, str], pid: int) -> str:

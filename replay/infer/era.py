@@ -1,6 +1,6 @@
 """Which kernel era recorded a trace: who zaps roots, and how, tells it.
 
-Split from :mod:`replay.infer.workload`, whose per-trace frames it reads.
+Split from :mod:`replay.infer.workload`; both read :mod:`replay.infer.frames`.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 
 from parsers.trace import Trace
+from replay.infer.frames import _frame, _has_event, _root_level, _root_teardowns
 from replay.infer.observed import SPTE_PRESENT
 from replay.infer.threads import ThreadMap
-from replay.infer.workload import _frame, _has_event, _root_level, _root_teardowns
 
 __all__ = ["detect_era"]
 

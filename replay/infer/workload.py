@@ -21,7 +21,6 @@ Times are the trace's own nanoseconds, so replayed tables line up with observed 
 
 from __future__ import annotations
 
-import weakref
 from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import Final
@@ -29,9 +28,10 @@ from typing import Final
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from parsers.trace import Trace
+from replay.infer.era import detect_era
+from replay.infer.frames import _frame, _has_event, _root_teardowns
 from replay.infer.observed import BURST_GAP_NS, SPTE_PRESENT
 from replay.infer.resets import ResetPlan, plan_resets
 from replay.infer.stack_causes import StackCause, stack_causes, teardown_zaps
@@ -102,8 +102,6 @@ def derive_workloads(trace: Trace, threads: ThreadMap) -> DerivedWorkloads:
     _teardowns(trace, threads, steps)
     warnings += _apply_resets(plan_resets(
         trace, threads, {vm: [s.op for s in items] for vm, items in steps.items()}), steps)
-    from replay.infer.era import detect_era  # era reads this module's frames
-
     backend, era, why = detect_era(trace, threads)
     workloads: dict[int, Workload] = {}
     rows: list[dict[str, object]] = []
@@ -134,29 +132,6 @@ def _apply_resets(plan: ResetPlan, steps: dict[int, list[_Step]]) -> list[str]:
     for p in plan.add:
         steps.setdefault(p.vm, []).append(_Step(p.op, p.seq, p.evidence, p.confidence))
     return plan.warnings
-
-
-def _has_event(trace: Trace, name: str) -> bool:
-    """Whether any row of ``trace`` is event ``name`` (compares dictionary codes)."""
-    if name in trace.names:
-        return bool(trace.table(name).num_rows > 0)
-    for chunk in trace.events.column("event").chunks:
-        code = chunk.dictionary.index(name).as_py()
-        if code >= 0 and bool(pc.any(pc.equal(chunk.indices, code)).as_py()):
-            return True
-    return False
-
-
-#: Typed tables as DataFrames, converted once per trace (derive reads several of them in
-#: several passes; the frames are only read, never modified).
-_FRAMES: weakref.WeakKeyDictionary[Trace, dict[str, pd.DataFrame]] = weakref.WeakKeyDictionary()
-
-
-def _frame(trace: Trace, name: str) -> pd.DataFrame:
-    frames = _FRAMES.setdefault(trace, {})
-    if name not in frames:
-        frames[name] = trace.table(name).to_pandas() if name in trace.names else pd.DataFrame()
-    return frames[name]
 
 
 def _fast_zaps_by_vm(trace: Trace, threads: ThreadMap) -> dict[int, np.ndarray]:
@@ -256,32 +231,6 @@ def _reloads_at_entry(trace: Trace, threads: ThreadMap, steps: dict[int, list[_S
                                         f"{why} with no root get_page by this vCPU: it "
                                         f"reused a valid root (not traced)", "medium"))
 
-
-
-def _root_level(trace: Trace) -> int | None:
-    """The TDP root level: the highest level of a direct ``kvm_mmu_get_page``, else the
-    highest level of a ``kvm_tdp_mmu_spte_changed``."""
-    pages = _frame(trace, "kvm_mmu_get_page")
-    if not pages.empty and (pages["direct"] == True).any():  # noqa: E712
-        return int(pages.loc[pages["direct"] == True, "level"].max())  # noqa: E712
-    changed = _frame(trace, "kvm_tdp_mmu_spte_changed")
-    level = changed["level"].max() if not changed.empty else None
-    return None if level is None or pd.isna(level) else int(level)
-
-
-def _root_teardowns(trace: Trace) -> pd.DataFrame:
-    """``kvm_tdp_mmu_spte_changed`` rows that zap a top-level entry (present → non-present
-    at the root level): only a root's teardown does that (``tdp_mmu_zap_root``, or ≤ 5.17
-    ``zap_gfn_range`` over the whole root); mmu_notifier unmaps zap leaves, faults at most
-    the level of the huge page they install."""
-    changed = _frame(trace, "kvm_tdp_mmu_spte_changed")
-    level = _root_level(trace)
-    if changed.empty or level is None:
-        return pd.DataFrame(columns=["seq", "ts", "pid"])
-    old = changed["old_spte"].fillna(0).astype(np.uint64)
-    new = changed["new_spte"].fillna(0).astype(np.uint64)
-    gone = ((old & SPTE_PRESENT) != 0) & ((new & SPTE_PRESENT) == 0) & (changed["level"] == level)
-    return changed.loc[gone, ["seq", "ts", "pid"]]
 
 
 def _resets(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]]) -> None:
