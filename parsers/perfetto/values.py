@@ -28,6 +28,7 @@ from parsers.perfetto.encode import (
 )
 from parsers.perfetto.protos import field_number
 from parsers.schema import BUFFER_STARTED, EVENT_FIELDS, LOST_EVENTS, PAGE_EVENTS, ROLE_BITS
+from parsers.stacks import STACK_EVENTS
 from parsers.trace import Trace
 
 __all__ = ["EventValues", "parse_pairs", "PAYLOAD_FIELD"]
@@ -170,7 +171,7 @@ class EventValues:
         for i, name in enumerate(names):
             if done[i] or name in _MARKERS:
                 continue
-            if name in EVENT_FIELDS and name not in self.kinds:
+            if (name in EVENT_FIELDS or name in STACK_EVENTS) and name not in self.kinds:
                 self.encoder.declare(name, ())
             key = (name, args[i])
             hit = self._untyped_cache.get(key)

@@ -51,6 +51,8 @@ LOSSY_COLUMNS: Final = (
     "lost_events.lost (per-CPU totals only, in FtraceStats)", "buffer_started markers",
     "kvm_entry/kvm_exit x86 fields (vcpu_id is re-inferred from CPU n/KVM thread names)",
     "kvm_userspace_exit.errno", "free-text args (read back as payload=<text>)",
+    "the stacks table (kernel_stack/user_stack records are kept as events, their frames "
+    "are dropped)",
 )
 _ROWS_PER_CHUNK: Final = 65536
 _COMPRESS_CHUNK: Final = 512 << 10
@@ -279,6 +281,8 @@ def write_perfetto(
         writer.flush_bundle()
         writer.stats()
         sink.flush()
+    if trace.stacks.num_rows:  # Perfetto's ftrace protos have no stack records
+        writer.dropped["stacks (stack frames)"] = trace.stacks.num_rows
     return PerfettoWriteReport(str(path), writer.events, writer.bundles, sink.count,
                                dict(sorted(writer.dropped.items())), clock_notes(trace))
 

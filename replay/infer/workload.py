@@ -13,6 +13,9 @@ Mapping (../shared/docs/kernel-semantics.md §3.3; the kernel paths are in docs/
 * root zaps by a VMM thread after the VM's last vCPU event, with no fast zap before them
   → :class:`~replay.model.workload.VmDestroy`.
 
+With kernel stacks in the trace the frames decide, and the evidence says so
+(:mod:`replay.infer.stack_causes`).
+
 Times are the trace's own nanoseconds, so replayed tables line up with observed ones.
 """
 
@@ -35,6 +38,7 @@ from replay.infer.era import detect_era
 from replay.infer.observed import BURST_GAP_NS, SPTE_PRESENT
 from replay.infer.relative import Timed, relativize
 from replay.infer.resets import PRETRACE_AT, ResetPlan, plan_resets
+from replay.infer.stack_causes import StackCause, stack_causes, teardown_zaps
 from replay.infer.threads import ThreadMap
 from replay.infer.workload_frames import frame as _frame
 from replay.infer.workload_frames import has_event as _has_event
@@ -336,6 +340,7 @@ def _populates(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]]) 
 def _fast_zaps(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]],
                calls: list[Call]) -> None:
     fast = _frame(trace, "kvm_mmu_zap_all_fast")
+    causes = stack_causes(trace, ["kvm_mmu_zap_all_fast"])
     for row in fast.itertuples():
         vm = threads.vm_of.get(int(row.pid))
         if vm is None or vm not in steps:
@@ -343,17 +348,30 @@ def _fast_zaps(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]],
         actor = threads.thread_name(int(row.pid))
         call = enclosing_call(calls, int(row.pid), int(row.seq), int(row.ts))
         at = int(row.ts) if call is None else call.start
+        why = causes.get(int(row.seq))
+        told = (f"({why.words()})" if why is not None and why.cause in _FAST_ZAP_CAUSES else
+                "(memslot delete/move or nx_huge_pages: not told apart)")
         steps[vm].append(_Step(MemslotDelete(actor=actor, at=at), int(row.seq),
-                               f"kvm_mmu_zap_all_fast gen {row.mmu_valid_gen} by {actor} "
-                               f"(memslot delete/move or nx_huge_pages: not told apart)"
+                               f"kvm_mmu_zap_all_fast gen {row.mmu_valid_gen} by {actor} {told}"
                                + (f", in its {call.name} from {call.start}" if call else ""),
-                               "medium", call.start_seq if call else None,
+                               "high" if why is not None else "medium",
+                               call.start_seq if call else None,
                                call.end if call else None, call.end_seq if call else None))
+
+
+#: Stack causes that say why a fast zap ran.
+_FAST_ZAP_CAUSES: Final = frozenset({"memslot", "nx_huge_pages"})
 
 
 def _teardowns(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]],
                calls: list[Call]) -> None:
     zaps = _frame(trace, "kvm_mmu_prepare_zap_page")
+    if not zaps.empty:
+        causes = stack_causes(trace, ["kvm_mmu_prepare_zap_page"])
+        if causes:
+            told = _stack_teardowns(zaps, causes, threads, steps, calls)
+            zaps = zaps[~zaps["seq"].isin(list(causes))]  # the heuristic takes the others
+            steps = {vm: items for vm, items in steps.items() if vm not in told}
     fast = _frame(trace, "kvm_mmu_zap_all_fast")
     exits = [c for c in calls if c.name in ("exit_group", "exit") and c.pid not in threads.vcpus]
     for vm, items in steps.items():
@@ -403,6 +421,26 @@ def _relative(trace: Trace, calls: list[Call], threads: ThreadMap, vm: int,
     conf = {s.seq: s.confidence for s in items}
     return [_Step(op, seq, why, conf.get(seq, "medium")) for op, why, seq in
             relativize(trace, calls, pids, timed)]
+
+
+def _stack_teardowns(zaps: pd.DataFrame, causes: dict[int, StackCause], threads: ThreadMap,
+                     steps: dict[int, list[_Step]], calls: list[Call]) -> set[int]:
+    """:class:`VmDestroy` of each VM whose zaps' stacks show its teardown (the VMs); at the
+    start of the process exit the first such zap is in, when syscalls are traced."""
+    found = teardown_zaps(zaps, causes, threads.vm_of)
+    for vm, (seq, ts, pid, count) in found.items():
+        if vm not in steps:
+            continue
+        actor = threads.thread_name(pid)
+        call = enclosing_call(calls, pid, seq, ts)
+        if call is not None and call.name not in ("exit_group", "exit"):
+            call = None
+        steps[vm].append(_Step(
+            VmDestroy(actor=actor, at=ts if call is None else call.start), seq,
+            f"{count} kvm_mmu_prepare_zap_page by {actor} {causes[seq].words()}"
+            + (f", in its {call.name} from {call.start}" if call else ""), "high",
+            call.start_seq if call else None))
+    return set(found) & set(steps)
 
 
 def _with_first_loads(items: list[_Step]) -> list[_Step]:
