@@ -4,6 +4,7 @@ table from the real recording of ``sample_traces/stacks_*`` in every rendering."
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pyarrow.compute as pc
 import pytest
@@ -129,3 +130,109 @@ def test_parse_frame_round_trips_the_kernel_renderings(sym: str, addr: int, off:
     assert parse_frame(f" {sym} ({addr:x})") == (sym, addr)  # trace-cmd report
     assert parse_frame(f"  <{addr:016x}>") == (None, addr)  # user frame
     assert function_name(sym + off) == sym
+
+
+def _same_stacks(a: Trace, b: Trace) -> None:
+    assert a.events.equals(b.events)
+    assert a.stacks.equals(b.stacks)
+    assert a.metadata == b.metadata
+
+
+@pytest.mark.parametrize("name", ["stacks_teardown.txt", "stacks_teardown.report.txt",
+                                  "stacks_interleaved.txt"])
+@pytest.mark.parametrize("chunk", [64, 300, 1500])
+def test_workers_give_the_same_stacks_with_chunks_inside_frame_runs(name: str,
+                                                                    chunk: int) -> None:
+    """Chunks (and worker ranges) this small start inside runs of frame lines, and records
+    whose owner is in an earlier chunk or range: one process and two give the same table."""
+    from parsers import read_ftrace_text
+    from parsers.text.source import iter_line_chunks
+
+    path = SAMPLES / name
+    starts = [c.lines[0].as_py() for c in iter_line_chunks(path, chunk_bytes=chunk)]
+    assert any(s.lstrip().startswith("=>") for s in starts)  # frame runs cut by chunks
+    one = read_ftrace_text(path, chunk_bytes=chunk, workers=1)
+    assert one.stacks.num_rows and one.stacks.column("event_seq").null_count == 0
+    _same_stacks(one, read_ftrace_text(path, chunk_bytes=chunk, workers=2))
+    _same_stacks(one, read_trace(path))
+
+
+def test_orphan_frames_at_a_range_start_are_counted_the_same(tmp_path: Path) -> None:
+    """Frame lines after a line that is no record, where a chunk starts, in both paths."""
+    from parsers import read_ftrace_text
+
+    lines = TEXT.read_text().splitlines(keepends=True)
+    at = next(i for i, ln in enumerate(lines)
+              if i > 400 and ": kvm_mmu" in ln and "=>" not in ln)
+    lines[at + 1:at + 1] = [" => orphan_frame\n"] * 30
+    path = tmp_path / "orphans.txt"
+    path.write_text("".join(lines))
+    one = read_ftrace_text(path, chunk_bytes=200, workers=1)
+    assert one.metadata.skipped == {"stack_frame_orphan": 30}
+    _same_stacks(one, read_ftrace_text(path, chunk_bytes=200, workers=2))
+
+
+def test_trace_dat_stack_windows_decoded_in_worker_processes() -> None:
+    """The bundled excerpt has one compressed window, so ``read_trace(workers=2)`` decodes
+    it here; feed it to the worker pool anyway: the caller words come back over Arrow IPC
+    and name the same frames."""
+    from parsers.tracedat import parallel
+    from parsers.tracedat.header import read_info
+    from parsers.tracedat.source import make_decoder, open_mapped
+    from parsers.tracedat.stream import decode_span, plan_spans
+
+    path = str(DAT)
+    data = open_mapped(path)
+    info = read_info(data, path)
+    dec = make_decoder(path, info, None, False, 16)
+    buf = info.buffers[0]
+    spans = plan_spans(dec, data, buf, buf.cpus[0])
+    assert spans
+    pool = parallel._Pool(dec, [parallel._Task(0, 0, s) for s in spans], 2)
+    try:
+        there = list(parallel._stream(dec, data, pool, 0, 0, spans))
+        assert pool.exe is not None  # the windows did go to the workers
+    finally:
+        pool.close()
+    here = list(decode_span(make_decoder(path, info, None, False, 16), data, 0, buf,
+                            buf.cpus[0], spans[0]))
+    for name in ("kernel_stack", "user_stack"):
+        got = [w for b in there for w in b.typed[name][1]["caller"].tolist()]
+        want = [w for b in here for w in b.typed[name][1]["caller"].tolist()]
+        assert got == want and len(got) == 91
+
+
+def test_damaged_kernel_stack_record_is_a_warning_with_its_frames_kept() -> None:
+    """A ``kernel_stack`` whose ``size`` counts more words than the record holds (the
+    recording's own format: ``int size`` at 8, ``caller[]`` at 16) keeps the words it has
+    and warns through the decoder, as every other trace.dat damage does."""
+    import numpy as np
+
+    from parsers.tracedat import stream
+    from parsers.tracedat.header import read_info
+    from parsers.tracedat.pages import PageRecords
+    from parsers.tracedat.source import make_decoder, open_mapped
+    from parsers.tracedat.stacks import words
+
+    path = str(DAT)
+    dec = make_decoder(path, read_info(open_mapped(path), path), None, False, 16)
+    ev = next(e for e in dec.formats.values() if e.name == "kernel_stack")
+    head = np.array([ev.id, 0, 0], "<u2").tobytes() + b"\0\0"  # type, flags, pid 0
+    good = head + np.array([2], "<i4").tobytes() + b"\0" * 4 + np.array(
+        [0xFFFFFFFF81000010, 0xFFFFFFFF81000020], "<u8").tobytes()
+    bad = head + np.array([9], "<i4").tobytes() + b"\0" * 4 + np.array(
+        [0xFFFFFFFF81000030, 0xFFFFFFFF81000040, 0xFFFFFFFF81000050], "<u8").tobytes()
+    buf = np.frombuffer(good + bad, np.uint8)
+    n = np.array([0, len(good)], np.int64)
+    recs = PageRecords(n, np.array([len(good), len(bad)], np.int64), np.zeros(2, np.uint64),
+                       np.zeros(2, np.int64), np.zeros(1, bool), np.zeros(1, np.int64),
+                       np.zeros(1, np.uint64), None)
+    typed: stream.Typed = {}
+    stream._stack_event(dec, ev, buf, recs, np.arange(2), typed, (3, 4096))
+    rows, cols = typed["kernel_stack"]
+    assert [words(w) for w in cols["caller"]] == [
+        [0xFFFFFFFF81000010, 0xFFFFFFFF81000020],
+        [0xFFFFFFFF81000030, 0xFFFFFFFF81000040, 0xFFFFFFFF81000050]]
+    assert dec.warnings == [
+        f"CPU 3: 1 kernel_stack records shorter than the frames they declare (damaged?), "
+        f"their frames kept as far as they go; the first one's data at byte {4096 + len(good)}"]
