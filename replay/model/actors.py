@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from replay.errors import WorkloadError
-from replay.model.engine import LATE, URGENT, Signal, Wait
+from replay.model.engine import LATE, NORMAL, URGENT, Signal, Wait, Wakeup
 from replay.model.ids import ActorId, Nanos, vcpu_actor
 from replay.model.lifecycle import Replay, VcpuState
 from replay.model.lock import READ, WRITE
@@ -75,15 +75,27 @@ class _Driver:
 
     def _actor(self, actor: ActorId, ops: list[tuple[int, Op]]) -> Wait:
         rp = self.rp
+        sim = rp.sim
         for index, op in ops:
-            if op.at > rp.sim.now or op.at == rp.sim.now > 0:
+            due = op.at > sim.now or op.at == sim.now > 0
+            if rp.fast and type(op) is Populate:
+                if self._fast_populate(index, op, due):
+                    rp.end_ts = max(rp.end_ts, sim.now)
+                    continue
+                if due:
+                    yield Wakeup(op.at - sim.now, LATE + index)
+                    due = False
+                    if self._fast_populate(index, op, due):
+                        rp.end_ts = max(rp.end_ts, sim.now)
+                        continue
+            if due:
                 # an operation due at `at` starts after whatever else happens at that instant
                 # (a kick, a lock grant): a trace-derived step was asked for then, so the
                 # state it reacts to is the one those left; operations due at the same
                 # instant start in workload order (a derived workload's is the trace's)
-                due = Signal(rp.sim)
-                rp.sim.schedule(op.at - rp.sim.now, due.fire, LATE + index)
-                yield due
+                wake = Signal(sim)
+                sim.schedule(op.at - sim.now, wake.fire, LATE + index)
+                yield wake
             handler = _HANDLERS.get(type(op))
             if handler is None:
                 raise WorkloadError(index, actor, f"no handler for {type(op).__name__}")
@@ -168,6 +180,49 @@ class _Driver:
             if n == 0:
                 return
             todo = yield from self._fault(v, root, fresh, n)
+
+    def _fast_populate(self, index: int, op: Populate, due: bool) -> bool:
+        """Run ``op`` at once, without yielding, when nothing else could run before its
+        faults end; False (nothing changed) when it must take the plain path.
+
+        The plain path (:meth:`populate`, started after a wait at ``(op.at, LATE +
+        index)`` when ``due``) would, on a loaded valid root with ``mmu_lock`` free for
+        read and nobody queued, take the lock at once, fault for ``n * fault_ns`` and
+        release it; if no callback sorts before that end (``quiet_until``), nothing else
+        runs meanwhile, so nobody can contend, kick, invalidate or map: the faults install
+        exactly the unmapped parts, in one :meth:`~replay.model.population.Population.add`.
+        The clock jumps to the end and the engine's step count takes the heap steps the
+        plain path takes (the wait's two, the lock grant's resume, the timer and its
+        resume). Test: tests/replay/test_model_fast_path.py runs both and compares."""
+        rp = self.rp
+        sim = rp.sim
+        v = rp.vcpus.get(op.vcpu)
+        if v is None or v.gone or v.request or rp.lock.writer is not None or rp.lock.waiting:
+            return False
+        root = v.root
+        if root is None or root.invalid:
+            return False
+        each = round(rp.cost.fault_ns)
+        start = op.at if due else sim.now
+        if each <= 0 or not sim.quiet_until(start + round(op.size // op.page * float(each)),
+                                            NORMAL):
+            return False
+        sim.now = start
+        for r in rp.recorders:
+            r.enter_guest(rp.now, v.actor, False)
+        fresh = add_extent(root.population, Extent(op.start, op.size, op.page))
+        n = counts_of(fresh).leaves
+        if n == 0:
+            sim.steps += 2 * due
+            return True
+        sim.now = start + round(n * float(each))
+        self.mapped[root.id] = root
+        rp.block(v.actor, start, "fault", count=n, each=each, root=root)
+        for r in rp.recorders:
+            r.populated(Nanos(start), rp.now, v.actor, root.id, fresh)
+            r.faults(Nanos(start), v.actor, root.id, list(fresh), fresh, each)
+        sim.steps += 3 + 2 * due
+        return True
 
     def _fault(self, v: VcpuState, root: Any, fresh: list[Extent], n: int) -> Wait:
         """Fault ``fresh`` into ``root`` under ``mmu_lock`` read, one fault per unit;
