@@ -324,13 +324,15 @@ def _populates(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]]) 
     count = np.bincount(run)
     seq = rows["seq"].to_numpy(dtype=np.int64)
     src = rows["src"].to_numpy()
-    for i, c in zip(first.tolist(), count.tolist(), strict=True):
-        vcpu = threads.vcpus[int(pid[i])]
-        size = int(page[i]) * c
+    # one run per row of these lists (Python ints: no NumPy scalar per field and run)
+    r_pid, r_page, r_start = pid[first].tolist(), page[first].tolist(), start[first].tolist()
+    r_ts, r_seq, r_src = ts[first].tolist(), seq[first].tolist(), src[first].tolist()
+    for k, c in enumerate(count.tolist()):
+        vcpu = threads.vcpus[r_pid[k]]
         steps[vcpu.vm].append(_Step(
-            Populate(vcpu=vcpu.vcpu, start=int(start[i]), size=size, page=int(page[i]),
-                     at=int(ts[i])), int(seq[i]),
-            f"{c} x {src[i]} from gfn {int(start[i]) >> 12:#x}", "high"))
+            Populate(vcpu=vcpu.vcpu, start=r_start[k], size=r_page[k] * c, page=r_page[k],
+                     at=r_ts[k]), r_seq[k],
+            f"{c} x {r_src[k]} from gfn {r_start[k] >> 12:#x}", "high"))
 
 
 def _fast_zaps(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]],

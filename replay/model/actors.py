@@ -14,6 +14,8 @@ from replay.model.engine import LATE, NORMAL, URGENT, Signal, Wait, Wakeup
 from replay.model.ids import ActorId, Nanos, vcpu_actor
 from replay.model.lifecycle import Replay, VcpuState
 from replay.model.lock import READ, WRITE
+from replay.model.recorders import Recorder
+from replay.model.records import BlockInterval
 from replay.model.population import (
     Extent,
     Segment,
@@ -47,6 +49,21 @@ from replay.model.workload import (
 __all__ = ["start_actors"]
 
 
+class _Hooks:
+    """The recorders' bound hooks the fast path calls, without those left as the base
+    class's no-ops (same calls, same order, fewer of them)."""
+
+    def __init__(self, recorders: list[Recorder]) -> None:
+        def bound(name: str) -> list[Any]:
+            return [getattr(r, name) for r in recorders
+                    if getattr(type(r), name) is not getattr(Recorder, name)]
+
+        self.enter_guest = bound("enter_guest")
+        self.block = bound("block")
+        self.populated = bound("populated")
+        self.faults = bound("faults")
+
+
 class _Driver:
     """Starts one process per actor and runs each actor's operations in order."""
 
@@ -60,6 +77,7 @@ class _Driver:
         #: roots given extents since last seen empty: a superset of the roots that map
         #: something, which the fast zap's check reads instead of every root ever made
         self.mapped: dict[int, Any] = {}
+        self.hooks = _Hooks(rp.recorders)
 
     def start(self) -> None:
         per_actor: dict[str, list[tuple[int, Op]]] = {}
@@ -79,7 +97,9 @@ class _Driver:
         for index, op in ops:
             due = op.at > sim.now or op.at == sim.now > 0
             if rp.fast and type(op) is Populate:
-                if self._fast_populate(index, op, due):
+                # the first check only when no callback comes before the wait would end
+                if (not due or sim.quiet_until(op.at, LATE + index)) \
+                        and self._fast_populate(index, op, due):
                     rp.end_ts = max(rp.end_ts, sim.now)
                     continue
                 if due:
@@ -208,19 +228,24 @@ class _Driver:
                                             NORMAL):
             return False
         sim.now = start
-        for r in rp.recorders:
-            r.enter_guest(rp.now, v.actor, False)
+        hooks = self.hooks
+        for enter in hooks.enter_guest:
+            enter(Nanos(start), v.actor, False)
         fresh = add_extent(root.population, Extent(op.start, op.size, op.page))
-        n = counts_of(fresh).leaves
+        n = sum(e.size // e.page for e in fresh)
         if n == 0:
             sim.steps += 2 * due
             return True
-        sim.now = start + round(n * float(each))
+        sim.now = end = start + round(n * float(each))
         self.mapped[root.id] = root
-        rp.block(v.actor, start, "fault", count=n, each=each, root=root)
-        for r in rp.recorders:
-            r.populated(Nanos(start), rp.now, v.actor, root.id, fresh)
-            r.faults(Nanos(start), v.actor, root.id, list(fresh), fresh, each)
+        iv = BlockInterval(vcpu=v.id, start=Nanos(start), end=Nanos(end), cause="fault",
+                           count=n, each_ns=each, root=root.id)
+        for block in hooks.block:
+            block(iv)
+        for populated in hooks.populated:
+            populated(Nanos(start), Nanos(end), v.actor, root.id, fresh)
+        for faults in hooks.faults:
+            faults(Nanos(start), v.actor, root.id, list(fresh), fresh, each)
         sim.steps += 3 + 2 * due
         return True
 
