@@ -78,13 +78,20 @@ class _Driver:
         #: something, which the fast zap's check reads instead of every root ever made
         self.mapped: dict[int, Any] = {}
         self.hooks = _Hooks(rp.recorders)
+        self.fault_each = round(rp.cost.fault_ns)  # as _fault charges each fault
 
     def start(self) -> None:
         per_actor: dict[str, list[tuple[int, Op]]] = {}
+        vids: set[int] = set()
         for i, op in enumerate(self.workload.ops):
-            per_actor.setdefault(op.actor, []).append((i, op))
+            mine = per_actor.get(op.actor)
+            if mine is None:
+                mine = per_actor[op.actor] = []
+            mine.append((i, op))
+            if isinstance(op, VcpuOp):
+                vids.add(op.vcpu)
         # vCPUs in id order: kvm_for_each_vcpu (kicks, vCPU destroy) walks them by index
-        for vid in sorted({op.vcpu for op in self.workload.ops if isinstance(op, VcpuOp)}):
+        for vid in sorted(vids):
             self.rp.vcpus[vid] = VcpuState(vid, vcpu_actor(vid), self.rp.sim)
         for actor, ops in per_actor.items():
             proc = self.rp.sim.process(self._actor(ActorId(actor), ops), actor)
@@ -222,7 +229,7 @@ class _Driver:
         root = v.root
         if root is None or root.invalid:
             return False
-        each = round(rp.cost.fault_ns)
+        each = self.fault_each
         start = op.at if due else sim.now
         if each <= 0 or not sim.quiet_until(start + round(op.size // op.page * float(each)),
                                             NORMAL):
@@ -231,8 +238,9 @@ class _Driver:
         hooks = self.hooks
         for enter in hooks.enter_guest:
             enter(Nanos(start), v.actor, False)
-        fresh = add_extent(root.population, Extent(op.start, op.size, op.page))
-        n = sum(e.size // e.page for e in fresh)
+        fresh = root.population.add(Extent(op.start, op.size, op.page))
+        n = fresh[0].size // fresh[0].page if len(fresh) == 1 else sum(
+            e.size // e.page for e in fresh)
         if n == 0:
             sim.steps += 2 * due
             return True

@@ -77,14 +77,15 @@ class Process:
     """Runs a generator; each yielded :class:`Signal` suspends it until that signal fires
     (a :class:`Wakeup`, until its time)."""
 
-    __slots__ = ("sim", "gen", "done", "name")
+    __slots__ = ("sim", "gen", "done", "name", "_wake")
 
     def __init__(self, sim: Sim, gen: Wait, name: str) -> None:
         self.sim = sim
         self.gen = gen
         self.name = name
         self.done = Signal(sim)
-        sim.schedule(0, lambda: self._step(None), URGENT)
+        self._wake: Callable[[], None] = lambda: self._step(None)
+        sim.schedule(0, self._wake, URGENT)
 
     def _step(self, value: Any) -> None:
         try:
@@ -94,7 +95,7 @@ class Process:
             return
         if type(sig) is Wakeup:
             self.sim.steps += 1  # the plain form's signal firing, a step of its own
-            self.sim.schedule(sig.delay, lambda: self._step(None), sig.priority)
+            self.sim.schedule(sig.delay, self._wake, sig.priority)
             return
         assert isinstance(sig, Signal)
         if sig.fired:

@@ -215,7 +215,9 @@ class Population:
         if not self._blocks:
             return False
         start, end, page = new.start, new.start + new.size, new.page
-        b = max(bisect_right(self._firsts, start) - 1, 0)
+        b = bisect_right(self._firsts, start) - 1
+        if b < 0:
+            b = 0
         block, starts = self._blocks[b], self._starts[b]
         i = bisect_right(starts, start)
         if i == len(block) and b + 1 < len(self._blocks):
