@@ -48,6 +48,7 @@ from replay.model.workload import (
     VcpuOp,
     VmDestroy,
     Workload,
+    populates,
 )
 
 __all__ = ["DerivedWorkloads", "derive_workloads", "EVIDENCE_SCHEMA", "detect_era"]
@@ -338,12 +339,13 @@ def _populates(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]]) 
     # one run per row of these lists (Python ints: no NumPy scalar per field and run)
     r_pid, r_page, r_start = pid[first].tolist(), page[first].tolist(), start[first].tolist()
     r_ts, r_seq, r_src = ts[first].tolist(), seq[first].tolist(), src[first].tolist()
-    for k, c in enumerate(count.tolist()):
-        vcpu = threads.vcpus[r_pid[k]]
-        steps[vcpu.vm].append(_Step(
-            Populate(vcpu=vcpu.vcpu, start=r_start[k], size=r_page[k] * c, page=r_page[k],
-                     at=r_ts[k]), r_seq[k],
-            f"{c} x {r_src[k]} from gfn {r_start[k] >> 12:#x}", "high"))
+    counts = count.tolist()
+    vcpus = [threads.vcpus[p] for p in r_pid]
+    ops = populates([v.vcpu for v in vcpus], r_start,
+                    [p * c for p, c in zip(r_page, counts, strict=True)], r_page, r_ts)
+    for k, c in enumerate(counts):
+        steps[vcpus[k].vm].append(_Step(
+            ops[k], r_seq[k], f"{c} x {r_src[k]} from gfn {r_start[k] >> 12:#x}", "high"))
 
 
 def _fast_zaps(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]],

@@ -14,8 +14,6 @@ from replay.model.engine import LATE, NORMAL, URGENT, Signal, Wait, Wakeup
 from replay.model.ids import ActorId, Nanos, vcpu_actor
 from replay.model.lifecycle import Replay, VcpuState
 from replay.model.lock import READ, WRITE
-from replay.model.recorders import Recorder
-from replay.model.records import BlockInterval
 from replay.model.population import (
     Extent,
     Segment,
@@ -26,6 +24,8 @@ from replay.model.population import (
     split_extents,
     unmapped_parts,
 )
+from replay.model.recorders import Recorder
+from replay.model.records import fault_run
 from replay.model.workload import (
     LoadRoot,
     MemslotCreate,
@@ -82,14 +82,15 @@ class _Driver:
 
     def start(self) -> None:
         per_actor: dict[str, list[tuple[int, Op]]] = {}
-        vids: set[int] = set()
         for i, op in enumerate(self.workload.ops):
             mine = per_actor.get(op.actor)
             if mine is None:
                 mine = per_actor[op.actor] = []
             mine.append((i, op))
-            if isinstance(op, VcpuOp):
-                vids.add(op.vcpu)
+        # a VcpuOp's actor is its vCPU's: an actor's first one names its vCPU
+        vids = {v for ops in per_actor.values()
+                if (v := next((op.vcpu for _, op in ops if isinstance(op, VcpuOp)), None))
+                is not None}
         # vCPUs in id order: kvm_for_each_vcpu (kicks, vCPU destroy) walks them by index
         for vid in sorted(vids):
             self.rp.vcpus[vid] = VcpuState(vid, vcpu_actor(vid), self.rp.sim)
@@ -107,13 +108,15 @@ class _Driver:
                 # the first check only when no callback comes before the wait would end
                 if (not due or sim.quiet_until(op.at, LATE + index)) \
                         and self._fast_populate(index, op, due):
-                    rp.end_ts = max(rp.end_ts, sim.now)
+                    if sim.now > rp.end_ts:
+                        rp.end_ts = sim.now
                     continue
                 if due:
                     yield Wakeup(op.at - sim.now, LATE + index)
                     due = False
                     if self._fast_populate(index, op, due):
-                        rp.end_ts = max(rp.end_ts, sim.now)
+                        if sim.now > rp.end_ts:
+                            rp.end_ts = sim.now
                         continue
             if due:
                 # an operation due at `at` starts after whatever else happens at that instant
@@ -246,8 +249,7 @@ class _Driver:
             return True
         sim.now = end = start + round(n * float(each))
         self.mapped[root.id] = root
-        iv = BlockInterval(vcpu=v.id, start=Nanos(start), end=Nanos(end), cause="fault",
-                           count=n, each_ns=each, root=root.id)
+        iv = fault_run(v.id, Nanos(start), Nanos(end), n, each, root.id)
         for block in hooks.block:
             block(iv)
         for populated in hooks.populated:

@@ -20,11 +20,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from parsers import read_trace
+from replay.errors import WorkloadError
 from replay.infer.threads import identify_threads
 from replay.infer.workload import derive_workloads
 from replay.model import actors
-from replay.model.ids import GIB, PAGE_2M, PAGE_4K
+from replay.model.ids import GIB, PAGE_1G, PAGE_2M, PAGE_4K, Nanos, RootId, VcpuId
 from replay.model.policies import policy_names
+from replay.model.records import BlockInterval, fault_run
 from replay.model.runner import default_recorders, run
 from replay.model.workload import (
     MemslotDelete,
@@ -35,6 +37,7 @@ from replay.model.workload import (
     Sleep,
     VmDestroy,
     Workload,
+    populates,
 )
 from replay.render.kernel_text import KernelTextTrace
 from tests.replay.test_closed_loop import SCENARIOS, small
@@ -151,3 +154,24 @@ def test_derived_scattered_trace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         for policy in POLICIES:
             assert_same(workload, policy, tmp_path)
     assert taken.count >= 590 * len(POLICIES)
+
+
+def test_populates_builds_what_the_constructor_builds() -> None:
+    rows = [(0, 0, PAGE_4K, PAGE_4K, 5), (3, GIB, 3 * PAGE_2M, PAGE_2M, 9),
+            (1, 2 * GIB, PAGE_1G, PAGE_1G, 9)]
+    built = populates(*(list(col) for col in zip(*rows, strict=True)))
+    want = [Populate(vcpu=v, start=s, size=n, page=p, at=a) for v, s, n, p, a in rows]
+    assert built == want
+    assert [(op.actor, hash(op), repr(op)) for op in built] == \
+        [(op.actor, hash(op), repr(op)) for op in want]
+    for bad in ((0, 1, PAGE_4K, PAGE_4K, 0), (0, 0, PAGE_4K, 8192, 0), (-1, 0, PAGE_4K, PAGE_4K, 0),
+                (0, 0, 0, PAGE_4K, 0)):
+        with pytest.raises(WorkloadError):
+            populates(*([x] for x in bad))
+
+
+def test_fault_run_is_the_constructors_interval() -> None:
+    got = fault_run(VcpuId(2), Nanos(10), Nanos(4010), 2, 2000, RootId(7))
+    want = BlockInterval(vcpu=VcpuId(2), start=Nanos(10), end=Nanos(4010), cause="fault",
+                         count=2, each_ns=2000, root=RootId(7))
+    assert got == want and hash(got) == hash(want) and repr(got) == repr(want)
