@@ -52,6 +52,7 @@ from replay.model.workload import (
     VcpuOp,
     VmDestroy,
     Workload,
+    populates,
 )
 
 __all__ = ["DerivedWorkloads", "derive_workloads", "EVIDENCE_SCHEMA", "detect_era"]
@@ -109,7 +110,7 @@ def derive_workloads(trace: Trace, threads: ThreadMap) -> DerivedWorkloads:
         trace, threads, {vm: [s.op for s in items] for vm, items in steps.items()}), steps)
     backend, era, why = detect_era(trace, threads, calls)
     workloads: dict[int, Workload] = {}
-    rows: list[dict[str, object]] = []
+    cols: dict[str, list[object]] = {name: [] for name in EVIDENCE_SCHEMA.names}
     for vm, items in sorted(steps.items()):
         items = _with_first_loads(sorted(items, key=lambda s: (s.op.at, s.seq)))
         if not any(isinstance(s.op, LoadRoot) for s in items):
@@ -117,17 +118,28 @@ def derive_workloads(trace: Trace, threads: ThreadMap) -> DerivedWorkloads:
         if calls:  # a syscall-traced recording: steps start when what they waited for is done
             items = _relative(trace, calls, threads, vm, items)
         workloads[vm] = Workload.of([s.op for s in items], name=f"{trace.metadata.source}:vm{vm}")
-        rows += [{"vm": vm, "step": i, "op": type(s.op).__name__, "actor": s.op.actor,
-                  "ts": s.op.at, "seq": s.seq, "evidence": s.evidence,
-                  "confidence": s.confidence} for i, s in enumerate(items)]
+        _evidence_rows(cols, vm, items)
     skipped = [vm for vm in threads.vms if vm not in workloads]
     if skipped:
         warnings.append(f"VMs {skipped} show no root load by a vCPU: nothing to replay there")
     if _has_event(trace, "kvm_unmap_hva_range"):
         warnings.append("kvm_unmap_hva_range (mmu_notifier) events are not replayed: the trace "
                         "gives host virtual ranges, not the guest ranges the model zaps")
-    return DerivedWorkloads(workloads, pa.Table.from_pylist(rows, schema=EVIDENCE_SCHEMA),
+    return DerivedWorkloads(workloads, pa.Table.from_pydict(cols, schema=EVIDENCE_SCHEMA),
                             backend, era, why, warnings)
+
+
+def _evidence_rows(cols: dict[str, list[object]], vm: int, items: list[_Step]) -> None:
+    """Append one evidence row per step of ``vm`` to the columns ``cols`` (built column
+    by column: a dict per step costs more than the derivation of the step)."""
+    cols["vm"] += [vm] * len(items)
+    cols["step"] += range(len(items))
+    cols["op"] += [type(s.op).__name__ for s in items]
+    cols["actor"] += [s.op.actor for s in items]
+    cols["ts"] += [s.op.at for s in items]
+    cols["seq"] += [s.seq for s in items]
+    cols["evidence"] += [s.evidence for s in items]
+    cols["confidence"] += [s.confidence for s in items]
 
 
 def _apply_resets(plan: ResetPlan, steps: dict[int, list[_Step]]) -> list[str]:
@@ -328,13 +340,16 @@ def _populates(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]]) 
     count = np.bincount(run)
     seq = rows["seq"].to_numpy(dtype=np.int64)
     src = rows["src"].to_numpy()
-    for i, c in zip(first.tolist(), count.tolist(), strict=True):
-        vcpu = threads.vcpus[int(pid[i])]
-        size = int(page[i]) * c
-        steps[vcpu.vm].append(_Step(
-            Populate(vcpu=vcpu.vcpu, start=int(start[i]), size=size, page=int(page[i]),
-                     at=int(ts[i])), int(seq[i]),
-            f"{c} x {src[i]} from gfn {int(start[i]) >> 12:#x}", "high"))
+    # one run per row of these lists (Python ints: no NumPy scalar per field and run)
+    r_pid, r_page, r_start = pid[first].tolist(), page[first].tolist(), start[first].tolist()
+    r_ts, r_seq, r_src = ts[first].tolist(), seq[first].tolist(), src[first].tolist()
+    counts = count.tolist()
+    vcpus = [threads.vcpus[p] for p in r_pid]
+    ops = populates([v.vcpu for v in vcpus], r_start,
+                    [p * c for p, c in zip(r_page, counts, strict=True)], r_page, r_ts)
+    for k, c in enumerate(counts):
+        steps[vcpus[k].vm].append(_Step(
+            ops[k], r_seq[k], f"{c} x {r_src[k]} from gfn {r_start[k] >> 12:#x}", "high"))
 
 
 def _fast_zaps(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]],
