@@ -8,20 +8,29 @@ kvmmmu/kvm events go to their typed tables; the others keep their payload as ``a
 a few typed values are approximate; sizes and shapes are real. Events of the same microsecond
 are spread over distinct nanoseconds, as a ns trace clock would have them.)
 
-Reading runs in a child process so its peak RSS is its own:
-``python benchmarks/parse_perfetto.py [--events N] [--encoding dense|legacy]``.
+Each figure comes from a child process of its own (its CPU time and peak RSS are its own;
+the writer's child builds the Trace before its clock starts), ``--runs`` times (3): writing
+(dense and legacy generic events), reading streamed (32 Ki and 128 Ki-event batches) and
+into a whole Trace. Each line gives wall and CPU seconds, events per second with the ratio
+to the target, events per CPU-second, peak RSS and the load average before and after (the
+machine is shared): ``python benchmarks/parse_perfetto.py [--events N] [--runs 3]
+[--encoding dense|legacy|both]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import re
 import resource
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -52,8 +61,9 @@ def _parse_source() -> list[tuple[str, int, int, int, str, str]]:
     return rows
 
 
-#: Issue 3's target for reading Perfetto.
+#: Issue 13's targets: reading Perfetto (streamed), and writing it.
 TARGET_EVENTS_PER_S = 1_000_000
+TARGET_WRITE_EVENTS_PER_S = 500_000
 
 
 def build_trace(target: int) -> Trace:
@@ -94,7 +104,7 @@ def build_trace(target: int) -> Trace:
     return Trace(events, tables, TraceMetadata(source=str(SOURCE), format="benchmark"))
 
 
-def _typed(name: str, idx: list[int], base: list, reps: int, period: int,
+def _typed(name: str, idx: list[int], base: list[tuple[str, int, int, int, str, str]], reps: int, period: int,
            ts: np.ndarray) -> pa.Table:
     per = [dict(kv.split("=", 1) for kv in base[i][5].split() if "=" in kv) for i in idx]
     rows = (np.array(idx, np.int64)[None, :] + (np.arange(reps) * period)[:, None]).ravel()
@@ -118,62 +128,114 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _load() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def _measure(label: str, target: float, work: Callable[[], int]) -> None:
+    """Run ``work`` (returns its event count) and print one JSON line of figures."""
+    before_rss, load0 = _peak_rss_mib(), _load()
+    c0, t0 = time.process_time(), time.perf_counter()
+    rows = work()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    print(json.dumps({"label": label, "events": rows, "wall": wall, "cpu": cpu,
+                      "rate": rows / wall, "cpu_rate": rows / cpu, "ratio": rows / wall / target,
+                      "rss": _peak_rss_mib(), "base_rss": before_rss, "load0": load0,
+                      "load1": _load()}), flush=True)
+
+
 def read_child(path: str, mode: str, batch: int) -> None:
-    """Run in the child: read ``path`` and print events/s and peak RSS."""
+    """Run in the child: read ``path`` (streamed batches or a whole Trace)."""
     from parsers.perfetto.reader import iter_perfetto, read_perfetto
 
-    before = _peak_rss_mib()
-    c0 = time.process_time()
-    t0 = time.perf_counter()
-    if mode == "stream":
-        rows = 0
-        for b in iter_perfetto(path, batch_events=batch):
-            rows += b.events.num_rows
-    else:
-        rows = read_perfetto(path, batch_events=batch).events.num_rows
-    dt = time.perf_counter() - t0
-    cpu = time.process_time() - c0
-    print(f"{mode:6s} batch={batch:>7d}: {rows} rows in {dt:.2f} s wall = "
-          f"{rows / dt / 1e6:.2f} M events/s ({rows / dt / TARGET_EVENTS_PER_S:.2f}x the 1 M "
-          f"target; {rows / cpu / 1e6:.2f} M/s of CPU time); "
-          f"peak RSS {_peak_rss_mib():.0f} MiB (interpreter + imports {before:.0f} MiB)")
+    def work() -> int:
+        if mode == "stream":
+            return sum(int(b.events.num_rows) for b in iter_perfetto(path, batch_events=batch))
+        return int(read_perfetto(path, batch_events=batch).events.num_rows)
+
+    _measure(f"read {mode} batch={batch}", TARGET_EVENTS_PER_S, work)
+
+
+def write_child(path: str, encoding: str, events: int) -> None:
+    """Run in the child: build the Trace (not timed), write it to ``path``."""
+    from parsers.perfetto.encode import Encoding
+    from parsers.perfetto.writer import write_perfetto
+
+    trace = build_trace(events)
+    enc: Encoding = "legacy" if encoding == "legacy" else "dense"
+    _measure(f"write {encoding}", TARGET_WRITE_EVENTS_PER_S,
+             lambda: write_perfetto(trace, path, encoding=enc, force=True).events)
+
+
+def _child(args: list[str]) -> dict[str, object]:
+    out = subprocess.run([sys.executable, __file__, *args], check=True, capture_output=True,
+                         text=True).stdout
+    fig: dict[str, object] = json.loads(out.strip().splitlines()[-1])
+    return fig
+
+
+def _line(f: dict[str, Any]) -> str:
+    return (f"{f['label']:33s} {f['events']} events: {f['wall']:5.2f} s wall, "
+            f"{f['cpu']:5.2f} CPU-s = {f['rate'] / 1e6:.2f} M events/s "
+            f"({f['ratio']:.2f}x target), {f['cpu_rate'] / 1e6:.2f} M events/CPU-s; "
+            f"peak RSS {f['rss']:.0f} MiB (imports {f['base_rss']:.0f}); "
+            f"load {f['load0']} -> {f['load1']}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=2_000_000)
-    ap.add_argument("--encoding", choices=("dense", "legacy"), default="dense")
-    ap.add_argument("--out", default=None, help="keep the trace here")
-    ap.add_argument("--repeat", type=int, default=2, help="runs per read mode (machine noise)")
+    ap.add_argument("--encoding", choices=("dense", "legacy", "both"), default="both",
+                    help="encodings to write and read")
+    ap.add_argument("--out", default=None, help="keep the traces in this directory")
+    ap.add_argument("--runs", type=int, default=3, help="runs per figure (machine noise)")
     ap.add_argument("--read-child", nargs=3, metavar=("PATH", "MODE", "BATCH"),
+                    help=argparse.SUPPRESS)
+    ap.add_argument("--write-child", nargs=3, metavar=("PATH", "ENCODING", "EVENTS"),
                     help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.read_child:
         read_child(a.read_child[0], a.read_child[1], int(a.read_child[2]))
         return
-    from parsers.perfetto.writer import write_perfetto
-
+    if a.write_child:
+        write_child(a.write_child[0], a.write_child[1], int(a.write_child[2]))
+        return
     if not SOURCE.exists():
         sys.exit(f"{SOURCE} is absent: the benchmark needs ../shared/traces")
-    t0 = time.perf_counter()
-    trace = build_trace(a.events)
-    print(f"built Trace: {trace.events.num_rows} events in {time.perf_counter() - t0:.1f} s")
-    out = Path(a.out or tempfile.mkdtemp(prefix="pf-bench-")) / f"bench_{a.encoding}.pftrace"
-    t0 = time.perf_counter()
-    report = write_perfetto(trace, out, encoding=a.encoding, force=True)  # its own scratch file
-    dt = time.perf_counter() - t0
-    print(f"write_perfetto({a.encoding}): {report.events} events, {report.bundles} bundles, "
-          f"{out.stat().st_size / 2**20:.0f} MiB in {dt:.1f} s = "
-          f"{report.events / dt / 1e6:.2f} M events/s")
-    del trace
-    for mode, batch in (("stream", 1 << 15), ("stream", 1 << 17), ("stream", 1 << 19),
-                        ("full", 1 << 17)):
-        for _ in range(a.repeat):
-            subprocess.run([sys.executable, __file__, "--read-child", str(out), mode, str(batch)],
-                           check=True)
+    out_dir = Path(a.out or tempfile.mkdtemp(prefix="pf-bench-"))
+    print(f"{os.cpu_count()} CPUs; load average {_load()} (1/5/15 min) at start; "
+          f"targets: read {TARGET_EVENTS_PER_S / 1e6:.1f} M events/s, write "
+          f"{TARGET_WRITE_EVENTS_PER_S / 1e6:.1f} M events/s", flush=True)
+    figures: list[dict[str, Any]] = []
+    for encoding in (("dense", "legacy") if a.encoding == "both" else (a.encoding,)):
+        path = out_dir / f"bench_{encoding}.pftrace"
+        jobs = [["--write-child", str(path), encoding, str(a.events)]]
+        jobs += [["--read-child", str(path), mode, str(batch)]
+                 for mode, batch in (("stream", 1 << 15), ("stream", 1 << 17), ("full", 1 << 17))]
+        for job in jobs:
+            for _ in range(a.runs):
+                fig = _child(job)
+                fig["label"] = f"{encoding:6s} {fig['label']}"
+                figures.append(fig)
+                print(_line(fig), flush=True)
+        print(f"{path.name}: {path.stat().st_size / 2**20:.0f} MiB", flush=True)
+    _summary(figures)
     if a.out is None:
-        out.unlink()
-        out.parent.rmdir()
+        for f in out_dir.iterdir():
+            f.unlink()
+        out_dir.rmdir()
+
+
+def _summary(figures: list[dict[str, Any]]) -> None:
+    print(f"\nsummary (load average {_load()} at end): best / median / worst of each")
+    labels = list(dict.fromkeys(str(f["label"]) for f in figures))
+    for label in labels:
+        runs = sorted((f for f in figures if f["label"] == label), key=lambda f: -f["rate"])
+        rates = " / ".join(f"{f['rate'] / 1e6:.2f}" for f in runs)
+        ratios = " / ".join(f"{f['ratio']:.2f}x" for f in runs)
+        cpu = " / ".join(f"{f['cpu_rate'] / 1e6:.2f}" for f in runs)
+        print(f"  {label:33s} M events/s {rates} ({ratios} target); "
+              f"M events/CPU-s {cpu}; peak RSS {max(f['rss'] for f in runs):.0f} MiB")
 
 
 if __name__ == "__main__":

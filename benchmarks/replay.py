@@ -23,6 +23,7 @@ in its own process, so its peak RSS is its own (parse, derive and replay).
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 import time
@@ -274,7 +275,8 @@ def tdp_child(faults: int, policy: str) -> int:
     faulted = blocks.filter(pc.and_(pc.equal(blocks.column("run"), policy),
                                     pc.equal(blocks.column("cause"), "fault"))).column("n_blocks")
     print(json.dumps({"faults": faults, "events": trace.events.num_rows, "parse": parse,
-                      "wall": wall, "cpu": cpu, "rss_mb": rss_mb, "replayed": pc.sum(faulted).as_py()}))
+                      "wall": wall, "cpu": cpu, "rss_mb": rss_mb, "load": os.getloadavg()[0],
+                      "replayed": pc.sum(faulted).as_py()}))
     return 0
 
 
@@ -291,23 +293,26 @@ def tdp(policy: str) -> None:
     print(f"tdp        2 vCPUs fault N random distinct 4 KiB pages of a 16 GiB guest "
           f"(text, record-tgid; {policy})")
     print("  faults     events  parse s  derive+replay s (CPU s)  M events/s (CPU)  peak RSS MB"
-          "  faults replayed")
+          "  faults replayed  load")
     for r in rows:
         print(f"  {r['faults']:>7,} {r['events']:>10,} {r['parse']:>8.2f} {r['wall']:>16.2f} "
               f"({r['cpu']:5.2f}) {r['events'] / r['wall'] / 1e6:>11.3f} "
-              f"({r['events'] / r['cpu'] / 1e6:.3f}) {r['rss_mb']:>12,.0f} {r['replayed']:>16,}")
+              f"({r['events'] / r['cpu'] / 1e6:.3f}) {r['rss_mb']:>12,.0f} {r['replayed']:>16,}"
+              f"  {r['load']:4.1f}")
     last = rows[-1]
     rate = last["events"] / last["wall"]
+    cpu_rate = last["events"] / last["cpu"]
     scaling = rows[-1]["wall"] / rows[0]["wall"]
     cpu_scaling = rows[-1]["cpu"] / rows[0]["cpu"]
     print(f"  rate at {last['faults']:,}: {rate / 1e6:.3f} M events/s, target >= "
-          f"{TDP_TARGET_EVENTS_PER_S / 1e6:.1f} M ({rate / TDP_TARGET_EVENTS_PER_S:.2f}x target)")
+          f"{TDP_TARGET_EVENTS_PER_S / 1e6:.1f} M ({rate / TDP_TARGET_EVENTS_PER_S:.2f}x target); "
+          f"per CPU-second {cpu_rate / 1e6:.3f} M ({cpu_rate / TDP_TARGET_EVENTS_PER_S:.2f}x)")
     print(f"  time({rows[-1]['faults'] // 1000}k)/time({rows[0]['faults'] // 1000}k) "
           f"{scaling:.2f} (CPU {cpu_scaling:.2f}), target <= {TDP_TARGET_SCALING} "
           f"({scaling / TDP_TARGET_SCALING:.2f} of the bound; linear is "
           f"{rows[-1]['faults'] / rows[0]['faults']:.1f})")
     print("  (wall time is the figure; CPU time shows what a machine shared with other work "
-          "took from it)")
+          "took from it; load = the 1-minute load average as each size finished)")
 
 
 if __name__ == "__main__":

@@ -68,7 +68,7 @@ def write_tables(trace: Trace, out: str | Path, fmt: str | None = None, *,
 
     Returns the paths written (inside ``out``). See :func:`write_table_dir` for ``force``.
     """
-    names = ["events", *trace.names]
+    names = ["events", *trace.names, *(["stacks"] if trace.stacks.num_rows else [])]
     return write_table_dir({n: trace.with_metadata(trace.table(n)) for n in names}, out,
                            format_for(out, fmt), force=force)
 

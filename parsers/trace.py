@@ -21,6 +21,7 @@ from parsers.schema import (
     typed_event_names,
     typed_schema,
 )
+from parsers.stacks import STACKS_SCHEMA
 
 #: Rows of ``events`` that mark the trace itself rather than record a kernel event.
 MARKERS = (LOST_EVENTS, BUFFER_STARTED)
@@ -79,6 +80,8 @@ class TraceBatch:
     typed: dict[str, pa.RecordBatch] = field(default_factory=dict)
     #: Input bytes (decompressed) this batch consumed, for progress reporting.
     source_bytes: int = 0
+    #: Rows of the ``stacks`` table (:mod:`parsers.stacks`) whose records are in ``events``.
+    stacks: pa.RecordBatch | None = None
 
 
 class TraceStream:
@@ -112,16 +115,21 @@ class Trace:
     """
 
     def __init__(
-        self, events: pa.Table, tables: dict[str, pa.Table], metadata: TraceMetadata
+        self, events: pa.Table, tables: dict[str, pa.Table], metadata: TraceMetadata,
+        stacks: pa.Table | None = None,
     ) -> None:
         if not events.schema.equals(EVENTS_SCHEMA):
             raise SchemaError(f"events table does not match EVENTS_SCHEMA: {events.schema}")
         for name, table in tables.items():
             if not table.schema.equals(typed_schema(name)):
                 raise SchemaError(f"typed table {name!r} does not match its declared schema")
+        if stacks is not None and not stacks.schema.equals(STACKS_SCHEMA):
+            raise SchemaError(f"stacks table does not match STACKS_SCHEMA: {stacks.schema}")
         self.events = events
         self._tables = tables
         self.metadata = metadata
+        #: Frames of the stack records (:mod:`parsers.stacks`); no rows without any.
+        self.stacks = stacks if stacks is not None else STACKS_SCHEMA.empty_table()
 
     @classmethod
     def from_stream(cls, stream: TraceStream) -> Trace:
@@ -133,12 +141,16 @@ class Trace:
         """Concatenate streamed batches into a :class:`Trace`."""
         events: list[pa.RecordBatch] = []
         typed: dict[str, list[pa.RecordBatch]] = {}
+        stacks: list[pa.RecordBatch] = []
         for batch in batches:
             events.append(batch.events)
             for name, rb in batch.typed.items():
                 typed.setdefault(name, []).append(rb)
+            if batch.stacks is not None:
+                stacks.append(batch.stacks)
         tables = {name: _concatenate(rbs, typed_schema(name)) for name, rbs in typed.items()}
-        return cls(_concatenate(events, EVENTS_SCHEMA), tables, metadata)
+        return cls(_concatenate(events, EVENTS_SCHEMA), tables, metadata,
+                   _concatenate(stacks, STACKS_SCHEMA) if stacks else None)
 
     @property
     def names(self) -> list[str]:
@@ -146,15 +158,18 @@ class Trace:
         return sorted(n for n, t in self._tables.items() if t.num_rows)
 
     def table(self, name: str = "events") -> pa.Table:
-        """The table ``name``: ``"events"`` or a typed event table (empty when the trace has none).
+        """The table ``name``: ``"events"``, ``"stacks"`` (:mod:`parsers.stacks`) or a typed
+        event table (empty when the trace has none).
 
         Raises:
             UnknownEventError: no schema is declared for ``name``.
         """
         if name == "events":
             return self.events
+        if name == "stacks":
+            return self.stacks
         if name not in EVENT_FIELDS:
-            raise UnknownEventError(name, ["events", *EVENT_FIELDS])
+            raise UnknownEventError(name, ["events", "stacks", *EVENT_FIELDS])
         found = self._tables.get(name)
         return found if found is not None else typed_schema(name).empty_table()
 
@@ -228,6 +243,7 @@ class Trace:
             "lost_events": {str(k): v for k, v in self.lost_events().items()},
             "lost_markers_uncounted": {str(k): v for k, v in
                                        self.lost_markers_uncounted().items()},
+            "stack_frames": self.stacks.num_rows,
             "skipped_lines": dict(sorted(self.metadata.skipped.items())),
             "skipped_samples": dict(sorted(self.metadata.samples.items())),
             "warnings": list(self.metadata.warnings) + kvm_warnings(self),

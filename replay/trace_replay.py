@@ -156,7 +156,11 @@ def _slim(batches: Iterable[TraceBatch]) -> Iterator[TraceBatch]:
              for i, f in enumerate(ev.schema)], schema=ev.schema)
         typed = {k: pa.RecordBatch.from_arrays([_owned(c) for c in v.columns], schema=v.schema)
                  for k, v in batch.typed.items() if k in REPLAY_TABLES}
-        yield TraceBatch(ev, typed, batch.source_bytes)
+        stacks = batch.stacks  # the frames tell causes (replay.infer.stack_causes)
+        if stacks is not None:
+            stacks = pa.RecordBatch.from_arrays([_owned(c) for c in stacks.columns],
+                                                schema=stacks.schema)
+        yield TraceBatch(ev, typed, batch.source_bytes, stacks)
 
 
 #: ``events`` columns that :func:`replay` never reads.

@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 from google.protobuf import descriptor_pb2
 
-from parsers.perfetto.bytecols import ByteColumn, concat, constant, rows_as_bytes, varints
+from parsers.perfetto.bytecols import Joined, Piece, constant, join, varints
 from parsers.perfetto.protos import GENERIC_FIRST_ID, CompiledEvent, catalog, field_number
 from parsers.perfetto.wire import LEN, VARINT
 
@@ -179,20 +179,20 @@ GroupField = tuple[str, str, "npt.NDArray[np.uint64]", "npt.NDArray[np.bool_]"]
 def encode_group(encoder: EventEncoder, name: str, ts: npt.NDArray[np.int64],
                  pid: npt.NDArray[np.int64], pid_ok: npt.NDArray[np.bool_],
                  fields: list[GroupField], use_compiled: bool
-                 ) -> tuple[list[bytes], GenericLayout | None]:
+                 ) -> tuple[Joined, GenericLayout | None]:
     """Encode many events of one kind at once (integer fields only): the FtraceEvent bytes of
     each, and the dense layout used. Same bytes as :meth:`EventEncoder.encode` per event."""
     n = ts.size
     every = np.ones(n, bool)
     ev = "FtraceEvent"
-    head = [constant(key(field_number(ev, "timestamp"), VARINT), every),
-            varints(ts.view(np.uint64), every),
-            constant(key(field_number(ev, "pid"), VARINT), pid_ok),
-            varints(pid.astype(np.uint64), pid_ok)]
+    head: list[Piece] = [constant(key(field_number(ev, "timestamp"), VARINT), every),
+                         varints(ts.view(np.uint64), every),
+                         constant(key(field_number(ev, "pid"), VARINT), pid_ok),
+                         varints(pid.astype(np.uint64), pid_ok)]
     by_name = {f[0]: f for f in fields}
     compiled = encoder.compiled(name) if use_compiled else None
     layout: GenericLayout | None = None
-    pieces: list[ByteColumn] = []
+    pieces: list[Piece] = []
     if compiled is not None:
         number = compiled.number
         for pf in compiled.fields:
@@ -211,17 +211,17 @@ def encode_group(encoder: EventEncoder, name: str, ts: npt.NDArray[np.int64],
             got = by_name.get(fname)
             if got is not None:
                 pieces += [constant(key(i, VARINT), got[3]), varints(got[2], got[3])]
-    body = concat(pieces) if pieces else ByteColumn(np.zeros(0, np.uint8), np.zeros(n, np.int64))
-    event = concat([*head, constant(key(number, LEN), every),
+    body = join(pieces) if pieces else Joined((), np.zeros(n, np.int64))
+    event = join([*head, constant(key(number, LEN), every),
                     varints(body.lengths.astype(np.uint64), every), body])
-    return rows_as_bytes(event), layout
+    return event, layout
 
 
-def _legacy_field(f: GroupField) -> list[ByteColumn]:
+def _legacy_field(f: GroupField) -> list[Piece]:
     fname, kind, values, present = f
     g, fl = "GenericFtraceEvent", "GenericFtraceEvent.Field"
     slot = field_number(fl, "int_value" if kind == "int" else "uint_value")
-    inner = concat([constant(len_field(field_number(fl, "name"), fname.encode()), present),
+    inner = join([constant(len_field(field_number(fl, "name"), fname.encode()), present),
                     constant(key(slot, VARINT), present), varints(values, present)])
     return [constant(key(field_number(g, "field"), LEN), present),
             varints(inner.lengths.astype(np.uint64), present), inner]

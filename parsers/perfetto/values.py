@@ -18,19 +18,22 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from parsers.perfetto.bytecols import ByteColumn, Piece, constant, from_bytes, join, place, take, varints
 from parsers.perfetto.encode import (
     EventEncoder,
     GenericLayout,
     GroupField,
     Value,
     encode_group,
-    varint_field,
+    key,
 )
 from parsers.perfetto.protos import field_number
+from parsers.perfetto.wire import LEN, VARINT
 from parsers.schema import BUFFER_STARTED, EVENT_FIELDS, LOST_EVENTS, PAGE_EVENTS, ROLE_BITS
+from parsers.stacks import STACK_EVENTS
 from parsers.trace import Trace
 
-__all__ = ["EventValues", "parse_pairs", "PAYLOAD_FIELD"]
+__all__ = ["EventValues", "EncodedChunk", "parse_pairs", "PAYLOAD_FIELD"]
 
 #: Field that carries free-text ``args`` of events Perfetto would have decoded into fields.
 PAYLOAD_FIELD: Final = "payload"
@@ -39,8 +42,28 @@ _INT = re.compile(r"0|-?[1-9][0-9]*")
 _U64_MAX: Final = 2**64 - 1
 _MARKERS: Final = (LOST_EVENTS, BUFFER_STARTED)
 
-#: An encoded ``FtraceEvent`` and the dense layout it uses (for the bundle's descriptors).
-Encoded = tuple[bytes, GenericLayout | None]
+
+
+@dataclass(frozen=True)
+class EncodedChunk:
+    """A chunk of ``events`` rows encoded: ``events`` holds each row as an
+    ``FtraceEventBundle.event`` field (tag, length, ``FtraceEvent``), empty for the loss and
+    buffer markers (``marker``); ``name``/``names`` are the rows' event names as codes and
+    their dictionary; ``layout`` the dense field id a row uses (-1: none), in ``layouts``."""
+
+    events: ByteColumn
+    marker: npt.NDArray[np.bool_]
+    name: npt.NDArray[np.int64]
+    names: list[str]
+    layout: npt.NDArray[np.int64]
+    layouts: dict[int, GenericLayout]
+
+
+def _framed(event: Piece) -> Piece:
+    """``event`` rows as ``FtraceEventBundle.event`` fields."""
+    every = np.ones(event.lengths.size, bool)
+    tag = key(field_number("FtraceEventBundle", "event"), LEN)
+    return join([constant(tag, every), varints(event.lengths.astype(np.uint64), every), event])
 
 
 def parse_pairs(args: str) -> dict[str, str] | None:
@@ -155,43 +178,94 @@ class EventValues:
         hit = pc.index(table.column("seq"), seq).as_py()
         return None if hit < 0 else table.column("lost")[hit].as_py()
 
-    def encode_chunk(self, chunk: pa.Table) -> list[Encoded | None]:
-        """The ``FtraceEvent`` bytes (and dense layout) of each row of a chunk of ``events``
-        in seq order; ``None`` for loss and buffer markers."""
+    def encode_chunk(self, chunk: pa.Table) -> EncodedChunk:
+        """Each row of a chunk of ``events`` (in seq order) as a bundle's ``event`` field
+        (empty for loss and buffer markers), with its dense layout."""
+        n = chunk.num_rows
         seqs = chunk.column("seq").to_numpy()
         ts = chunk.column("ts").to_numpy()
         pid_col = chunk.column("pid")
         pid_ok = pid_col.is_valid().to_numpy(zero_copy_only=False)
         pid = pid_col.fill_null(0).to_numpy().astype(np.int64)
-        names = chunk.column("event").cast(pa.string()).to_pylist()
-        out: list[Encoded | None] = [None] * len(names)
-        done = self._encode_typed(seqs, ts, pid, pid_ok, names, out)
-        args = chunk.column("args").to_pylist()
-        for i, name in enumerate(names):
-            if done[i] or name in _MARKERS:
-                continue
-            if name in EVENT_FIELDS and name not in self.kinds:
-                self.encoder.declare(name, ())
-            key = (name, args[i])
-            hit = self._untyped_cache.get(key)
-            if hit is None:
-                values = self._untyped(name, args[i])
-                body, layout = self.encoder.encode(name, 0, None, values, self._compiled_ok(name))
-                hit = self._untyped_cache[key] = (body[2:], layout)
-            head = varint_field(self._ts_no, int(ts[i]))
-            if pid_ok[i]:
-                head += varint_field(self._pid_no, int(pid[i]))
-            out[i] = (head + hit[0], hit[1])
-        return out
+        names = pc.dictionary_encode(chunk.column("event").cast(pa.string()).combine_chunks())
+        codes = names.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        dictionary = names.dictionary.to_pylist()
+        marker_codes = [i for i, name in enumerate(dictionary) if name in _MARKERS]
+        marker = np.isin(codes, marker_codes)
+        layout_of = np.full(n, -1, np.int64)
+        layouts: dict[int, GenericLayout] = {}
+        parts = self._encode_typed(seqs, ts, pid, pid_ok, set(dictionary), layout_of, layouts)
+        done = np.zeros(n, bool)
+        for rows, _ in parts:
+            done[rows] = True
+        rows = np.flatnonzero(~done & ~marker)
+        if rows.size:
+            args = chunk.column("args").combine_chunks().take(pa.array(rows))
+            tails, tail_layouts = self._untyped_tails(codes[rows], dictionary, args)
+            every = np.ones(rows.size, bool)
+            head: list[Piece] = [constant(key(self._ts_no, VARINT), every),
+                                 varints(ts[rows].view(np.uint64), every),
+                                 constant(key(self._pid_no, VARINT), pid_ok[rows]),
+                                 varints(pid[rows].astype(np.uint64), pid_ok[rows])]
+            parts.append((rows, join([*head, tails])))
+            for local, layout in tail_layouts:
+                layouts[layout.field_id] = layout
+                layout_of[rows[local]] = layout.field_id
+        framed: list[tuple[npt.NDArray[np.int64], Piece]] = [
+            (rows, _framed(piece)) for rows, piece in parts]
+        return EncodedChunk(place(n, framed), marker, codes, dictionary,
+                            layout_of, layouts)
+
+    def _untyped_tails(self, codes: npt.NDArray[np.int64], dictionary: list[str],
+                       args: pa.Array
+                       ) -> tuple[ByteColumn, list[tuple[npt.NDArray[np.int64], GenericLayout]]]:
+        """The FtraceEvent bytes after timestamp and pid of events known only by ``args``,
+        encoded once per distinct (name, args), in order of first use (dense ids are given
+        in that order); and the rows that use each dense layout."""
+        text = pc.dictionary_encode(args)
+        arg_codes = text.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+        combo = codes * (len(text.dictionary) + 1) + arg_codes + 1
+        _, first, inverse = np.unique(combo, return_index=True, return_inverse=True)
+        order = np.argsort(first, kind="stable")
+        rank = np.empty_like(order)
+        rank[order] = np.arange(order.size)
+        arg_texts = text.dictionary.to_pylist()
+        tails: list[bytes] = []
+        by_layout: dict[int, list[int]] = {}
+        found: dict[int, GenericLayout] = {}
+        for k in order.tolist():
+            row = int(first[k])
+            code = int(arg_codes[row])
+            tail, layout = self._untyped_tail(dictionary[int(codes[row])],
+                                              None if code < 0 else arg_texts[code])
+            tails.append(tail)
+            if layout is not None:
+                by_layout.setdefault(layout.field_id, []).append(len(tails) - 1)
+                found[layout.field_id] = layout
+        index = rank[inverse.ravel()]
+        return take(from_bytes(tails), index), [
+            (np.flatnonzero(np.isin(index, ks)), found[lid]) for lid, ks in by_layout.items()]
+
+    def _untyped_tail(self, name: str, args: str | None) -> tuple[bytes, GenericLayout | None]:
+        if (name in EVENT_FIELDS or name in STACK_EVENTS) and name not in self.kinds:
+            self.encoder.declare(name, ())
+        hit = self._untyped_cache.get((name, args))
+        if hit is None:
+            values = self._untyped(name, args)
+            body, layout = self.encoder.encode(name, 0, None, values, self._compiled_ok(name))
+            hit = self._untyped_cache[(name, args)] = (body[2:], layout)
+        return hit
 
     def _encode_typed(self, seqs: npt.NDArray[np.int64], ts: npt.NDArray[np.int64],
                       pid: npt.NDArray[np.int64], pid_ok: npt.NDArray[np.bool_],
-                      names: list[str], out: list[Encoded | None]) -> npt.NDArray[np.bool_]:
+                      names: set[str], layout_of: npt.NDArray[np.int64],
+                      layouts: dict[int, GenericLayout]
+                      ) -> list[tuple[npt.NDArray[np.int64], Piece]]:
         """Encode the rows that have a typed-table row, group by group (NumPy)."""
-        done = np.zeros(len(names), bool)
-        if not len(names):
-            return done
-        for name in set(names) & set(self._typed_seq):
+        parts: list[tuple[npt.NDArray[np.int64], Piece]] = []
+        if not seqs.size:
+            return parts
+        for name in sorted(names & set(self._typed_seq)):
             if name == LOST_EVENTS:
                 continue
             s = self._typed_seq[name]
@@ -206,10 +280,11 @@ class EventValues:
             encoded, layout = encode_group(
                 self.encoder, name, ts[rows], pid[rows], pid_ok[rows],
                 self._group_fields(name, part), True)
-            for r, data in zip(rows.tolist(), encoded, strict=True):
-                out[r] = (data, layout)
-            done[rows] = True
-        return done
+            parts.append((rows, encoded))
+            if layout is not None:
+                layouts[layout.field_id] = layout
+                layout_of[rows] = layout.field_id
+        return parts
 
     def _group_fields(self, name: str, part: pa.Table) -> list[GroupField]:
         fields: list[GroupField] = []

@@ -28,19 +28,12 @@ import numpy as np
 import pyarrow as pa
 
 from parsers.output import output_file
-from parsers.perfetto.encode import (
-    Encoding,
-    EventEncoder,
-    GenericLayout,
-    key,
-    len_field,
-    varint,
-    varint_field,
-)
+from parsers.perfetto.encode import Encoding, EventEncoder, GenericLayout, len_field, varint_field
+from parsers.perfetto.placement import NO_CPU, WINDOW, ChunkRows, OpenBundles, fast_prefix
 from parsers.perfetto.protos import FTRACE_CLOCK_UNKNOWN, field_number, ftrace_clock_value
 from parsers.perfetto.values import EventValues
-from parsers.perfetto.wire import LEN
-from parsers.schema import BUFFER_STARTED, LOST_EVENTS
+from parsers.perfetto.wire import I64
+from parsers.schema import BUFFER_STARTED
 from parsers.trace import Trace
 
 __all__ = ["write_perfetto", "PerfettoWriteReport", "LOSSY_COLUMNS"]
@@ -51,6 +44,8 @@ LOSSY_COLUMNS: Final = (
     "lost_events.lost (per-CPU totals only, in FtraceStats)", "buffer_started markers",
     "kvm_entry/kvm_exit x86 fields (vcpu_id is re-inferred from CPU n/KVM thread names)",
     "kvm_userspace_exit.errno", "free-text args (read back as payload=<text>)",
+    "the stacks table (kernel_stack/user_stack records are kept as events, their frames "
+    "are dropped)",
 )
 _ROWS_PER_CHUNK: Final = 65536
 _COMPRESS_CHUNK: Final = 512 << 10
@@ -73,7 +68,9 @@ class PerfettoWriteReport:
 class _Bundle:
     cpu: int | None
     rank: int = 0
-    events: list[bytes] = field(default_factory=list)
+    #: Its events: rows of encoded chunks (``event`` fields: tag, length, FtraceEvent).
+    parts: list[tuple[ChunkRows, I64]] = field(default_factory=list)
+    count: int = 0
     layouts: dict[int, GenericLayout] = field(default_factory=dict)
     lost: bool = False
     ftrace_ts: int | None = None
@@ -142,8 +139,7 @@ class _Writer:
     def _write(self, b: _Bundle) -> None:
         fb = "FtraceEventBundle"
         body = b"" if b.cpu is None else varint_field(field_number(fb, "cpu"), b.cpu)
-        tag = key(field_number(fb, "event"), LEN)
-        body += b"".join([tag + varint(len(e)) + e for e in b.events])
+        body += b"".join([rows.gather(idx) for rows, idx in b.parts])
         if b.lost:
             body += varint_field(field_number(fb, "lost_events"), 1)
         if b.ftrace_ts is not None:
@@ -172,10 +168,13 @@ class _Writer:
         if ended and cpu not in ended and cpu not in self.lost_next:
             self.cycle = [_Bundle(ended[0])]  # an empty bundle: the CPU repeats
 
-    def event(self, cpu: int | None, ts: int, data: bytes, layout: GenericLayout | None) -> None:
+    def event(self, rows: ChunkRows, i: int) -> None:
+        """Add row ``i`` of ``rows``: to its CPU's bundle, or a new one (closing the read
+        cycle first when the bundle is full or the reader would not merge it in order)."""
+        cpu, ts = rows.cpu_of(i), int(rows.ts[i])
         b = self.open.get(cpu)
         rank = b.rank if b is not None else len(self.cycle)
-        if b is not None and len(b.events) >= self.bundle_events:
+        if b is not None and b.count >= self.bundle_events:
             self.flush_bundle()
             b, rank = None, 0
         if self.key is not None and (ts, rank) < self.key:
@@ -186,11 +185,44 @@ class _Writer:
             self.lost_next.discard(cpu)
             b = self._new_bundle(cpu, lost)
             rank = b.rank
-        b.events.append(data)
-        if layout is not None:
-            b.layouts.setdefault(layout.field_id, layout)
+        b.parts.append((rows, np.array([i], np.int64)))
+        b.count += 1
+        fid = int(rows.enc.layout[i])
+        if fid >= 0:
+            b.layouts.setdefault(fid, rows.enc.layouts[fid])
         self.key = (ts, rank)
         self.events += 1
+
+    def plain_rows(self, rows: ChunkRows, i: int) -> int:
+        """Add rows ``i``, ``i + 1``, ... while each goes to its CPU's open bundle, with
+        room, in merge order (what :meth:`event` would do one by one); returns the first
+        row that needs :meth:`event`."""
+        window = WINDOW
+        while i < rows.ts.size and self.key is not None and self.open:
+            bundles = sorted(self.open.items(), key=lambda kv: NO_CPU if kv[0] is None else kv[0])
+            state = OpenBundles(
+                np.array([NO_CPU if c is None else c for c, _ in bundles], np.int64),
+                np.array([b.rank for _, b in bundles], np.int64),
+                np.array([b.count for _, b in bundles], np.int64))
+            f, at, rank = fast_prefix(rows, i, state, self.key, self.bundle_events, window)
+            if f == i:
+                return i
+            window = window * 4 if f - i == window else WINDOW
+            for k, (_, b) in enumerate(bundles):
+                mine = np.flatnonzero(at == k)
+                if not mine.size:
+                    continue
+                idx = mine + i
+                b.parts.append((rows, idx))
+                b.count += mine.size
+                ids, first = np.unique(rows.enc.layout[idx], return_index=True)
+                for fid in ids[np.argsort(first)].tolist():
+                    if fid >= 0:
+                        b.layouts.setdefault(fid, rows.enc.layouts[fid])
+            self.key = (int(rows.ts[f - 1]), int(rank[-1]))
+            self.events += f - i
+            i = f
+        return i
 
     def who(self, pid: int, comm: str | None, tgid: int | None) -> None:
         """Describe ``pid`` in a ProcessTree packet if its comm/tgid changed."""
@@ -279,6 +311,8 @@ def write_perfetto(
         writer.flush_bundle()
         writer.stats()
         sink.flush()
+    if trace.stacks.num_rows:  # Perfetto's ftrace protos have no stack records
+        writer.dropped["stacks (stack frames)"] = trace.stacks.num_rows
     return PerfettoWriteReport(str(path), writer.events, writer.bundles, sink.count,
                                dict(sorted(writer.dropped.items())), clock_notes(trace))
 
@@ -307,32 +341,36 @@ def _chunks(trace: Trace) -> Iterator[pa.Table]:
         yield events.slice(start, _ROWS_PER_CHUNK)
 
 
-def _write_rows(trace: Trace, writer: _Writer) -> None:
+def _write_rows(trace: Trace, writer: _Writer, *, one_by_one: bool = False) -> None:
+    """Lay out every row; ``one_by_one`` sends each row through :meth:`_Writer.event` (the
+    reference :meth:`_Writer.plain_rows` is tested against)."""
     values = EventValues(trace, writer.encoder)
-    pending_marker: list[tuple[int | None, int, int | None]] = []
+    pending: list[tuple[int | None, int, int | None]] = []
     for chunk in _chunks(trace):
-        encoded = values.encode_chunk(chunk)
-        cols = {n: chunk.column(n).to_pylist() for n in ("seq", "ts", "cpu", "pid", "tgid")}
-        cols["comm"] = chunk.column("comm").cast(pa.string()).to_pylist()
-        names = chunk.column("event").cast(pa.string()).to_pylist()
-        known = writer.known
-        for i, name in enumerate(names):
-            cpu, ts = cols["cpu"][i], cols["ts"][i]
-            item = encoded[i]
-            if item is None:
-                if name == BUFFER_STARTED:
+        enc = values.encode_chunk(chunk)
+        rows = ChunkRows.of(chunk, enc, writer.known, one_by_one)
+        i, n = 0, chunk.num_rows
+        while i < n:
+            i = writer.plain_rows(rows, i)
+            if i == n:
+                break
+            cpu, ts = rows.cpu_of(i), int(rows.ts[i])
+            if enc.marker[i]:
+                if enc.names[int(enc.name[i])] == BUFFER_STARTED:
                     writer.dropped[BUFFER_STARTED] = writer.dropped.get(BUFFER_STARTED, 0) + 1
-                elif name == LOST_EVENTS:
-                    pending_marker.append((cpu, ts, values.lost_count(cols["seq"][i])))
+                else:
+                    pending.append((cpu, ts, values.lost_count(int(rows.seq[i]))))
+                i += 1
                 continue
-            for m_cpu, m_ts, m_count in pending_marker:
+            for m_cpu, m_ts, m_count in pending:
                 writer.lost(m_cpu, m_ts, m_count, cpu, ts)
-            pending_marker.clear()
-            pid = cols["pid"][i]
-            if pid is not None and known.get(pid) != (cols["comm"][i], cols["tgid"][i]):
-                writer.who(pid, cols["comm"][i], cols["tgid"][i])
-            writer.event(cpu, ts, item[0], item[1])
-    for m_cpu, m_ts, m_count in pending_marker:
+            pending.clear()
+            comm, tgid = rows.comm[i], rows.tgid[i]
+            if rows.pid_ok[i] and writer.known.get(int(rows.pid[i])) != (comm, tgid):
+                writer.who(int(rows.pid[i]), comm, tgid)
+            writer.event(rows, i)
+            i += 1
+    for m_cpu, m_ts, m_count in pending:
         writer.lost(m_cpu, m_ts, m_count, None, None)
     for reason, n in values.dropped.items():
         writer.dropped[reason] = writer.dropped.get(reason, 0) + n

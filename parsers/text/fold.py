@@ -17,7 +17,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from parsers.errors import TraceParseError
+from parsers.schema import EVENTS_SCHEMA
 from parsers.text.markers import Marker
+from parsers.text.stacks import StackFold, StackPieces
 from parsers.trace import TraceBatch, TraceMetadata
 
 __all__ = ["ChunkOptions", "ChunkResult", "CpuOrder", "Fold", "Pending", "ParseFailure"]
@@ -92,6 +94,8 @@ class ChunkResult:
     units: set[str] = field(default_factory=set)
     undecoded: dict[str, int] = field(default_factory=dict)
     failure: ParseFailure | None = None
+    #: The chunk's stack records and frame lines (:mod:`parsers.text.stacks`).
+    stacks: StackPieces | None = None
 
 
 MarkerBatch = Callable[[list[tuple[int, int, Marker]]], TraceBatch]
@@ -111,11 +115,14 @@ class Fold:
         self.out_of_order = 0
         self.units: set[str] = set()
         self.undecoded: dict[str, int] = {}
+        self.stacks = StackFold()
 
     def add(self, res: ChunkResult, base: int) -> Iterator[TraceBatch]:
         """Apply ``res``, whose relative line 1 is line ``base + 1`` of the file; yields its
         batches (a batch of markers resolved by its first record, then its own)."""
         meta = self.meta
+        stacks = None if res.stacks is None else self.stacks.add(
+            res.stacks, None if res.batch is None else res.batch.stacks, base, meta)
         for reason, line, text in res.skips:
             meta.skip(reason, line + base, text)
         for name in res.variants:
@@ -139,7 +146,10 @@ class Fold:
         if res.last_ts is not None:
             self.last_ts = res.last_ts
         if res.batch is not None:
-            yield _shift(res.batch, base)
+            yield replace(_shift(res.batch, base), stacks=stacks)
+        elif stacks is not None:  # frame lines only, of an earlier chunk's record
+            yield TraceBatch(pa.RecordBatch.from_pylist([], schema=EVENTS_SCHEMA), {},
+                             stacks=stacks)
 
     def _order(self, order: list[CpuOrder], base: int) -> None:
         """Per-CPU timestamps must not go backwards; count and report where they do."""

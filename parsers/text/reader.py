@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 
 from parsers.errors import TraceParseError
 from parsers.schema import EVENT_FIELDS, EVENTS_SCHEMA, LOST_EVENTS
+from parsers.stacks import LocalStacks, local_stacks
 from parsers.text.fold import (
     ChunkOptions,
     ChunkResult,
@@ -28,6 +29,7 @@ from parsers.text.grammar import EventLines, split_event_lines
 from parsers.text.markers import LineKind, Marker, classify_line
 from parsers.text.payloads import decode_payloads
 from parsers.text.source import CHUNK_BYTES, LineChunk, iter_line_chunks
+from parsers.text.stacks import split_stacks
 from parsers.text.workers import parallel_batches, pick_workers
 from parsers.trace import Trace, TraceBatch, TraceMetadata, TraceStream
 from parsers.typed_batch import build_typed_batch
@@ -158,6 +160,8 @@ def _decode_into(chunk: LineChunk, state: _State, res: ChunkResult) -> None:
     left[ev.rows] = False
     left[dropped] = False
     others = np.flatnonzero(left)
+    split = split_stacks(lines, ev, others, base_seq, state.skip)  # stack records
+    ev, others = split.ev, split.others
     markers = _classify_others(lines, others, chunk.first_line, state)
     if state.prefixed:
         ev = _split_prefix(ev)
@@ -171,7 +175,20 @@ def _decode_into(chunk: LineChunk, state: _State, res: ChunkResult) -> None:
     if len(ts):
         res.first_ts, res.last_ts = int(ts[0]), int(ts[-1])
     batch = _assemble(ev, seq, marker_rows, state)
-    res.batch = None if batch is None else replace(batch, source_bytes=chunk.nbytes)
+    local = LocalStacks() if batch is None else local_stacks(batch.events, split.frames)
+    split.pieces.keep(_with_pending(local, state.pending))  # stacks (parsers.stacks)
+    res.stacks = split.pieces
+    res.batch = None if batch is None else replace(batch, source_bytes=chunk.nbytes,
+                                                   stacks=local.rows)
+
+
+def _with_pending(local: LocalStacks, pending: list[Pending]) -> LocalStacks:
+    """Markers after the chunk's last record are rows of its CPU too (emitted later, by the
+    fold, with the next record's timestamp): the last ones for the next chunk's owners."""
+    for p in pending:
+        cpu = -1 if p.marker.cpu is None else p.marker.cpu
+        local.last[cpu] = None if p.marker.event == LOST_EVENTS else p.seq
+    return local
 
 
 def _damaged_lines(chunk: LineChunk, state: _State) -> tuple[pa.StringArray, np.ndarray]:

@@ -3,8 +3,10 @@
 The file is cut into byte ranges at the places where the one-process reader's chunks start
 (:func:`parsers.text.source.iter_line_chunks` reads up to multiples of ``chunk_bytes`` and
 cuts at the last newline), never before a ``=>`` stack-frame line, which belongs to the
-record before it. Each range is decoded in a worker process chunk by chunk, exactly as one
-process would decode it; the batches come back as Arrow IPC streams, and the parent applies
+record before it (a chunk inside a range may still start with one: the fold gives such lines
+their record, :class:`~parsers.text.stacks.StackFold`). Each range is decoded in a worker
+process chunk by chunk, exactly as one process would decode it; the batches (their
+``stacks`` rows too) come back as Arrow IPC streams, and the parent applies
 the :class:`~parsers.text.fold.ChunkResult` s in file order with the same
 :class:`~parsers.text.fold.Fold` as the one-process path, so the outputs are identical.
 Threads would not help: most of a chunk's decode holds the GIL between Arrow calls.
@@ -153,6 +155,8 @@ def _decode_span(task: _Task, decode: Decode) -> Iterator[ChunkResult]:
 
 
 _Packed = tuple[ChunkResult, str | None, list[str]]
+#: The stream name of a batch's ``stacks`` rows (no event is named so).
+_STACKS = "\0stacks"
 
 
 def _run(task: _Task) -> list[_Packed]:
@@ -164,14 +168,15 @@ def _run(task: _Task) -> list[_Packed]:
         if res.batch is None:
             out.append((res, None, []))
             continue
-        names = ["", *res.batch.typed]
+        stacks = [] if res.batch.stacks is None else [res.batch.stacks]
+        names = ["", *res.batch.typed, *([_STACKS] if stacks else [])]
         file = os.path.join(task.spool, f"{task.index}-{i}.arrow")
         with pa.OSFile(file, "wb") as sink:
-            for rb in [res.batch.events, *res.batch.typed.values()]:
+            for rb in [res.batch.events, *res.batch.typed.values(), *stacks]:
                 with pa.ipc.new_stream(sink, rb.schema) as writer:
                     writer.write_batch(rb)
         out.append((replace(res, batch=replace(res.batch, events=res.batch.events.slice(0, 0),
-                                               typed={})), file, names))
+                                               typed={}, stacks=None)), file, names))
     return out
 
 
@@ -184,7 +189,8 @@ def _unpack(res: ChunkResult, file: str | None, names: list[str]) -> ChunkResult
     for name in names:  # one stream per table, one batch each (iterating reads its end)
         (tables[name],) = list(pa.ipc.open_stream(source))
     events = tables.pop("")
-    return replace(res, batch=TraceBatch(events, tables, res.batch.source_bytes))
+    stacks = tables.pop(_STACKS, None)
+    return replace(res, batch=TraceBatch(events, tables, res.batch.source_bytes, stacks))
 
 
 def parallel_batches(

@@ -14,7 +14,8 @@ from typing import Any
 from parsers.errors import TraceFormatError, TraceParseError
 from parsers.tracedat.binary import Cursor, decompress
 
-__all__ = ["MAGIC", "is_tracedat", "CpuData", "BufferInfo", "TraceDatInfo", "read_info"]
+__all__ = ["MAGIC", "is_tracedat", "CpuData", "BufferInfo", "TraceDatInfo", "read_info",
+           "read_kallsyms"]
 
 #: First bytes of every trace.dat file.
 MAGIC = b"\x17\x08\x44tracing"
@@ -23,6 +24,7 @@ MAGIC = b"\x17\x08\x44tracing"
 _DONE, _DATE, _BUFFER, _TRACECLOCK, _UNAME, _OFFSET, _CPUCOUNT, _VERSION = 0, 1, 3, 4, 5, 7, 8, 9
 _TIME_SHIFT, _GUEST, _TSC2NSEC = 12, 13, 14
 _HEADER_INFO, _FTRACE_EVENTS, _EVENT_FORMATS, _CMDLINES, _BUFFER_TEXT = 16, 17, 18, 21, 22
+_KALLSYMS = 19
 #: gpuvis' trace-cmd fork stores the kernel's ``saved_tgids`` under this id.
 _SAVED_TGIDS = 32
 _SECTION_FLAG_COMPRESSED = 1
@@ -82,6 +84,10 @@ class TraceDatInfo:
     tgids: dict[int, int] = field(default_factory=dict)
     latency: bool = False
     warnings: list[str] = field(default_factory=list)
+    #: ``/proc/kallsyms`` as saved (v6), or where its section is (v7): read on demand by
+    #: :func:`read_kallsyms`, for the frames of stack records.
+    kallsyms: bytes = b""
+    kallsyms_section: int | None = None
 
 
 def read_info(data: Any, path: str, *, salvage: bool = False) -> TraceDatInfo:
@@ -117,6 +123,20 @@ def read_info(data: Any, path: str, *, salvage: bool = False) -> TraceDatInfo:
     return info
 
 
+def read_kallsyms(data: Any, info: TraceDatInfo) -> bytes:
+    """The file's saved ``/proc/kallsyms`` text (empty when it has none).
+
+    Raises:
+        TraceParseError, TraceTruncatedError: the kallsyms section is damaged.
+    """
+    if info.kallsyms or info.kallsyms_section is None:
+        return info.kallsyms
+    cur = Cursor(data, info.path, big_endian=info.big_endian)
+    body, _ = _section(cur, info, info.kallsyms_section, expect_id=_KALLSYMS)
+    info.kallsyms = body.sized(4, "the kallsyms block")
+    return info.kallsyms
+
+
 # --- version 6: everything in file order --------------------------------------------------
 
 
@@ -124,7 +144,7 @@ def _read_v6(cur: Cursor, info: TraceDatInfo) -> None:
     _read_headers(cur, info)
     _read_ftrace(cur, info)
     _read_events(cur, info)
-    cur.sized(4, "the kallsyms block")
+    info.kallsyms = cur.sized(4, "the kallsyms block")
     cur.sized(4, "the printk formats block")
     info.cmdlines = cur.sized(8, "the saved cmdlines").decode("utf-8", "replace")
     info.cpus = cur.u32("the CPU count")
@@ -192,6 +212,7 @@ def _read_v7(cur: Cursor, info: TraceDatInfo, salvage: bool) -> None:
         if sec_id in sections:
             body, _ = _section(cur, info, sections[sec_id], expect_id=sec_id)
             reader(body, info)
+    info.kallsyms_section = sections.get(_KALLSYMS)
     if _CMDLINES in sections:
         body, _ = _section(cur, info, sections[_CMDLINES], expect_id=_CMDLINES)
         info.cmdlines = body.sized(8, "the saved cmdlines").decode("utf-8", "replace")
@@ -304,7 +325,8 @@ def _apply_option(
                          body.u64("TSC2NSEC offset"))
     elif opt == _SAVED_TGIDS:
         info.tgids.update(_pairs(text))
-    elif opt in (_HEADER_INFO, _FTRACE_EVENTS, _EVENT_FORMATS, _CMDLINES) and sections is not None:
+    elif opt in (_HEADER_INFO, _FTRACE_EVENTS, _EVENT_FORMATS, _CMDLINES, _KALLSYMS) \
+            and sections is not None:
         sections[opt] = body.u64(f"the offset in option {opt}")
     elif opt == _BUFFER and v7_buffers is not None:
         v7_buffers.append(_v7_buffer(body, info))

@@ -17,11 +17,13 @@ import pyarrow as pa
 
 from parsers.errors import TraceFormatError, TraceParseError
 from parsers.schema import EVENTS_SCHEMA, LOST_EVENTS
+from parsers.stacks import STACK_EVENTS, StackOwners
 from parsers.trace import Trace, TraceBatch, TraceMetadata, TraceStream
 from parsers.tracedat.fields import irq_flags
 from parsers.tracedat.header import TraceDatInfo, is_tracedat, read_info
 from parsers.tracedat.parallel import default_workers, parallel_streams
 from parsers.tracedat.source import make_decoder, open_mapped
+from parsers.tracedat.stacks import CALLERS, FrameNamer, frames_of
 from parsers.tracedat.stream import Block, Decoder, iter_blocks
 from parsers.typed_batch import build_typed_batch
 
@@ -108,9 +110,10 @@ def _batches(dec: Decoder, data: Any, meta: TraceMetadata, workers: int
     instances = [b.name for b in dec.info.buffers]
     comms = _cmdlines(dec.info.cmdlines)
     seq0 = 0
+    stacks = (StackOwners(), FrameNamer(data, dec.info))
     try:
         for parts in _merge(streams):
-            batch = _emit(dec, parts, seq0, instances, comms)
+            batch = _emit(dec, parts, seq0, instances, comms, stacks)
             seq0 += sum(len(p) for p in parts)
             if batch is not None:
                 yield batch
@@ -155,7 +158,8 @@ def _merge(streams: list[Iterator[Block]]) -> Iterator[list[Block]]:
 
 
 def _emit(
-    dec: Decoder, parts: list[Block], seq0: int, instances: list[str], comms: dict[int, str]
+    dec: Decoder, parts: list[Block], seq0: int, instances: list[str], comms: dict[int, str],
+    stacks: tuple[StackOwners, FrameNamer],
 ) -> TraceBatch | None:
     key = np.concatenate([p.key for p in parts])
     inst = np.concatenate([np.full(len(p), p.inst, np.int64) for p in parts])
@@ -172,10 +176,27 @@ def _emit(
     seq = np.arange(seq0, seq0 + len(order), dtype=np.int64)
     keep = cat["keep"]
     events = _events_batch(dec, parts, cat, (seq, cpu, inst), instances, comms)
+    frames = frames_of(_stack_rows(parts, where, seq), stacks[1])  # stack records
     typed = _typed_batches(dec, parts, where, cat, seq, cpu, keep)
     if events.num_rows == 0 and not typed:
         return None
-    return TraceBatch(events, typed)
+    return TraceBatch(events, typed, stacks=stacks[0].batch(events, frames))
+
+
+def _stack_rows(parts: list[Block], where: Any, seq: Any) -> dict[str, tuple[list[Any], list[Any]]]:
+    """Take the stack events' caller words out of the parts' typed rows, by merged seq."""
+    out: dict[str, tuple[list[Any], list[Any]]] = {}
+    base = 0
+    for p in parts:
+        for name in STACK_EVENTS:
+            found = p.typed.pop(name, None)
+            if found is not None:
+                rows, cols = found
+                seqs, words = out.setdefault(name, ([], []))
+                seqs.extend(seq[where[base + rows]].tolist())
+                words.extend(cols[CALLERS].tolist())
+        base += len(p)
+    return out
 
 
 def _events_batch(
@@ -224,12 +245,17 @@ def _args_column(parts: list[Block], index: Any) -> pa.Array:
 
 
 def _dict_by(values: Any, null: Any, name: Any) -> pa.Array:
-    """A dictionary column naming each distinct value once (``null`` rows are null)."""
+    """A dictionary column naming each distinct value once (``null`` rows are null); values
+    with one name (two threads both ``CPU 0/KVM``) share one dictionary word."""
     enc = pa.array(values).dictionary_encode()
-    words = pa.array([name(int(v)) for v in enc.dictionary.to_pylist()], pa.string())
-    indices = pa.array(enc.indices.to_numpy(zero_copy_only=False).astype(np.int32), pa.int32(),
+    named = [name(int(v)) for v in enc.dictionary.to_pylist()]
+    unique = list(dict.fromkeys(named))
+    where = {w: i for i, w in enumerate(unique)}
+    remap = np.array([where[w] for w in named], np.int32)
+    codes = enc.indices.to_numpy(zero_copy_only=False)
+    indices = pa.array(remap[codes] if len(remap) else codes.astype(np.int32), pa.int32(),
                        mask=np.asarray(null))
-    return pa.DictionaryArray.from_arrays(indices, words)
+    return pa.DictionaryArray.from_arrays(indices, pa.array(unique, pa.string()))
 
 
 def _comm(comms: dict[int, str], pid: int) -> str:

@@ -19,11 +19,13 @@ import numpy.typing as npt
 
 from parsers.errors import TraceParseError, TraceTruncatedError
 from parsers.schema import EVENT_FIELDS, LOST_EVENTS
+from parsers.stacks import STACK_EVENTS
 from parsers.tracedat.binary import Cursor, decompress
 from parsers.tracedat.fields import gather, int_column, render_args
 from parsers.tracedat.formats import EventFormat, Field, PageLayout
 from parsers.tracedat.header import BufferInfo, CpuData, TraceDatInfo
 from parsers.tracedat.pages import PageRecords, walk_pages
+from parsers.tracedat.stacks import CALLERS, callers
 
 __all__ = ["Block", "Decoder", "Named", "Span", "iter_blocks", "keyed", "decode_span", "plan_spans"]
 
@@ -404,6 +406,9 @@ def _decode_event(
     if dec.wanted is not None and ev.name not in dec.wanted:
         keep[rows] = False
         return
+    if ev.name in STACK_EVENTS:  # variable length: frames kept (parsers.tracedat.stacks)
+        _stack_event(dec, ev, buf, recs, rows, typed, place)
+        return
     short = recs.length[rows] < ev.fixed_size
     if short.any():
         dec.fail(TraceParseError(
@@ -425,6 +430,19 @@ def _decode_event(
         texts, index = render_args(ev, buf, offsets, recs.length[rows], dec.info.big_endian)
         args[0][rows] = index + len(args[1])
         args[1].extend(texts)
+
+
+def _stack_event(dec: Decoder, ev: EventFormat, buf: npt.NDArray[np.uint8], recs: PageRecords,
+                 rows: I64, typed: Typed, place: tuple[int, int]) -> None:
+    """Keep the caller words of stack records; a damaged one is a warning (its words kept)."""
+    packed, bad = callers(ev, buf, recs.offset[rows], recs.length[rows], dec.info.long_size,
+                          dec.info.big_endian)
+    typed[ev.name] = (rows, {CALLERS: packed})
+    if bad.any():
+        cpu, where = place
+        dec.warn(f"CPU {cpu}: {int(bad.sum())} {ev.name} records shorter than the frames "
+                 f"they declare (damaged?), their frames kept as far as they go; the first "
+                 f"one's data at {_at(where, int(recs.offset[rows[int(np.argmax(bad))]]))}")
 
 
 def _with_markers(dec: Decoder, block: Block, recs: PageRecords) -> Block:

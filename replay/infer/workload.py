@@ -13,6 +13,9 @@ Mapping (../shared/docs/kernel-semantics.md §3.3; the kernel paths are in docs/
 * root zaps by a VMM thread after the VM's last vCPU event, with no fast zap before them
   → :class:`~replay.model.workload.VmDestroy`.
 
+With kernel stacks in the trace the frames decide, and the evidence says so
+(:mod:`replay.infer.stack_causes`).
+
 Times are the trace's own nanoseconds, so replayed tables line up with observed ones.
 """
 
@@ -35,6 +38,7 @@ from replay.infer.era import detect_era
 from replay.infer.observed import BURST_GAP_NS, SPTE_PRESENT
 from replay.infer.relative import Timed, relativize
 from replay.infer.resets import PRETRACE_AT, ResetPlan, plan_resets
+from replay.infer.stack_causes import StackCause, stack_causes, teardown_zaps
 from replay.infer.threads import ThreadMap
 from replay.infer.workload_frames import frame as _frame
 from replay.infer.workload_frames import has_event as _has_event
@@ -48,6 +52,7 @@ from replay.model.workload import (
     VcpuOp,
     VmDestroy,
     Workload,
+    populates,
 )
 
 __all__ = ["DerivedWorkloads", "derive_workloads", "EVIDENCE_SCHEMA", "detect_era"]
@@ -105,7 +110,7 @@ def derive_workloads(trace: Trace, threads: ThreadMap) -> DerivedWorkloads:
         trace, threads, {vm: [s.op for s in items] for vm, items in steps.items()}), steps)
     backend, era, why = detect_era(trace, threads, calls)
     workloads: dict[int, Workload] = {}
-    rows: list[dict[str, object]] = []
+    cols: dict[str, list[object]] = {name: [] for name in EVIDENCE_SCHEMA.names}
     for vm, items in sorted(steps.items()):
         items = _with_first_loads(sorted(items, key=lambda s: (s.op.at, s.seq)))
         if not any(isinstance(s.op, LoadRoot) for s in items):
@@ -113,17 +118,28 @@ def derive_workloads(trace: Trace, threads: ThreadMap) -> DerivedWorkloads:
         if calls:  # a syscall-traced recording: steps start when what they waited for is done
             items = _relative(trace, calls, threads, vm, items)
         workloads[vm] = Workload.of([s.op for s in items], name=f"{trace.metadata.source}:vm{vm}")
-        rows += [{"vm": vm, "step": i, "op": type(s.op).__name__, "actor": s.op.actor,
-                  "ts": s.op.at, "seq": s.seq, "evidence": s.evidence,
-                  "confidence": s.confidence} for i, s in enumerate(items)]
+        _evidence_rows(cols, vm, items)
     skipped = [vm for vm in threads.vms if vm not in workloads]
     if skipped:
         warnings.append(f"VMs {skipped} show no root load by a vCPU: nothing to replay there")
     if _has_event(trace, "kvm_unmap_hva_range"):
         warnings.append("kvm_unmap_hva_range (mmu_notifier) events are not replayed: the trace "
                         "gives host virtual ranges, not the guest ranges the model zaps")
-    return DerivedWorkloads(workloads, pa.Table.from_pylist(rows, schema=EVIDENCE_SCHEMA),
+    return DerivedWorkloads(workloads, pa.Table.from_pydict(cols, schema=EVIDENCE_SCHEMA),
                             backend, era, why, warnings)
+
+
+def _evidence_rows(cols: dict[str, list[object]], vm: int, items: list[_Step]) -> None:
+    """Append one evidence row per step of ``vm`` to the columns ``cols`` (built column
+    by column: a dict per step costs more than the derivation of the step)."""
+    cols["vm"] += [vm] * len(items)
+    cols["step"] += range(len(items))
+    cols["op"] += [type(s.op).__name__ for s in items]
+    cols["actor"] += [s.op.actor for s in items]
+    cols["ts"] += [s.op.at for s in items]
+    cols["seq"] += [s.seq for s in items]
+    cols["evidence"] += [s.evidence for s in items]
+    cols["confidence"] += [s.confidence for s in items]
 
 
 def _apply_resets(plan: ResetPlan, steps: dict[int, list[_Step]]) -> list[str]:
@@ -324,18 +340,22 @@ def _populates(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]]) 
     count = np.bincount(run)
     seq = rows["seq"].to_numpy(dtype=np.int64)
     src = rows["src"].to_numpy()
-    for i, c in zip(first.tolist(), count.tolist(), strict=True):
-        vcpu = threads.vcpus[int(pid[i])]
-        size = int(page[i]) * c
-        steps[vcpu.vm].append(_Step(
-            Populate(vcpu=vcpu.vcpu, start=int(start[i]), size=size, page=int(page[i]),
-                     at=int(ts[i])), int(seq[i]),
-            f"{c} x {src[i]} from gfn {int(start[i]) >> 12:#x}", "high"))
+    # one run per row of these lists (Python ints: no NumPy scalar per field and run)
+    r_pid, r_page, r_start = pid[first].tolist(), page[first].tolist(), start[first].tolist()
+    r_ts, r_seq, r_src = ts[first].tolist(), seq[first].tolist(), src[first].tolist()
+    counts = count.tolist()
+    vcpus = [threads.vcpus[p] for p in r_pid]
+    ops = populates([v.vcpu for v in vcpus], r_start,
+                    [p * c for p, c in zip(r_page, counts, strict=True)], r_page, r_ts)
+    for k, c in enumerate(counts):
+        steps[vcpus[k].vm].append(_Step(
+            ops[k], r_seq[k], f"{c} x {r_src[k]} from gfn {r_start[k] >> 12:#x}", "high"))
 
 
 def _fast_zaps(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]],
                calls: list[Call]) -> None:
     fast = _frame(trace, "kvm_mmu_zap_all_fast")
+    causes = stack_causes(trace, ["kvm_mmu_zap_all_fast"])
     for row in fast.itertuples():
         vm = threads.vm_of.get(int(row.pid))
         if vm is None or vm not in steps:
@@ -343,17 +363,30 @@ def _fast_zaps(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]],
         actor = threads.thread_name(int(row.pid))
         call = enclosing_call(calls, int(row.pid), int(row.seq), int(row.ts))
         at = int(row.ts) if call is None else call.start
+        why = causes.get(int(row.seq))
+        told = (f"({why.words()})" if why is not None and why.cause in _FAST_ZAP_CAUSES else
+                "(memslot delete/move or nx_huge_pages: not told apart)")
         steps[vm].append(_Step(MemslotDelete(actor=actor, at=at), int(row.seq),
-                               f"kvm_mmu_zap_all_fast gen {row.mmu_valid_gen} by {actor} "
-                               f"(memslot delete/move or nx_huge_pages: not told apart)"
+                               f"kvm_mmu_zap_all_fast gen {row.mmu_valid_gen} by {actor} {told}"
                                + (f", in its {call.name} from {call.start}" if call else ""),
-                               "medium", call.start_seq if call else None,
+                               "high" if why is not None else "medium",
+                               call.start_seq if call else None,
                                call.end if call else None, call.end_seq if call else None))
+
+
+#: Stack causes that say why a fast zap ran.
+_FAST_ZAP_CAUSES: Final = frozenset({"memslot", "nx_huge_pages"})
 
 
 def _teardowns(trace: Trace, threads: ThreadMap, steps: dict[int, list[_Step]],
                calls: list[Call]) -> None:
     zaps = _frame(trace, "kvm_mmu_prepare_zap_page")
+    if not zaps.empty:
+        causes = stack_causes(trace, ["kvm_mmu_prepare_zap_page"])
+        if causes:
+            told = _stack_teardowns(zaps, causes, threads, steps, calls)
+            zaps = zaps[~zaps["seq"].isin(list(causes))]  # the heuristic takes the others
+            steps = {vm: items for vm, items in steps.items() if vm not in told}
     fast = _frame(trace, "kvm_mmu_zap_all_fast")
     exits = [c for c in calls if c.name in ("exit_group", "exit") and c.pid not in threads.vcpus]
     for vm, items in steps.items():
@@ -403,6 +436,26 @@ def _relative(trace: Trace, calls: list[Call], threads: ThreadMap, vm: int,
     conf = {s.seq: s.confidence for s in items}
     return [_Step(op, seq, why, conf.get(seq, "medium")) for op, why, seq in
             relativize(trace, calls, pids, timed)]
+
+
+def _stack_teardowns(zaps: pd.DataFrame, causes: dict[int, StackCause], threads: ThreadMap,
+                     steps: dict[int, list[_Step]], calls: list[Call]) -> set[int]:
+    """:class:`VmDestroy` of each VM whose zaps' stacks show its teardown (the VMs); at the
+    start of the process exit the first such zap is in, when syscalls are traced."""
+    found = teardown_zaps(zaps, causes, threads.vm_of)
+    for vm, (seq, ts, pid, count) in found.items():
+        if vm not in steps:
+            continue
+        actor = threads.thread_name(pid)
+        call = enclosing_call(calls, pid, seq, ts)
+        if call is not None and call.name not in ("exit_group", "exit"):
+            call = None
+        steps[vm].append(_Step(
+            VmDestroy(actor=actor, at=ts if call is None else call.start), seq,
+            f"{count} kvm_mmu_prepare_zap_page by {actor} {causes[seq].words()}"
+            + (f", in its {call.name} from {call.start}" if call else ""), "high",
+            call.start_seq if call else None))
+    return set(found) & set(steps)
 
 
 def _with_first_loads(items: list[_Step]) -> list[_Step]:

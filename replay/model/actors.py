@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from replay.errors import WorkloadError
-from replay.model.engine import LATE, URGENT, Signal, Wait
+from replay.model.engine import LATE, NORMAL, URGENT, Signal, Wait, Wakeup
 from replay.model.ids import ActorId, Nanos, vcpu_actor
 from replay.model.lifecycle import Replay, VcpuState
 from replay.model.lock import READ, WRITE
@@ -24,6 +24,8 @@ from replay.model.population import (
     split_extents,
     unmapped_parts,
 )
+from replay.model.recorders import Recorder
+from replay.model.records import fault_run
 from replay.model.workload import (
     LoadRoot,
     MemslotCreate,
@@ -47,6 +49,21 @@ from replay.model.workload import (
 __all__ = ["start_actors"]
 
 
+class _Hooks:
+    """The recorders' bound hooks the fast path calls, without those left as the base
+    class's no-ops (same calls, same order, fewer of them)."""
+
+    def __init__(self, recorders: list[Recorder]) -> None:
+        def bound(name: str) -> list[Any]:
+            return [getattr(r, name) for r in recorders
+                    if getattr(type(r), name) is not getattr(Recorder, name)]
+
+        self.enter_guest = bound("enter_guest")
+        self.block = bound("block")
+        self.populated = bound("populated")
+        self.faults = bound("faults")
+
+
 class _Driver:
     """Starts one process per actor and runs each actor's operations in order."""
 
@@ -60,13 +77,22 @@ class _Driver:
         #: roots given extents since last seen empty: a superset of the roots that map
         #: something, which the fast zap's check reads instead of every root ever made
         self.mapped: dict[int, Any] = {}
+        self.hooks = _Hooks(rp.recorders)
+        self.fault_each = round(rp.cost.fault_ns)  # as _fault charges each fault
 
     def start(self) -> None:
         per_actor: dict[str, list[tuple[int, Op]]] = {}
         for i, op in enumerate(self.workload.ops):
-            per_actor.setdefault(op.actor, []).append((i, op))
+            mine = per_actor.get(op.actor)
+            if mine is None:
+                mine = per_actor[op.actor] = []
+            mine.append((i, op))
+        # a VcpuOp's actor is its vCPU's: an actor's first one names its vCPU
+        vids = {v for ops in per_actor.values()
+                if (v := next((op.vcpu for _, op in ops if isinstance(op, VcpuOp)), None))
+                is not None}
         # vCPUs in id order: kvm_for_each_vcpu (kicks, vCPU destroy) walks them by index
-        for vid in sorted({op.vcpu for op in self.workload.ops if isinstance(op, VcpuOp)}):
+        for vid in sorted(vids):
             self.rp.vcpus[vid] = VcpuState(vid, vcpu_actor(vid), self.rp.sim)
         for actor, ops in per_actor.items():
             proc = self.rp.sim.process(self._actor(ActorId(actor), ops), actor)
@@ -75,15 +101,31 @@ class _Driver:
 
     def _actor(self, actor: ActorId, ops: list[tuple[int, Op]]) -> Wait:
         rp = self.rp
+        sim = rp.sim
         for index, op in ops:
-            if op.at > rp.sim.now or op.at == rp.sim.now > 0:
+            due = op.at > sim.now or op.at == sim.now > 0
+            if rp.fast and type(op) is Populate:
+                # the first check only when no callback comes before the wait would end
+                if (not due or sim.quiet_until(op.at, LATE + index)) \
+                        and self._fast_populate(index, op, due):
+                    if sim.now > rp.end_ts:
+                        rp.end_ts = sim.now
+                    continue
+                if due:
+                    yield Wakeup(op.at - sim.now, LATE + index)
+                    due = False
+                    if self._fast_populate(index, op, due):
+                        if sim.now > rp.end_ts:
+                            rp.end_ts = sim.now
+                        continue
+            if due:
                 # an operation due at `at` starts after whatever else happens at that instant
                 # (a kick, a lock grant): a trace-derived step was asked for then, so the
                 # state it reacts to is the one those left; operations due at the same
                 # instant start in workload order (a derived workload's is the trace's)
-                due = Signal(rp.sim)
-                rp.sim.schedule(op.at - rp.sim.now, due.fire, LATE + index)
-                yield due
+                wake = Signal(sim)
+                sim.schedule(op.at - sim.now, wake.fire, LATE + index)
+                yield wake
             handler = _HANDLERS.get(type(op))
             if handler is None:
                 raise WorkloadError(index, actor, f"no handler for {type(op).__name__}")
@@ -168,6 +210,54 @@ class _Driver:
             if n == 0:
                 return
             todo = yield from self._fault(v, root, fresh, n)
+
+    def _fast_populate(self, index: int, op: Populate, due: bool) -> bool:
+        """Run ``op`` at once, without yielding, when nothing else could run before its
+        faults end; False (nothing changed) when it must take the plain path.
+
+        The plain path (:meth:`populate`, started after a wait at ``(op.at, LATE +
+        index)`` when ``due``) would, on a loaded valid root with ``mmu_lock`` free for
+        read and nobody queued, take the lock at once, fault for ``n * fault_ns`` and
+        release it; if no callback sorts before that end (``quiet_until``), nothing else
+        runs meanwhile, so nobody can contend, kick, invalidate or map: the faults install
+        exactly the unmapped parts, in one :meth:`~replay.model.population.Population.add`.
+        The clock jumps to the end and the engine's step count takes the heap steps the
+        plain path takes (the wait's two, the lock grant's resume, the timer and its
+        resume). Test: tests/replay/test_model_fast_path.py runs both and compares."""
+        rp = self.rp
+        sim = rp.sim
+        v = rp.vcpus.get(op.vcpu)
+        if v is None or v.gone or v.request or rp.lock.writer is not None or rp.lock.waiting:
+            return False
+        root = v.root
+        if root is None or root.invalid:
+            return False
+        each = self.fault_each
+        start = op.at if due else sim.now
+        if each <= 0 or not sim.quiet_until(start + round(op.size // op.page * float(each)),
+                                            NORMAL):
+            return False
+        sim.now = start
+        hooks = self.hooks
+        for enter in hooks.enter_guest:
+            enter(Nanos(start), v.actor, False)
+        fresh = root.population.add(Extent(op.start, op.size, op.page))
+        n = fresh[0].size // fresh[0].page if len(fresh) == 1 else sum(
+            e.size // e.page for e in fresh)
+        if n == 0:
+            sim.steps += 2 * due
+            return True
+        sim.now = end = start + round(n * float(each))
+        self.mapped[root.id] = root
+        iv = fault_run(v.id, Nanos(start), Nanos(end), n, each, root.id)
+        for block in hooks.block:
+            block(iv)
+        for populated in hooks.populated:
+            populated(Nanos(start), Nanos(end), v.actor, root.id, fresh)
+        for faults in hooks.faults:
+            faults(Nanos(start), v.actor, root.id, list(fresh), fresh, each)
+        sim.steps += 3 + 2 * due
+        return True
 
     def _fault(self, v: VcpuState, root: Any, fresh: list[Extent], n: int) -> Wait:
         """Fault ``fresh`` into ``root`` under ``mmu_lock`` read, one fault per unit;

@@ -16,7 +16,7 @@ import heapq
 from collections.abc import Callable, Generator
 from typing import Any, Final
 
-__all__ = ["Sim", "Signal", "Process", "Wait", "URGENT", "NORMAL", "LATE"]
+__all__ = ["Sim", "Signal", "Wakeup", "Process", "Wait", "URGENT", "NORMAL", "LATE"]
 
 #: Priorities: lower runs first among callbacks scheduled for the same time.
 URGENT: Final = 0
@@ -24,7 +24,7 @@ NORMAL: Final = 1
 LATE: Final = 2
 
 #: What a process generator yields, and what it returns.
-Wait = Generator["Signal", Any, Any]
+Wait = Generator["Signal | Wakeup", Any, Any]
 
 
 class Signal:
@@ -56,17 +56,36 @@ class Signal:
             self._callbacks.append(cb)
 
 
-class Process:
-    """Runs a generator; each yielded :class:`Signal` suspends it until that signal fires."""
+class Wakeup:
+    """Yielded by a process instead of a fresh :class:`Signal` that only it waits for and
+    that fires ``delay`` ns from now at ``priority``: the process resumes (with None) exactly
+    where it would have, with one heap entry instead of two.
 
-    __slots__ = ("sim", "gen", "done", "name")
+    Equivalent because the plain form (a signal scheduled at ``(now + delay, priority)``,
+    whose firing schedules the resume at the same time with priority :data:`URGENT`) has
+    nothing run between the two: every entry due at that time with priority URGENT is
+    already in the heap and sorts before the signal. The engine counts both steps."""
+
+    __slots__ = ("delay", "priority")
+
+    def __init__(self, delay: int, priority: int) -> None:
+        self.delay = delay
+        self.priority = priority
+
+
+class Process:
+    """Runs a generator; each yielded :class:`Signal` suspends it until that signal fires
+    (a :class:`Wakeup`, until its time)."""
+
+    __slots__ = ("sim", "gen", "done", "name", "_wake")
 
     def __init__(self, sim: Sim, gen: Wait, name: str) -> None:
         self.sim = sim
         self.gen = gen
         self.name = name
         self.done = Signal(sim)
-        sim.schedule(0, lambda: self._step(None), URGENT)
+        self._wake: Callable[[], None] = lambda: self._step(None)
+        sim.schedule(0, self._wake, URGENT)
 
     def _step(self, value: Any) -> None:
         try:
@@ -74,6 +93,11 @@ class Process:
         except StopIteration as stop:
             self.done.fire(stop.value)
             return
+        if type(sig) is Wakeup:
+            self.sim.steps += 1  # the plain form's signal firing, a step of its own
+            self.sim.schedule(sig.delay, self._wake, sig.priority)
+            return
+        assert isinstance(sig, Signal)
         if sig.fired:
             v = sig.value
             self.sim.schedule(0, lambda: self._step(v), URGENT)
@@ -133,6 +157,13 @@ class Sim:
             sig.on_fire(hooks[-1][1])
         out.on_fire(unhook)
         return out
+
+    def quiet_until(self, t: int, priority: int) -> bool:
+        """True when no scheduled callback sorts before one scheduled now for time ``t``
+        at ``priority``: until then nothing but the caller can run (a process may then
+        advance :attr:`now` to ``t`` itself, adding the steps the heap would have taken)."""
+        heap = self._heap
+        return not heap or heap[0][0] > t or (heap[0][0] == t and heap[0][1] > priority)
 
     def process(self, gen: Wait, name: str) -> Process:
         """Start a process at the current time."""

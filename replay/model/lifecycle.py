@@ -96,8 +96,12 @@ class Replay:
         *,
         root_role: int,
         on_violation: OnViolation = "raise",
+        fast: bool = True,
     ) -> None:
         self.sim = Sim()
+        #: take the engine's shortcuts (:meth:`replay.model.actors._Driver._fast_populate`,
+        #: :class:`~replay.model.engine.Wakeup`); False runs every step through the heap
+        self.fast = fast
         self.policy = policy
         self.cost = cost
         self.recorders = list(recorders)

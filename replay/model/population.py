@@ -195,6 +195,8 @@ class Population:
 
     def add(self, new: Extent) -> list[Extent]:
         """:func:`add_extent` on this population."""
+        if self._insert_apart(new):
+            return [new]
         if not self._blocks:
             self._blocks, self._starts, self._firsts = [[]], [[]], [new.start]
         b, lo, hi = self._window(new.start, end := new.end)
@@ -205,6 +207,37 @@ class Population:
         if fresh or not 0 < len(block) <= 2 * self.LOAD:  # a new or a joined block: resize
             self._splice(b, lo, hi + 1, _merged(block[lo:hi + 1], fresh))  # with the successor
         return fresh
+
+    def _insert_apart(self, new: Extent) -> bool:
+        """Insert ``new`` as an extent of its own when it neither overlaps nor joins its
+        neighbours in its block (a scattered fault's common case: no merge or rebuild);
+        False, with nothing changed, otherwise."""
+        if not self._blocks:
+            return False
+        start, end, page = new.start, new.start + new.size, new.page
+        b = bisect_right(self._firsts, start) - 1
+        if b < 0:
+            b = 0
+        block, starts = self._blocks[b], self._starts[b]
+        i = bisect_right(starts, start)
+        if i == len(block) and b + 1 < len(self._blocks):
+            return False  # the successor is in the next block: the general path
+        if i > 0:
+            prev = block[i - 1]
+            if prev.start + prev.size > start or (prev.start + prev.size == start
+                                                  and prev.page == page):
+                return False
+        if i < len(block):
+            succ = block[i]
+            if succ.start < end or (succ.start == end and succ.page == page):
+                return False
+        if len(block) >= 2 * self.LOAD:
+            return False  # the general path splits the block
+        block.insert(i, new)
+        starts.insert(i, start)
+        if i == 0:
+            self._firsts[b] = start
+        return True
 
     def unmapped(self, new: Extent) -> list[Extent]:
         """:func:`unmapped_parts` of this population."""

@@ -54,6 +54,7 @@ __all__ = [
     "VmDestroy",
     "Workload",
     "rendezvous",
+    "populates",
     "TDP_ROOT_ROLE",
     "CR0_WP_BIT",
 ]
@@ -109,6 +110,26 @@ class Populate(VcpuOp):
             raise WorkloadError(
                 -1, self.actor, f"range {self.start:#x}+{self.size:#x} not aligned to {self.page}"
             )
+
+
+def populates(vcpus: Sequence[int], starts: Sequence[int], sizes: Sequence[int],
+              pages: Sequence[int], ats: Sequence[int]) -> list[Populate]:
+    """Many :class:`Populate` at once (a derived workload has one per run of faults):
+    the checks of ``Populate.__post_init__`` run over the whole columns first, then each
+    operation's fields are set without re-checking them one by one (the constructor's
+    frozen-field checks were most of a long derivation's cost). Raises the constructor's
+    :class:`~replay.errors.WorkloadError` for the first bad row."""
+    for i, (v, start, size, page) in enumerate(zip(vcpus, starts, sizes, pages, strict=True)):
+        if v < 0 or page not in _PAGES or start % page or size % page or size <= 0:
+            Populate(vcpu=v, start=start, size=size, page=page, at=ats[i])  # raises
+    actors = {v: vcpu_actor(v) for v in set(vcpus)}
+    new = object.__new__
+    out: list[Populate] = []
+    for v, start, size, page, at in zip(vcpus, starts, sizes, pages, ats, strict=True):
+        op = new(Populate)
+        op.__dict__.update(actor=actors[v], at=at, vcpu=v, start=start, size=size, page=page)
+        out.append(op)
+    return out
 
 
 @dataclass(frozen=True, kw_only=True)

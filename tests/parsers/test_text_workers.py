@@ -28,6 +28,7 @@ def _same(a: Trace, b: Trace) -> None:
     assert list(a._tables) == list(b._tables)
     for name in a._tables:
         assert a.table(name).equals(b.table(name)), name
+    assert a.stacks.equals(b.stacks)
 
 
 def _chunk(path: Path) -> int:

@@ -22,7 +22,7 @@ def _read(path: Path, workers: int, *, salvage: bool = False, window: int = WIND
     error's text and offset)."""
     try:
         stream = iter_tracedat(path, salvage=salvage, window_pages=window, workers=workers)
-        batches = [(b.events, sorted(b.typed.items())) for b in stream]
+        batches = [(b.events, sorted(b.typed.items()), b.stacks) for b in stream]
         return batches, stream.metadata.warnings
     except TraceParseError as exc:
         return str(exc), exc.offset
@@ -32,8 +32,9 @@ def _same(a: object, b: object) -> None:
     if isinstance(a, tuple) and isinstance(a[0], list):
         assert isinstance(b, tuple)
         assert len(a[0]) == len(b[0])
-        for (ev_a, typed_a), (ev_b, typed_b) in zip(a[0], b[0], strict=True):
+        for (ev_a, typed_a, st_a), (ev_b, typed_b, st_b) in zip(a[0], b[0], strict=True):
             assert ev_a.equals(ev_b) and ev_a.schema.equals(ev_b.schema)
+            assert (st_a is None and st_b is None) or (st_a is not None and st_a.equals(st_b))
             assert [n for n, _ in typed_a] == [n for n, _ in typed_b]
             assert all(x.equals(y) for (_, x), (_, y) in zip(typed_a, typed_b, strict=True))
         assert a[1] == b[1]
@@ -56,6 +57,7 @@ def test_default_windows_whole_trace(path: Path) -> None:
     assert one.events.equals(two.events)
     assert one.names == two.names
     assert all(one.table(n).equals(two.table(n)) for n in one.names)
+    assert one.stacks.equals(two.stacks)
     assert one.metadata.warnings == two.metadata.warnings
 
 
