@@ -38,6 +38,7 @@ import pyarrow.compute as pc  # noqa: E402
 
 from parsers import Trace, read_trace  # noqa: E402
 from replay import replay  # noqa: E402
+from replay.render.kernel_text import TGID_HEADER  # noqa: E402
 
 TARGET_EVENTS_PER_S = 1_000_000
 #: Issue 12: the peak RSS of the streamed 10 M-event replay stays under 1.5 GB.
@@ -177,16 +178,6 @@ def shadow(events: int, policy: str) -> None:
 # ---------------------------------------------------------------- TDP, scattered faults
 _TGID = 5000
 _GUEST_PAGES = 1 << 22  # 16 GiB of 4 KiB pages
-_TDP_HEADER = (
-    "# tracer: nop\n#\n# entries-in-buffer/entries-written: {n}/{n}   #P:2\n#\n"
-    "#                                          _-----=> irqs-off/BH-disabled\n"
-    "#                                         / _----=> need-resched\n"
-    "#                                        | / _---=> hardirq/softirq\n"
-    "#                                        || / _--=> preempt-depth\n"
-    "#                                        ||| / _-=> migrate-disable\n"
-    "#                                        |||| /     delay\n"
-    "#           TASK-PID       TGID    CPU#  |||||  TIMESTAMP  FUNCTION\n"
-    "#              | |           |       |   |||||     |         |\n")
 #: (level of the page table, gfn bits it covers): 1G-level table per 512 GiB, 2M-level per
 #: 1 GiB, 4K-level per 2 MiB; each is linked by a non-leaf SPTE one level up.
 _TABLES = ((3, 27), (2, 18), (1, 9))
@@ -249,7 +240,7 @@ def write_tdp_trace(path: Path, faults: int, seed: int = 12) -> int:
         emit(v, us + 3, "d..1.", "kvm_entry",
              f"vcpu {v}, rip {rip:#x} intr_info 0x{0:08x} error_code 0x{0:08x}")
     with path.open("w", encoding="utf-8", newline="\n") as out:
-        out.write(_TDP_HEADER.format(n=len(lines)))
+        out.write(TGID_HEADER.format(n=len(lines), cpus=2))
         out.write("\n".join(lines))
         out.write("\n")
     return len(lines)

@@ -40,8 +40,8 @@ from replay.model.records import BlockInterval
 from replay.model.workload import TDP_ROOT_ROLE
 from replay.render.zap_text import LEVEL_OF, leaf_spte, placed, table_spte, zap_events
 
-__all__ = ["KernelTextTrace", "TRACE_LINES_SCHEMA", "format_line", "page_role_text",
-           "SAMPLED_MARK", "IOCTL_CMDS", "Layout"]
+__all__ = ["KernelTextTrace", "TRACE_LINES_SCHEMA", "TGID_HEADER", "TRACEFS_HEADER",
+           "format_line", "page_role_text", "SAMPLED_MARK", "IOCTL_CMDS", "Layout"]
 
 Layout = Literal["tracefs", "ns"]
 _ACCESS: Final = ("---", "--x", "w--", "w-x", "-u-", "-ux", "wu-", "wux")
@@ -55,7 +55,7 @@ IOCTL_CMDS: Final = {
 }
 _SYSCALL_NR: Final = {"write": 1, "exit_group": 231}
 _IOCTL_NR: Final = 16
-_TRACEFS_HEADER: Final = (
+TRACEFS_HEADER: Final = (
     "# tracer: nop\n#\n# entries-in-buffer/entries-written: {n}/{n}   #P:{cpus}\n#\n"
     "#                                _-----=> irqs-off/BH-disabled\n"
     "#                               / _----=> need-resched\n"
@@ -66,7 +66,7 @@ _TRACEFS_HEADER: Final = (
     "#           TASK-PID     CPU#  |||||  TIMESTAMP  FUNCTION\n"
     "#              | |         |   |||||     |         |\n"
 )
-_TGID_HEADER: Final = (
+TGID_HEADER: Final = (
     "# tracer: nop\n#\n# entries-in-buffer/entries-written: {n}/{n}   #P:{cpus}\n#\n"
     "#                                          _-----=> irqs-off/BH-disabled\n"
     "#                                         / _----=> need-resched\n"
@@ -395,7 +395,7 @@ class KernelTextTrace(Recorder):
         if self.layout == "ns":
             head = f"cpus={self.cpus}\n"
         else:
-            head = (_TGID_HEADER if self.tgid else _TRACEFS_HEADER).format(n=n, cpus=self.cpus)
+            head = (TGID_HEADER if self.tgid else TRACEFS_HEADER).format(n=n, cpus=self.cpus)
         if self.every > 1:
             head += (f"{SAMPLED_MARK} 1 in {self.every} faults and zapped SPTEs "
                      f"(kvm-mmu-replay scenario --sample-every {self.every})\n")

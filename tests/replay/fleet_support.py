@@ -9,7 +9,10 @@ a truncated trace.dat and bytes that are no trace at all.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -18,6 +21,17 @@ from replay.compare import run_scenario
 
 SAMPLES = Path(__file__).resolve().parents[2] / "sample_traces"
 MiB = 1 << 20
+
+
+@contextmanager
+def local_client() -> Iterator[Any]:
+    """A client of a LocalCluster the fleet tests share: 2 worker processes, 1 thread each."""
+    import distributed
+
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=":0", silence_logs=40) as cluster, \
+            distributed.Client(cluster) as c:
+        yield c
 
 
 def make_inputs(folder: Path, emitted: int = 3) -> dict[str, Path]:

@@ -20,7 +20,7 @@ from replay.cli import app
 from replay.fleets import fleet
 from replay.fleets.inputs import content_id
 from replay.fleets.store import read_table
-from tests.replay.fleet_support import assert_same_dataset, make_inputs
+from tests.replay.fleet_support import assert_same_dataset, local_client, make_inputs
 
 distributed = pytest.importorskip("distributed", reason="the fleet extra is not installed")
 POLICIES = ["sync", "6.9"]
@@ -33,9 +33,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[Any]:
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=":0", silence_logs=40) as cluster, \
-            distributed.Client(cluster) as c:
+    with local_client() as c:
         yield c
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from replay.fleets import fleet
 from replay.fleets.store import committed_ids
-from tests.replay.fleet_support import assert_same_dataset, make_inputs
+from tests.replay.fleet_support import assert_same_dataset, local_client, make_inputs
 
 distributed = pytest.importorskip("distributed", reason="the fleet extra is not installed")
 POLICIES = ["sync", "6.9"]
@@ -27,9 +27,7 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[Any]:
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=":0", silence_logs=40) as cluster, \
-            distributed.Client(cluster) as c:
+    with local_client() as c:
         yield c
 
 
