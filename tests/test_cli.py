@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -99,7 +100,7 @@ def test_readme_console_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyP
                 if line.startswith("$ kvm-mmu-replay ")]
     assert commands
     for command in commands:
-        args = command.split()[1:]
+        args = shlex.split(command)[1:]
         args = [str(tmp_path / a) if a.startswith("out.") else a for a in args]
         result = runner.invoke(app, args)
         assert result.exit_code == 0, (command, result.output)
