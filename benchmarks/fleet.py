@@ -52,17 +52,24 @@ def build(folder: Path, n: int) -> list[str]:
     return out
 
 
-def serial(sources: list[str], root: Path) -> tuple[float, int]:
+def _cpu_s() -> float:
+    """CPU seconds of this process so far (all its threads: the client and, on a
+    LocalCluster, the scheduler)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def serial(sources: list[str], root: Path) -> tuple[float, float, int]:
     from replay.fleets.store import open_dataset
     from replay.fleets.task import identify, process
 
     open_dataset(root, [], resume=False, force=False)
-    start, events = time.perf_counter(), 0
+    start, cpu, events = time.perf_counter(), _cpu_s(), 0
     for source in sources:
         got = identify(source, str(root))
         row = process(source, got["trace"], got["size"], str(root), POLICIES)
         events += row["events"] or 0
-    return time.perf_counter() - start, events
+    return time.perf_counter() - start, _cpu_s() - cpu, events
 
 
 def _warm() -> None:
@@ -73,21 +80,23 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def on_cluster(sources: list[str], root: Path, workers: int) -> tuple[float, int, list[float]]:
-    import distributed
-
+def on_cluster(sources: list[str], root: Path,
+               workers: int) -> tuple[float, int, list[float], float, list[float]]:
+    """Wall seconds, events, peak RSS per worker, CPU seconds of the client and scheduler,
+    CPU seconds of each worker: on the LocalCluster `kvm-mmu-replay fleet` itself starts."""
     from replay.fleets import fleet
+    from replay.fleets.engine import local_client
 
-    with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                  dashboard_address=":0", silence_logs=40) as cluster, \
-            distributed.Client(cluster) as client:
+    with local_client(workers) as client:
         client.run(_warm)  # workers up and the project imported before the clock starts
-        start = time.perf_counter()
+        before = client.run(_cpu_s)
+        start, cpu = time.perf_counter(), _cpu_s()
         result = fleet(sources, root, policies=POLICIES, client=client)
-        took = time.perf_counter() - start
+        took, cpu = time.perf_counter() - start, _cpu_s() - cpu
+        after = client.run(_cpu_s)
         rss = sorted(client.run(_peak_rss_mb).values())
     assert len(result.rows) == len(sources), (len(result.rows), len(sources))
-    return took, result.events, rss
+    return took, result.events, rss, cpu, sorted(after[w] - before[w] for w in before)
 
 
 def main() -> None:
@@ -100,18 +109,22 @@ def main() -> None:
         size = sum(Path(s).stat().st_size for s in sources)
         print(f"fleet: {len(sources)} traces, {size / 1e6:.1f} MB, policies {POLICIES}; "
               f"os.cpu_count() {os.cpu_count()}, load {os.getloadavg()[0]:.1f}")
-        s_took, s_events = serial(sources, Path(tmp) / "serial")
+        s_took, s_cpu, s_events = serial(sources, Path(tmp) / "serial")
         print(f"serial loop:        {s_took:7.2f} s  {len(sources) / s_took:6.2f} traces/s  "
               f"{s_events / s_took:10,.0f} events/s  {s_took / s_events * 1e6:.1f} µs/event; "
-              f"peak RSS {_peak_rss_mb():.0f} MB")
+              f"{s_cpu:.2f} CPU-s; peak RSS {_peak_rss_mb():.0f} MB")
         shutil.rmtree(Path(tmp) / "serial")
-        c_took, c_events, rss = on_cluster(sources, Path(tmp) / "cluster", workers)
+        c_took, c_events, rss, c_cpu, w_cpu = on_cluster(sources, Path(tmp) / "cluster", workers)
         assert c_events == s_events, (c_events, s_events)
         print(f"LocalCluster x{workers}:    {c_took:7.2f} s  {len(sources) / c_took:6.2f} traces/s "
-              f"  {c_events / c_took:10,.0f} events/s; peak RSS per worker "
-              f"{', '.join(f'{r:.0f}' for r in rss)} MB")
-        print(f"speed-up: {s_took / c_took:.2f}x (target >= 1.7x on 2 cores); load after "
-              f"{os.getloadavg()[0]:.1f}")
+              f"  {c_events / c_took:10,.0f} events/s; CPU-s: workers "
+              f"{', '.join(f'{c:.2f}' for c in w_cpu)}, client and scheduler {c_cpu:.2f}; "
+              f"peak RSS per worker {', '.join(f'{r:.0f}' for r in rss)} MB")
+        spent = sum(w_cpu) + c_cpu
+        print(f"speed-up: {s_took / c_took:.2f}x (target >= 1.7x on 2 cores); CPU the cluster "
+              f"spent over the serial loop's: {spent / s_cpu:.2f}x (the speed-up it allows on "
+              f"{workers} idle cores: {workers * s_cpu / max(spent, workers * max(w_cpu)):.2f}x); "
+              f"load after {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

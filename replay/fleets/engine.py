@@ -2,7 +2,8 @@
 
 The only module that imports ``dask.distributed`` (the optional extra ``fleet``). Each
 input is first hashed (:func:`replay.fleets.task.identify`, on a worker: the bytes may only
-be readable there); each new trace id is then submitted once
+be readable there), a few inputs per task (:data:`HASH_BATCH`) so that small traces do not
+cost the scheduler and the client one more round trip each; each new trace id is then submitted once
 (:func:`replay.fleets.task.process`), keyed by the id so the scheduler never runs it twice
 at once. A worker that dies takes its task with it and the scheduler reruns it elsewhere;
 the rerun replaces whatever partitions the dead attempt had renamed (the trace was not
@@ -17,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import pyarrow as pa
 
@@ -25,9 +26,18 @@ from parsers.errors import MissingExtraError
 from replay.fleets.inputs import path_id
 from replay.fleets.result import FleetResult
 from replay.fleets.store import TRACES, commit, committed_ids
-from replay.fleets.task import TRACES_SCHEMA, identify, process
+from replay.fleets.task import TRACES_SCHEMA, identify_all, process
 
-__all__ = ["run_on_dask", "local_client", "require_dask", "Progress"]
+__all__ = ["run_on_dask", "local_client", "require_dask", "Progress", "HASH_BATCH",
+           "LEAN_WORKERS"]
+
+#: Dask settings of the workers :func:`local_client` starts: no statistical profiler (it
+#: samples the busy thread's stack every 10 ms, CPU the replay needs; in a 10 s idle run
+#: of 2 workers it was a third of their CPU).
+LEAN_WORKERS: Final = {"distributed.worker.profile.enabled": False}
+
+#: Inputs hashed by one task at most; fewer when that would leave a worker without any.
+HASH_BATCH: Final = 16
 
 #: Called with each event of the run: ``("total", n)``, ``("row", traces row)``,
 #: ``("skipped", source)``, ``("duplicate", source)``.
@@ -62,8 +72,11 @@ def local_client(workers: int | None = None, address: str | None = None) -> Iter
             yield client
         return
     n = workers or os.cpu_count() or 1
-    with distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                  dashboard_address=":0", silence_logs=40) as cluster, \
+    import dask
+
+    with dask.config.set(LEAN_WORKERS), \
+            distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                     dashboard_address=":0", silence_logs=40) as cluster, \
             distributed.Client(cluster) as client:
         yield client
 
@@ -79,32 +92,32 @@ def run_on_dask(client: Any, sources: Sequence[str], root: Path, policies: Seque
     tell = progress or (lambda kind, value: None)
     tell("total", len(sources))
     base = str(root)
-    owner: dict[str, tuple[str, str]] = {}  # task key -> (source, trace id to commit under)
-    hashes = []
-    for i, source in enumerate(sources):
-        key = f"kvm-fleet-id-{i}-{_token()}"
-        owner[key] = (source, path_id(source))
-        hashes.append(client.submit(identify, source, base, key=key, pure=False))
+    owner: dict[str, list[tuple[str, str]]] = {}  # task key -> (source, id to commit under)
+    hashes: list[Any] = []
+    for batch in _batches(sources, result.workers or 1):
+        key = f"kvm-fleet-id-{len(hashes)}-{_token()}"
+        owner[key] = [(source, path_id(source)) for source in batch]
+        hashes.append(client.submit(identify_all, batch, base, key=key, pure=False))
     pending = distributed.as_completed(hashes)
     try:
         for future in pending:
-            out = _outcome(future, base, owner)
-            if out["kind"] == "row":
-                result.rows.append(out)
-                tell("row", out)
-            elif out["trace"] in done:
-                result.skipped.append((out["source"], out["trace"]))
-                tell("skipped", out["source"])
-            elif out["trace"] in seen:
-                result.duplicates.append((out["source"], out["trace"]))
-                tell("duplicate", out["source"])
-            else:
-                seen[out["trace"]] = out["source"]
-                key = f"kvm-fleet-replay-{out['trace']}"
-                owner[key] = (out["source"], out["trace"])
-                pending.add(client.submit(
-                    process, out["source"], out["trace"], out["size"], base, list(policies),
-                    events, key=key, pure=False))
+            for out in _outcomes(future, base, owner):
+                if out["kind"] == "row":
+                    result.rows.append(out)
+                    tell("row", out)
+                elif out["trace"] in done:
+                    result.skipped.append((out["source"], out["trace"]))
+                    tell("skipped", out["source"])
+                elif out["trace"] in seen:
+                    result.duplicates.append((out["source"], out["trace"]))
+                    tell("duplicate", out["source"])
+                else:
+                    seen[out["trace"]] = out["source"]
+                    key = f"kvm-fleet-replay-{out['trace']}"
+                    owner[key] = [(out["source"], out["trace"])]
+                    pending.add(client.submit(
+                        process, out["source"], out["trace"], out["size"], base,
+                        list(policies), events, key=key, pure=False))
     except BaseException:
         for future in [*hashes, *pending.futures]:
             future.cancel()
@@ -114,19 +127,32 @@ def run_on_dask(client: Any, sources: Sequence[str], root: Path, policies: Seque
     return result
 
 
-def _outcome(future: Any, root: str, owner: dict[str, tuple[str, str]]) -> dict[str, Any]:
-    """The future's dict; a task the cluster lost for good (the workers running it kept
-    dying: ``KilledWorker``) becomes an error row for its trace, committed here."""
+def _batches(sources: Sequence[str], workers: int) -> list[list[str]]:
+    """``sources`` in order, cut into batches of at most :data:`HASH_BATCH`, and small
+    enough that every worker gets about four."""
+    size = max(1, min(HASH_BATCH, len(sources) // (4 * workers)))
+    return [list(sources[i:i + size]) for i in range(0, len(sources), size)]
+
+
+def _outcomes(future: Any, root: str,
+              owner: dict[str, list[tuple[str, str]]]) -> list[dict[str, Any]]:
+    """The dicts of a hashing task (one per input) or of a replay task (one); a task the
+    cluster lost for good (the workers running it kept dying: ``KilledWorker``) becomes an
+    error row for each of its traces, committed here."""
     try:
-        out: dict[str, Any] = future.result()
-        return out
-    except Exception as exc:  # noqa: BLE001 - a lost task is its trace's error, not the fleet's
-        source, trace_id = owner[str(future.key)]
-        row: dict[str, Any] = {f.name: None for f in TRACES_SCHEMA}
-        row.update(path=source, policies=[], status="error",
-                   error=f"{source}: {type(exc).__name__}: {' '.join(str(exc).split())}")
-        commit(Path(root), trace_id, {TRACES: pa.Table.from_pylist([row], schema=TRACES_SCHEMA)})
-        return {"kind": "row", "trace": trace_id, "reused": False, **row}
+        out: dict[str, Any] | list[dict[str, Any]] = future.result()
+    except Exception as exc:  # noqa: BLE001 - a lost task is its traces' error, not the fleet's
+        message = " ".join(str(exc).split())
+        rows = []
+        for source, trace_id in owner[str(future.key)]:
+            row: dict[str, Any] = {f.name: None for f in TRACES_SCHEMA}
+            row.update(path=source, policies=[], status="error",
+                       error=f"{source}: {type(exc).__name__}: {message}")
+            commit(Path(root), trace_id,
+                   {TRACES: pa.Table.from_pylist([row], schema=TRACES_SCHEMA)})
+            rows.append({"kind": "row", "trace": trace_id, "reused": False, **row})
+        return rows
+    return out if isinstance(out, list) else [out]
 
 
 def _token() -> str:

@@ -23,7 +23,8 @@ from replay.fleets.store import TRACES, commit, committed_ids, read_row
 from replay.trace_replay import load_for_replay, replay
 from replay.trace_result import TraceReplayResult
 
-__all__ = ["TRACES_SCHEMA", "WARNINGS_SCHEMA", "RESULT_TABLES", "identify", "process"]
+__all__ = ["TRACES_SCHEMA", "WARNINGS_SCHEMA", "RESULT_TABLES", "identify", "identify_all",
+           "process"]
 
 #: One row per trace: what it was, what it held, how it went.
 TRACES_SCHEMA: Final = pa.schema([
@@ -52,6 +53,12 @@ def identify(source: str, root: str) -> dict[str, Any]:
         commit(Path(root), trace_id, {TRACES: _traces_table(row)})
         return {"kind": "row", "trace": trace_id, "reused": False, **row}
     return {"kind": "id", "source": source, "trace": trace_id, "size": size}
+
+
+def identify_all(sources: Sequence[str], root: str) -> list[dict[str, Any]]:
+    """:func:`identify` of each source, in order: one task hashes a batch of inputs, so a
+    fleet of small traces does not pay one round trip to the scheduler per hash."""
+    return [identify(source, root) for source in sources]
 
 
 def process(source: str, trace_id: str, size: int, root: str, policies: Sequence[str],
