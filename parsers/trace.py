@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import pandas as pd
 import pyarrow as pa
@@ -342,13 +342,26 @@ def _pandas_type(t: pa.DataType) -> Any:
     return mapping.get(t)
 
 
-def _concatenate(batches: list[pa.RecordBatch], schema: pa.Schema) -> pa.Table:
-    """One contiguous table of ``batches``, emptying the list as it goes.
+#: Batches of at least this many rows on average stay chunks of the whole table (with one
+#: dictionary per column); smaller ones are copied into one contiguous chunk.
+KEEP_CHUNK_ROWS: Final = 1 << 13
 
-    Column by column, so that at most one column exists twice (as batch chunks and as its
-    contiguous copy) instead of the whole table: a 10 M-event trace would otherwise need
-    twice its size at the end of a streamed read.
+
+def _concatenate(batches: list[pa.RecordBatch], schema: pa.Schema) -> pa.Table:
+    """The table of ``batches``, emptying the list as it goes.
+
+    Large batches (:data:`KEEP_CHUNK_ROWS` rows on average: the text and trace.dat readers'
+    8 MiB chunks) stay the table's chunks, their dictionary columns unified: copying them
+    into one buffer per column cost a tenth of a 100 MB text read (fresh pages, written
+    once) and, for batches decoded in worker processes, replaced memory-mapped data the
+    workers had written by a copy of it. Small batches (a stream of a few rows at a time)
+    are combined, column by column, so that at most one column exists twice (as batch
+    chunks and as its contiguous copy) instead of the whole table.
     """
+    if batches and sum(b.num_rows for b in batches) >= KEEP_CHUNK_ROWS * len(batches):
+        table = pa.Table.from_batches(batches, schema=schema)
+        batches.clear()
+        return table.unify_dictionaries()
     columns: list[list[pa.Array]] = [[b.column(i) for b in batches] for i in range(len(schema))]
     batches.clear()
     out: list[pa.Array] = []

@@ -188,6 +188,7 @@ def _unpack(res: ChunkResult, file: str | None, names: list[str]) -> ChunkResult
     tables = {}
     for name in names:  # one stream per table, one batch each (iterating reads its end)
         (tables[name],) = list(pa.ipc.open_stream(source))
+    source.close()  # the descriptor; the batches keep the mapping (the Trace's chunks)
     events = tables.pop("")
     stacks = tables.pop(_STACKS, None)
     return replace(res, batch=TraceBatch(events, tables, res.batch.source_bytes, stacks))
