@@ -25,8 +25,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from parsers.errors import KvmMmuError
 from parsers.output import check_output_file
+from replay.errors import ReplayConfigError
 from replay.fleets.histogram import BucketValues, LogHistogram, exact_quantiles, nearest_rank
 from replay.fleets.store import TRACES, is_dataset, partition_files, read_table
 from replay.model.policies import policy_names
@@ -64,7 +64,8 @@ def write_fleet_report(dataset: str | os.PathLike[str], path: str | os.PathLike[
     an existing file replaced only with ``force``.
 
     Raises:
-        KvmMmuError: ``dataset`` is not a fleet dataset, or a policy asked is not in it.
+        ReplayConfigError: ``dataset`` is not a fleet dataset, its ``traces`` table cannot
+            be read, or a policy asked is not in it.
         OutputError: the output policy refuses ``path``.
     """
     check_output_file(path, force=force)
@@ -83,26 +84,54 @@ def fleet_page(dataset: str | os.PathLike[str], *, policies: Sequence[str] | Non
         top: worst vCPUs listed per run.
 
     Raises:
-        KvmMmuError: ``dataset`` is not a fleet dataset, or a policy asked is not in it.
+        ReplayConfigError: ``dataset`` is not a fleet dataset, its ``traces`` table cannot
+            be read, or a policy asked is not in it.
     """
     if not is_dataset(dataset):
-        raise KvmMmuError(f"{dataset}: not a fleet dataset (no {TRACES} table in its "
-                          ".kvm-mmu-replay marker); write one with kvm-mmu-replay fleet")
+        raise ReplayConfigError(f"{dataset}: not a fleet dataset (its .kvm-mmu-replay marker "
+                                f"lists no {TRACES} table); write one with kvm-mmu-replay fleet")
     root = Path(dataset)
     traces = _trace_rows(root)
     runs = _runs(traces, policies, root)
     ticks = {t for t, r in traces.items() if r["status"] == "ok" and r["ts_unit"] != "ns"}
     tally = _Tally(runs, ticks, threshold_ns, top)
-    for trace_id, part in partition_files(root, "block_intervals"):
-        tally.first(trace_id, pq.read_table(part, columns=_COLUMNS))
+    # listed once: traces a running fleet commits meanwhile are in neither pass
+    parts = [(t, p) for t, p in partition_files(root, "block_intervals") if t in traces]
+    for trace_id, part in parts:
+        blocks = _read(part, _COLUMNS)
+        if blocks is None:
+            tally.unreadable[trace_id] = str(part)
+        else:
+            tally.first(trace_id, blocks)
     tally.plan()
-    for trace_id, part in partition_files(root, "block_intervals"):
-        tally.second(trace_id, pq.read_table(part, columns=_COLUMNS))
+    for trace_id, part in parts:
+        if trace_id not in tally.unreadable:
+            tally.second(trace_id, _must_read(part))
     return _page(root, traces, runs, tally)
 
 
+def _read(part: Path, columns: list[str]) -> pa.Table | None:
+    """Columns of one partition, or None when it cannot be read (damaged, or its schema
+    lacks a column): the page names it and goes on."""
+    try:
+        return pq.read_table(part, columns=columns)
+    except (OSError, pa.ArrowException):
+        return None
+
+
+def _must_read(part: Path) -> pa.Table:
+    blocks = _read(part, _COLUMNS)
+    if blocks is None:
+        raise ReplayConfigError(f"{part}: readable in the first pass, not in the second: "
+                                "is something rewriting the dataset?")
+    return blocks
+
+
 def _trace_rows(root: Path) -> dict[str, dict[str, Any]]:
-    table = read_table(root, TRACES)
+    try:
+        table = read_table(root, TRACES)
+    except (OSError, pa.ArrowException) as exc:
+        raise ReplayConfigError(f"{root}: its {TRACES} table cannot be read: {exc}") from None
     if not table.num_rows:
         return {}
     wanted = ["trace", "path", "format", "ts_unit", "era", "status", "error", "events",
@@ -120,7 +149,7 @@ def _runs(traces: dict[str, dict[str, Any]], asked: Sequence[str] | None,
     if asked is not None:
         missing = sorted(set(asked) - held)
         if missing:
-            raise KvmMmuError(f"{root}: no trace was replayed under {', '.join(missing)}; the "
+            raise ReplayConfigError(f"{root}: no trace was replayed under {', '.join(missing)}; the "
                               f"dataset holds {', '.join(sorted(held)) or 'no policy run'}")
         held = set(asked)
     order = {name: i for i, name in enumerate(policy_names())}
@@ -145,6 +174,8 @@ class _Tally:
         self.ticks = ticks
         self.threshold = threshold_ns
         self.top = top
+        #: Trace id -> its partition that could not be read (the trace is left out).
+        self.unreadable: dict[str, str] = {}
 
     def _split(self, trace_id: str, table: pa.Table) -> Iterator[tuple[_Run, str, pa.Table]]:
         runs = table.column("run").cast(pa.string())
@@ -210,7 +241,7 @@ def _vcpu_maxima(trace_id: str, mmu: pa.Table) -> list[tuple[int, str, int, str]
 
 def _page(root: Path, traces: dict[str, dict[str, Any]], runs: list[str],
           tally: _Tally) -> FleetPage:
-    ok = {t for t, r in traces.items() if r["status"] == "ok"}
+    ok = {t for t, r in traces.items() if r["status"] == "ok"} - set(tally.unreadable)
     replayed = {name: {t for t in ok if name in (traces[t]["policies"] or [])} for name in runs}
     replayed[OBSERVED] = ok - tally.ticks
     figures = [_figures(name, tally.runs[name], len(replayed[name])) for name in runs]
@@ -224,13 +255,14 @@ def _page(root: Path, traces: dict[str, dict[str, Any]], runs: list[str],
                                 sum(long.get(t, 0) for t in mine), len(seen),
                                 sum(not long.get(t, 0) for t in seen)))
     worst = _worst_rows(root, traces, runs, tally)
-    failed = sorted((t for t in traces if t not in ok), key=lambda t: (traces[t]["path"], t))
+    failed = sorted((t for t, r in traces.items() if r["status"] != "ok"),
+                    key=lambda t: (traces[t]["path"], t))
     return FleetPage(
         dataset=str(root), threshold_ns=tally.threshold, runs=figures, removals=removals,
         worst=worst, traces=[_trace_row(t, traces[t], tally) for t in sorted({w.trace for w
                                                                               in worst})],
         errors=[_trace_row(t, traces[t], tally) for t in failed[:MAX_ERRORS]],
-        error_count=len(failed), counts=_counts(traces), notes=_notes(traces, tally.ticks))
+        error_count=len(failed), counts=_counts(traces), notes=_notes(traces, tally))
 
 
 def _figures(name: str, run: _Run, traces: int) -> RunFigures:
@@ -247,10 +279,10 @@ def _worst_rows(root: Path, traces: dict[str, dict[str, Any]], runs: list[str],
     wanted = {trace_id for _, (_, trace_id, _, _) in picked}
     threads: dict[tuple[str, int], tuple[int | None, str | None]] = {}
     for trace_id, part in partition_files(root, "vcpus"):
-        if trace_id in wanted:
-            for r in pq.read_table(part, columns=["vcpu", "vm", "pid", "comm"]).to_pylist():
-                who = f"{r['comm'] or '?'}-{r['pid']}" if r["pid"] is not None else r["comm"]
-                threads[(trace_id, int(r["vcpu"]))] = (r["vm"], who)
+        table = _read(part, ["vcpu", "vm", "pid", "comm"]) if trace_id in wanted else None
+        for r in table.to_pylist() if table is not None else []:
+            who = f"{r['comm'] or '?'}-{r['pid']}" if r["pid"] is not None else r["comm"]
+            threads[(trace_id, int(r["vcpu"]))] = (r["vm"], who)
     return [WorstVcpu(name, trace_id, traces[trace_id]["path"], vcpu,
                       *threads.get((trace_id, vcpu), (None, None)), each, cause)
             for name, (each, trace_id, vcpu, cause) in picked]
@@ -268,12 +300,17 @@ def _counts(traces: dict[str, dict[str, Any]]) -> dict[str, dict[str, int]]:
             for key in ("status", "era", "format")}
 
 
-def _notes(traces: dict[str, dict[str, Any]], ticks: set[str]) -> list[str]:
+def _notes(traces: dict[str, dict[str, Any]], tally: _Tally) -> list[str]:
     notes = []
     if not traces:
         notes.append("The dataset holds no committed trace.")
-    if ticks:
-        notes.append(f"{len(ticks)} trace(s) have tick-clock timestamps, not ns: their observed"
-                     " blocks are counted by cause but left out of the observed latencies"
-                     " and of the removal table.")
+    if tally.ticks:
+        notes.append(f"{len(tally.ticks)} trace(s) have tick-clock timestamps, not ns: their"
+                     " observed blocks are counted by cause but left out of the observed"
+                     " latencies and of the removal table.")
+    if tally.unreadable:
+        paths = sorted(tally.unreadable.values())
+        shown = ", ".join(paths[:5]) + (", ..." if len(paths) > 5 else "")
+        notes.append(f"{len(paths)} block_intervals partition(s) could not be read: their"
+                     f" traces are left out of every figure: {shown}")
     return notes

@@ -35,7 +35,7 @@ _STYLE: Final = (
     "table{border-collapse:collapse;margin:.5em 0 1em}"
     "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}"
     "th{background:#f3f3f3}td.l,th.l{text-align:left}code{font-size:90%}"
-    "svg{display:block;margin:.5em 0}.errors li{color:#a00}"
+    "svg{display:block;margin:.5em 0}table.errors td:last-child{color:#a00}"
 )
 
 

@@ -4,6 +4,7 @@ the CLI and the output policy; the two-pass exact percentiles on random data."""
 
 from __future__ import annotations
 
+import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -287,3 +288,18 @@ def test_two_passes_give_the_exact_nearest_rank(chunks: list[list[tuple[int, int
     cdf = hist.cdf(200)
     for v, frac in zip(cdf.values.tolist(), cdf.fraction.tolist(), strict=True):
         assert frac == pytest.approx(count[np.maximum(each, 1) <= v].sum() / count.sum())
+
+
+def test_a_damaged_partition_is_named_and_left_out(fleet_clean: tuple[Path, Any],
+                                                   tmp_path: Path) -> None:
+    copy = tmp_path / "ds"
+    shutil.copytree(fleet_clean[0], copy)
+    whole = fleet_page(copy)
+    trace_id = whole.worst[0].trace
+    part = copy / "block_intervals" / f"trace={trace_id}" / "part-0.parquet"
+    part.write_bytes(part.read_bytes()[:100])
+    damaged = fleet_page(copy)
+    assert any(str(part) in n for n in damaged.notes)
+    assert [r.traces for r in damaged.runs] == [r.traces - 1 for r in whole.runs]
+    assert trace_id not in {w.trace for w in damaged.worst}
+    assert damaged.error_count == whole.error_count
