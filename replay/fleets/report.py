@@ -43,10 +43,10 @@ from replay.render.fleet_html import (
 from replay.render.html import MAX_CDF_POINTS
 from replay.render.series import I64, int_column
 from replay.render.tables import MMU_CAUSES
+from replay.trace_result import OBSERVED
 
 __all__ = ["fleet_page", "write_fleet_report", "THRESHOLD_NS", "LIMITS_NS", "TOP"]
 
-OBSERVED: Final = "observed"
 #: The "long block" of the removal table: 100 ms.
 THRESHOLD_NS: Final = 100_000_000
 #: Thresholds counted per run in the distribution table.
@@ -177,7 +177,7 @@ class _Tally:
         #: Trace id -> its partition that could not be read (the trace is left out).
         self.unreadable: dict[str, str] = {}
 
-    def _split(self, trace_id: str, table: pa.Table) -> Iterator[tuple[_Run, str, pa.Table]]:
+    def _split(self, table: pa.Table) -> Iterator[tuple[_Run, str, pa.Table]]:
         runs = table.column("run").cast(pa.string())
         for name in pc.unique(runs).to_pylist():
             if name in self.runs:
@@ -193,7 +193,7 @@ class _Tally:
 
     def first(self, trace_id: str, table: pa.Table) -> None:
         """Pass one over ``trace_id``'s blocks."""
-        for run, name, rows in self._split(trace_id, table):
+        for run, name, rows in self._split(table):
             causes = pa.table({"cause": pc.fill_null(rows.column("cause").cast(pa.string()),
                                                      "unknown"),
                                "n": rows.column("n_blocks").cast(pa.int64())})
@@ -217,7 +217,7 @@ class _Tally:
 
     def second(self, trace_id: str, table: pa.Table) -> None:
         """Pass two over ``trace_id``'s blocks."""
-        for run, name, rows in self._split(trace_id, table):
+        for run, name, rows in self._split(table):
             each, count, _ = self._timed(name, trace_id, rows)
             run.values.add(each, count)
 
