@@ -4,11 +4,15 @@
 :class:`Workload` under one root-zap policy (``sync``, ``async``, ``5.18``, ``6.4``,
 ``6.6``, ``6.9``); :func:`run_scenario` builds a selftest-like workload and runs it under
 several. :func:`replay` observes a recorded trace and replays the workload derived from it
-under each policy. See docs/model.md and docs/replay.md.
+under each policy. :func:`fleet` does that for many traces on Dask (the ``fleet`` extra;
+without it ``import replay`` still works and :func:`fleet` raises
+:class:`~parsers.errors.MissingExtraError`) into a dataset, a :class:`FleetResult`. See
+docs/model.md, docs/replay.md and docs/fleet.md.
 """
 
 from replay.compare import Comparison, run_scenario
 from replay.errors import ReplayConfigError, ReplayInvariantError, WorkloadError
+from replay.fleets import FleetResult, fleet
 from replay.model.cost import COST_SOURCES, DEFAULT_COST, CostModel, apply_overrides, load_cost_file
 from replay.model.policies import (
     AsyncZap,
@@ -40,6 +44,7 @@ __all__ = [
     "Comparison",
     "CostModel",
     "DEFAULT_COST",
+    "FleetResult",
     "InlineZap",
     "KernelTextTrace",
     "LeafGranularZap",
@@ -63,6 +68,7 @@ __all__ = [
     "build_scenario",
     "replay",
     "default_recorders",
+    "fleet",
     "get_policy",
     "load_cost_file",
     "policy_names",

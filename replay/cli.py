@@ -23,7 +23,7 @@ from parsers.output import check_output_dir, check_output_file
 from parsers.recording.presets import PRESETS
 from parsers.recording.record import RecordReport, record
 from parsers.table_files import format_for
-from replay.cli_fleet import fleet_command, query
+from replay.cli_fleet import fleet_command, fleet_report, query
 from replay.cli_support import ForceOpt, PolicyOpt, SalvageOpt, StrictOpt, WorkersOpt
 from replay.cli_support import done as _done
 from replay.cli_support import err as _err
@@ -32,6 +32,7 @@ from replay.cli_support import out as _out
 from replay.cli_support import warn as _warn
 from replay.compare import run_scenario
 from replay.errors import ReplayConfigError
+from replay.fleets.store import is_dataset
 from replay.model.cost import DEFAULT_COST, apply_overrides, load_cost_file
 from replay.render.terminal import render_replay
 from replay.sizes import format_ns, parse_size
@@ -226,13 +227,22 @@ def _replay_to(trace: Path, policy: list[str] | None, cost_file: Path | None,
 
 @app.command()
 def report(
-    trace: TraceArg,
+    trace: Annotated[Path, typer.Argument(
+        metavar="TRACE|DATASET", help="A trace file (any format, detected from the content), "
+        "or a dataset written by fleet.", show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write ('-': stdout).")],
     policy: PolicyOpt = None, cost_file: CostFileOpt = None, cost: CostOpt = None,
     calibrate: CalibrateOpt = False, strict: StrictOpt = False, salvage: SalvageOpt = False,
     force: ForceOpt = False, workers: WorkersOpt = None,
 ) -> None:
-    """Replay TRACE and write a self-contained HTML report with plots."""
+    """Replay TRACE and write a self-contained HTML report with plots; for a fleet DATASET,
+    one page of the whole fleet (latency per run, worst vCPUs, counts, errors)."""
+    if is_dataset(trace):
+        trace_only = {"--cost-file": cost_file is not None, "--cost": bool(cost),
+                      "--calibrate": calibrate, "--strict": strict, "--salvage": salvage,
+                      "--workers": workers is not None}
+        fleet_report(trace, out, policy, force, [k for k, given in trace_only.items() if given])
+        return
     _replay_to(trace, policy, cost_file, cost, strict, salvage, calibrate,
                lambda r: r.write_report(out, force=force),
                lambda: check_output_file(out, force=force), workers)

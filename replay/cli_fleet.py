@@ -1,8 +1,10 @@
-"""The ``query`` and ``fleet`` commands: SQL over a trace or a dataset, many traces at once.
+"""The ``query`` and ``fleet`` commands and ``report`` of a dataset: SQL over a trace or a
+dataset, many traces at once, one page of a fleet.
 
 Thin like every command: parse the arguments, call :func:`parsers.sql.query_tables` /
-:func:`parsers.sql.query_dataset` / :func:`replay.fleets.fleet`, render the result.
-:mod:`replay.cli` registers them on its app.
+:func:`parsers.sql.query_dataset` / :func:`replay.fleets.fleet` /
+:func:`replay.fleets.report.write_fleet_report`, render the result. :mod:`replay.cli`
+registers them on its app.
 """
 
 from __future__ import annotations
@@ -23,12 +25,15 @@ from parsers.detect import read_trace
 from parsers.perfetto.sql import query_trace
 from parsers.sql import query_dataset, query_tables
 from parsers.trace import table_to_pandas
-from replay.cli_support import ForceOpt, PolicyOpt, SalvageOpt, StrictOpt, err, guard, out
+from replay.cli_support import ForceOpt, PolicyOpt, SalvageOpt, StrictOpt, done, err, guard, out
+from replay.compare import expand_policies
+from replay.errors import ReplayConfigError
 from replay.fleets import FleetResult, fleet
+from replay.fleets.report import write_fleet_report
 from replay.sizes import format_ns
 from replay.trace_replay import replay
 
-__all__ = ["query", "fleet_command"]
+__all__ = ["query", "fleet_command", "fleet_report"]
 
 
 def _trace_tables(source: Path, strict: bool, salvage: bool, with_replay: bool,
@@ -152,3 +157,17 @@ def fleet_command(
                 return fleet(inputs, out_dir, policies=policy or ["all"], client=client,
                              events=events, resume=resume, force=force, progress=tell)
     _summary(guard(run))
+
+
+def fleet_report(dataset: Path, out_file: Path, policy: list[str] | None, force: bool,
+                 trace_only: list[str]) -> None:
+    """``report DATASET -o OUT``: the fleet page; ``trace_only`` names the options given that
+    only a trace takes (refused: they would be silently ignored)."""
+    def run() -> Path:
+        if trace_only:
+            raise ReplayConfigError(f"{dataset} is a fleet dataset, already replayed; options "
+                                    f"for a trace only: {', '.join(trace_only)}")
+        policies = None if not policy or "all" in policy else expand_policies(policy)
+        return write_fleet_report(dataset, out_file, policies=policies, force=force)
+    guard(run)
+    done(out_file)

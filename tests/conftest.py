@@ -1,9 +1,12 @@
-"""Shared fixtures: where the reference traces are, and the golden-file switch."""
+"""Shared fixtures: where the reference traces are, the golden-file switch, and a fleet
+dataset built once per test module (on a LocalCluster of 2 worker processes)."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -56,3 +59,36 @@ def check_golden(path: Path, text: str, update: bool) -> None:
         path.write_text(text)
         return
     assert text == path.read_text(), f"output differs from {path} (pytest --update-golden)"
+
+
+#: Policies of the fleet fixtures' dataset.
+FLEET_POLICIES = ["sync", "6.9"]
+
+
+@pytest.fixture(scope="module")
+def fleet_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The fleet tests' inputs (tests/replay/fleet_support.py ``make_inputs``)."""
+    from tests.replay.fleet_support import make_inputs
+
+    return make_inputs(tmp_path_factory.mktemp("fleet-inputs"))
+
+
+@pytest.fixture(scope="module")
+def fleet_client() -> Iterator[Any]:
+    """A Dask client of a LocalCluster for the module's fleet tests."""
+    pytest.importorskip("distributed", reason="the fleet extra is not installed")
+    from tests.replay.fleet_support import local_client
+
+    with local_client() as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def fleet_clean(fleet_inputs: dict[str, Path], fleet_client: Any,
+                tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    """``(dataset, FleetResult)`` of every fleet input under :data:`FLEET_POLICIES`."""
+    from replay.fleets import fleet
+
+    out = tmp_path_factory.mktemp("fleet") / "ds"
+    return out, fleet([str(p) for p in fleet_inputs.values()], out, policies=FLEET_POLICIES,
+                      client=fleet_client)

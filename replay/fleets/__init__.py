@@ -6,6 +6,8 @@ returns a :class:`FleetResult` (``.to_pandas(table)``). The dataset holds
 ``<table>/trace=<id>/part-0.parquet`` per trace, the id a hash of the trace's bytes, plus the
 ``traces`` table. Dask is the optional extra ``fleet``: this package imports without it and
 :func:`fleet` raises :class:`~parsers.errors.MissingExtraError` when it is missing.
+:mod:`replay.fleets.report` reads a dataset back, one trace at a time, into the fleet's HTML
+page (``FleetResult.write_report``, ``kvm-mmu-replay report DATASET``).
 """
 
 from replay.fleets.api import fleet

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +67,14 @@ class FleetResult:
         if name not in self.tables():
             raise KeyError(f"no table {name!r} in {self.dataset}; have {self.tables()}")
         return read_table(self.dataset, name)
+
+    def write_report(self, path: str | os.PathLike[str], *,
+                     policies: Sequence[str] | None = None, force: bool = False) -> Path:
+        """The dataset's fleet report, one self-contained HTML file
+        (:func:`replay.fleets.report.write_fleet_report`)."""
+        from replay.fleets.report import write_fleet_report
+
+        return write_fleet_report(self.dataset, path, policies=policies, force=force)
 
     def to_pandas(self, name: str) -> pd.DataFrame:
         """:meth:`table` as a DataFrame (nullable integer columns stay integers)."""

@@ -11,6 +11,7 @@ writes or removes anything in it.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -24,8 +25,8 @@ import pyarrow.parquet as pq
 
 from parsers.output import MARKER, open_growing_dir
 
-__all__ = ["TRACES", "STAGING", "open_dataset", "committed_ids", "commit", "read_row",
-           "read_table", "clean_uncommitted", "table_names"]
+__all__ = ["TRACES", "STAGING", "open_dataset", "is_dataset", "committed_ids", "commit",
+           "read_row", "read_table", "partition_files", "clean_uncommitted", "table_names"]
 
 #: The table of one row per trace, written last: its partition commits the trace.
 TRACES: Final = "traces"
@@ -43,6 +44,17 @@ def open_dataset(path: str | os.PathLike[str], names: list[str], *, resume: bool
     root = open_growing_dir(path, [STAGING, *names], resume=resume, force=force)
     clean_uncommitted(root)
     return root
+
+
+def is_dataset(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a fleet dataset: a directory whose :data:`MARKER` (written by
+    :func:`open_dataset`) lists the :data:`TRACES` table and the :data:`STAGING` area. Never
+    guessed from the name; a directory ``parse -o`` wrote lists its files instead."""
+    try:
+        listed = json.loads((Path(path) / MARKER).read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return isinstance(listed, list) and TRACES in listed and STAGING in listed
 
 
 def table_names(root: Path) -> list[str]:
@@ -103,11 +115,7 @@ def read_table(root: Path, name: str) -> pa.Table:
     ``trace``; rows of traces not committed are left out. Empty (no columns) when no trace
     has that table."""
     folder = root / name
-    if not folder.is_dir():
-        return pa.table({})
-    done = sorted(committed_ids(root))
-    parts = [str(_partition(root, name, t) / PART) for t in done
-             if (_partition(root, name, t) / PART).is_file()]
+    parts = [str(path) for _, path in partition_files(root, name)]
     if not parts:
         return pa.table({})
     schema = pa.unify_schemas([pq.read_schema(p).remove_metadata() for p in parts]
@@ -117,6 +125,15 @@ def read_table(root: Path, name: str) -> pa.Table:
                                                       flavor="hive"))
     table: pa.Table = dataset.to_table()
     return table
+
+
+def partition_files(root: Path, name: str) -> list[tuple[str, Path]]:
+    """``(trace id, Parquet file)`` of table ``name`` for every committed trace that has it,
+    by id: one trace at a time for readers that must not hold a whole table."""
+    if not (root / name).is_dir():
+        return []
+    files = ((t, _partition(root, name, t) / PART) for t in sorted(committed_ids(root)))
+    return [(t, path) for t, path in files if path.is_file()]
 
 
 def clean_uncommitted(root: Path) -> list[Path]:

@@ -29,7 +29,7 @@ __all__ = ["TRACES_SCHEMA", "WARNINGS_SCHEMA", "RESULT_TABLES", "identify", "ide
 #: One row per trace: what it was, what it held, how it went.
 TRACES_SCHEMA: Final = pa.schema([
     ("path", pa.string()), ("size", pa.int64()), ("format", pa.string()),
-    ("era", pa.string()), ("backend", pa.string()), ("events", pa.int64()),
+    ("ts_unit", pa.string()), ("era", pa.string()), ("backend", pa.string()), ("events", pa.int64()),
     ("event_counts", pa.map_(pa.string(), pa.int64())), ("lost_events", pa.int64()),
     ("lost_markers_uncounted", pa.int64()), ("vms", pa.int32()), ("vcpus", pa.int32()),
     ("policies", pa.list_(pa.string())), ("warnings", pa.int32()), ("status", pa.string()),
@@ -111,6 +111,7 @@ def _row(source: str, size: int | None, trace: Trace | None,
     return {
         "path": source, "size": size,
         "format": trace.metadata.format if trace is not None else None,
+        "ts_unit": trace.metadata.ts_unit if trace is not None else None,
         "era": result.derived.era if result is not None else None,
         "backend": result.derived.backend if result is not None else None,
         "events": sum(counts.values()) if trace is not None else None,

@@ -39,7 +39,7 @@ def test_every_cost_key_is_documented() -> None:
 
 @pytest.mark.parametrize("module", ["replay.model.runner", "replay.sizes", "replay.infer.threads",
                                     "replay.infer.observed", "replay.infer.workload",
-                                    "replay.trace_replay"])
+                                    "replay.trace_replay", "replay.fleets.histogram"])
 def test_doctests(module: str) -> None:
     result = doctest.testmod(importlib.import_module(module))
     assert result.attempted > 0 and result.failed == 0
