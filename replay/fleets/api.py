@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from parsers.schema import typed_event_names
@@ -19,7 +21,7 @@ __all__ = ["fleet"]
 
 def fleet(
     inputs: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
-    dataset: str | os.PathLike[str],
+    dataset: str | os.PathLike[str] | None = None,
     *,
     policies: str | Sequence[str] = "all",
     client: Any = None,
@@ -36,7 +38,9 @@ def fleet(
         inputs: files, directories, globs, or fsspec URLs (see
             :func:`replay.fleets.inputs.expand_inputs`).
         dataset: the output directory; an existing one is refused unless kvm-mmu-replay
-            wrote it and ``resume`` (continue it) or ``force`` (replace it) is given.
+            wrote it and ``resume`` (continue it) or ``force`` (replace it) is given. None:
+            a new directory ``kvm-mmu-fleet-*`` in the system's temporary directory (a
+            notebook's scratch; the result's ``dataset`` names it, and it is kept).
         policies: one policy, several, or ``"all"``.
         client: a ``dask.distributed.Client``; None starts a ``LocalCluster`` of
             ``workers`` processes (default: the machine's cores) and closes it afterwards.
@@ -58,6 +62,8 @@ def fleet(
     given = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     sources = expand_inputs(given)
     tables = [*RESULT_TABLES, TRACES, *(["events", *typed_event_names()] if events else [])]
+    if dataset is None:
+        dataset = Path(tempfile.mkdtemp(prefix="kvm-mmu-fleet-")) / "dataset"
     root = open_dataset(dataset, tables, resume=resume, force=force)
     if client is not None:
         return run_on_dask(client, sources, root, names, events=events, resume=resume,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -154,3 +155,19 @@ def test_traces_table_types() -> None:
 
     assert TRACES_SCHEMA.field("events").type == pa.int64()
     assert TRACES_SCHEMA.field("event_counts").type == pa.map_(pa.string(), pa.int64())
+
+
+def test_the_issue_signature_writes_a_scratch_dataset(
+        fleet_inputs: dict[str, Path], fleet_client: Any, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``replay.fleet(inputs, policies=..., client=...)``: no dataset named, one is made in
+    the temporary directory, kept, and the result reads from it."""
+    import replay
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    result = replay.fleet([str(fleet_inputs["tdp_6.6_inline"])], policies=["sync"],
+                          client=fleet_client)
+    assert result.dataset.parent.parent == tmp_path
+    assert result.dataset.parent.name.startswith("kvm-mmu-fleet-")
+    assert result.ok == 1
+    assert set(result.to_pandas("summary")["run"]) == {"observed", "sync"}
