@@ -1,0 +1,291 @@
+"""Decode legacy generic events (``GenericFtraceEvent``) into per-name field columns.
+
+The legacy encoding repeats the event name and every field name in each event::
+
+    GenericFtraceEvent { event_name = 1; repeated Field field = 2; }
+    Field { name = 1; oneof value { str_value = 3; int_value = 4; uint_value = 5; } }
+
+In practice every event of a name carries the same fields, named and typed alike, in the
+same order (the kernel's format fixes them). :func:`legacy_groups` takes that *template*
+from the first event of each name and checks it for all the name's events at once, a field
+at a time: tag bytes, name bytes and value tag compared with NumPy, values read with the
+vectorised varint decoder straight into the columns. A name whose events do not all match
+(a field missing or added, another order or type, a broken message) is decoded by
+:func:`reference_groups`, the general decoder, which gives the same columns for matching
+events; the two are compared in ``tests/parsers/test_perfetto_fast_paths.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from parsers.perfetto.columns import FieldColumn, column_of, gather_strings, to_text
+from parsers.perfetto.protos import field_number
+from parsers.perfetto.wire import I64, LEN, U8, VARINT, WireError, decode_varints, iter_fields, scan
+
+__all__ = ["LegacyGroup", "legacy_groups", "reference_groups"]
+
+_G: Final = "GenericFtraceEvent"
+_F: Final = "GenericFtraceEvent.Field"
+
+def _value_numbers() -> dict[str, tuple[int, int]]:
+    """Column kind -> (Field number, wire type) of its value."""
+    return {"string": (field_number(_F, "str_value"), LEN),
+            "int": (field_number(_F, "int_value"), VARINT),
+            "uint": (field_number(_F, "uint_value"), VARINT)}
+
+
+@dataclass
+class LegacyGroup:
+    """The events of one name: ``local`` indexes the events given (ascending), ``cols`` one
+    column per (field name, value kind) in first-seen order."""
+
+    name: str
+    local: I64
+    cols: list[FieldColumn]
+
+
+@dataclass(frozen=True)
+class _TemplateField:
+    name: str
+    raw: bytes  # the name's UTF-8 bytes
+    kind: str | None  # value kind, None: the Field has only its name
+
+
+def legacy_groups(buf: U8, start: I64, end: I64) -> tuple[list[LegacyGroup], I64]:
+    """Group the events ``buf[start[i]:end[i]]`` by name and decode their fields.
+
+    Returns the groups in order of each name's first event, and the events without a name.
+
+    Raises:
+        WireError: an event breaks the wire format (offset into ``buf``).
+    """
+    lead = _leading_names(buf, start, end)
+    if lead is None:
+        return reference_groups(buf, start, end)
+    names, after = lead
+    encoded = pc.dictionary_encode(names)
+    codes = encoded.indices.to_numpy(zero_copy_only=False)
+    by_code = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[by_code], np.arange(len(encoded.dictionary) + 1))
+    fast: list[LegacyGroup] = []
+    failed: list[I64] = []
+    for code, raw in enumerate(encoded.dictionary.to_pylist()):
+        local = by_code[bounds[code]:bounds[code + 1]]
+        cols = _template_columns(buf, after[local], end[local])
+        if cols is None:
+            failed.append(local)
+        else:
+            fast.append(LegacyGroup(raw.decode("utf-8"), local, cols))
+    if not failed:
+        return fast, np.zeros(0, np.int64)
+    rest = np.sort(np.concatenate(failed))
+    slow, unnamed = reference_groups(buf, start[rest], end[rest])
+    if {g.name for g in slow} & {g.name for g in fast}:  # a repeated event_name renames
+        return reference_groups(buf, start, end)
+    groups = fast + [LegacyGroup(g.name, rest[g.local], g.cols) for g in slow]
+    groups.sort(key=lambda g: int(g.local[0]))
+    return groups, rest[unnamed]
+
+
+def _leading_names(buf: U8, start: I64, end: I64) -> tuple[pa.Array, I64] | None:
+    """The names of events that all begin with a valid UTF-8 ``event_name`` (as binary) and
+    where each name ends; None when some event does not."""
+    tag = (field_number(_G, "event_name") << 3) | LEN
+    if not start.size or (start >= end).any():
+        return None
+    if (buf[start] != tag).any():
+        return None
+    try:
+        length, q = decode_varints(buf, start + 1, end)
+    except WireError:
+        return None
+    after = q + length.astype(np.int64)
+    if (after > end).any():
+        return None
+    names = gather_strings(buf, q, length)
+    try:
+        names.cast(pa.large_string())
+    except pa.ArrowInvalid:
+        return None
+    return names, after
+
+
+def _template(data: bytes) -> list[_TemplateField] | None:
+    """The fields of one event after its name (``data``), or None if they do not make a template
+    (something else than Fields, a Field not ``name`` then at most one value, a name
+    repeated, longer than 127 bytes or not UTF-8)."""
+    field_tag = field_number(_G, "field")
+    name_no = field_number(_F, "name")
+    kind_of = {v: k for k, v in _value_numbers().items()}
+    out: list[_TemplateField] = []
+    try:
+        for number, wire, length, at in iter_fields(data, 0, len(data)):
+            if number != field_tag or wire != LEN:
+                return None
+            inner = list(iter_fields(data, at, at + length))
+            if not inner or inner[0][:2] != (name_no, LEN) or len(inner) > 2:
+                return None
+            _, _, nlen, nat = inner[0]
+            raw = data[nat:nat + nlen]
+            kind = None
+            if len(inner) == 2:
+                kind = kind_of.get(inner[1][:2])
+                if kind is None:
+                    return None
+            out.append(_TemplateField(raw.decode("utf-8"), raw, kind))
+    except (WireError, UnicodeDecodeError):
+        return None
+    if len({f.raw for f in out}) != len(out) or any(len(f.raw) > 127 for f in out):
+        return None
+    return out
+
+
+def _template_columns(buf: U8, pos: I64, end: I64) -> list[FieldColumn] | None:
+    """The columns of events that all follow the first one's template, else None."""
+    template = _template(buf[int(pos[0]):int(end[0])].tobytes())
+    if template is None:
+        return None
+    n = pos.size
+    present = np.ones(n, bool)
+    cols: list[FieldColumn] = []
+    try:
+        for f in template:
+            col, pos = _template_field(buf, pos, end, f, present)
+            if col is None:
+                return None
+            cols.append(col)
+    except WireError:
+        return None
+    if not np.array_equal(pos, end):
+        return None
+    return cols
+
+
+def _template_field(buf: U8, pos: I64, end: I64, f: _TemplateField, present: np.ndarray
+                    ) -> tuple[FieldColumn | None, I64]:
+    """Check one Field of the template at ``pos`` in every event; its column and the
+    positions after it (None when an event differs)."""
+    last = buf.size - 1
+    field_tag = (field_number(_G, "field") << 3) | LEN
+    name_tag = (field_number(_F, "name") << 3) | LEN
+    if (pos >= end).any() or (buf[pos] != field_tag).any():
+        return None, pos
+    length, q = decode_varints(buf, pos + 1, end)
+    fend = q + length.astype(np.int64)
+    if (fend > end).any() or (q + 2 + len(f.raw) > fend).any():
+        return None, pos
+    if (buf[q] != name_tag).any() or (buf[q + 1] != len(f.raw)).any():
+        return None, pos
+    raw = np.frombuffer(f.raw, np.uint8)
+    if raw.size and not (buf[np.minimum(q[:, None] + 2 + np.arange(raw.size), last)]
+                         == raw).all():
+        return None, pos
+    v = q + 2 + raw.size
+    if f.kind is None:
+        if not np.array_equal(v, fend):
+            return None, pos
+        empty = pa.array(np.full(pos.size, b"", object), pa.large_binary())
+        return FieldColumn(f.name, "string", present.copy(), strings=empty), fend
+    number, wire = _value_numbers()[f.kind]
+    if (v >= fend).any() or (buf[v] != ((number << 3) | wire)).any():
+        return None, pos
+    value, after = decode_varints(buf, v + 1, fend)
+    if wire == VARINT:
+        if not np.array_equal(after, fend):
+            return None, pos
+        return FieldColumn(f.name, f.kind, present.copy(), values=value), fend
+    if not np.array_equal(after + value.astype(np.int64), fend):
+        return None, pos
+    return FieldColumn(f.name, f.kind, present.copy(),
+                       strings=gather_strings(buf, after, value)), fend
+
+
+def reference_groups(buf: U8, start: I64, end: I64) -> tuple[list[LegacyGroup], I64]:
+    """The general decoder: any field order, repeated or missing fields, several values.
+
+    Raises:
+        WireError: an event breaks the wire format (offset into ``buf``).
+    """
+    n = start.size
+    sub = scan(buf, start, end)
+    names, _ = column_of(sub, n, field_number(_G, "event_name"), "event_name", "string",
+                         buf, LEN)
+    fmask = (sub.number == field_number(_G, "field")) & (sub.wire == LEN)
+    fspans = sub.select(fmask)
+    fsub = scan(buf, fspans.start, fspans.start + fspans.value.astype(np.int64))
+    m = fspans.owner.size
+    fname, _ = column_of(fsub, m, field_number(_F, "name"), "name", "string", buf, LEN)
+    values = {kind: column_of(fsub, m, number, "", kind, buf, wire)[0]
+              for kind, (number, wire) in _value_numbers().items()}
+    ev_names = _texts(names)
+    field_names = _texts(fname)
+    encoded = pc.dictionary_encode(ev_names)
+    codes = encoded.indices.to_numpy(zero_copy_only=False)
+    groups = []
+    for code, name in enumerate(encoded.dictionary.to_pylist()):
+        local = np.flatnonzero(codes == code)
+        groups.append(LegacyGroup(str(name), local,
+                                  _legacy_columns(local, fspans.owner, field_names, values)))
+    unnamed = np.flatnonzero(pc.is_null(ev_names).to_numpy(zero_copy_only=False))
+    return groups, unnamed
+
+
+def _texts(col: FieldColumn) -> pa.Array:
+    assert col.strings is not None
+    text, _ = to_text(col.strings)
+    return pc.if_else(pa.array(col.present), text, pa.scalar(None, pa.string()))
+
+
+def _legacy_columns(
+    local: I64, field_owner: I64, field_names: pa.Array, values: dict[str, FieldColumn]
+) -> list[FieldColumn]:
+    """One column per (field name, value kind) of the events ``local``, in first-seen order."""
+    n = local.size
+    pos = np.full(int(field_owner.max(initial=-1)) + 2 + int(local.max(initial=0)), -1, np.int64)
+    pos[local] = np.arange(n)
+    fsel = np.flatnonzero(pos[field_owner] >= 0) if field_owner.size else field_owner
+    cols: list[FieldColumn] = []
+    if not fsel.size:
+        return cols
+    sel_names = field_names.take(pa.array(fsel))
+    encoded = pc.dictionary_encode(sel_names)
+    codes = encoded.indices.to_numpy(zero_copy_only=False)
+    for code, fname in enumerate(encoded.dictionary.to_pylist()):
+        hits = fsel[codes == code]
+        owners = pos[field_owner[hits]]
+        any_kind = False
+        for kind, vals in values.items():
+            have = hits[vals.present[hits]]
+            if not have.size:
+                continue
+            any_kind = True
+            cols.append(_legacy_column(str(fname), kind, n, pos[field_owner[have]], vals, have))
+        if not any_kind:
+            cols.append(FieldColumn(str(fname), "string", np.isin(np.arange(n), owners),
+                                    strings=pa.array([b"" if o else None for o in
+                                                      np.isin(np.arange(n), owners)],
+                                                     pa.large_binary())))
+    return cols
+
+
+def _legacy_column(
+    name: str, kind: str, n: int, owners: I64, vals: FieldColumn, hits: I64
+) -> FieldColumn:
+    present = np.zeros(n, bool)
+    present[owners] = True
+    if vals.strings is not None:
+        full: list[bytes | None] = [None] * n
+        for o, s in zip(owners.tolist(), vals.strings.take(pa.array(hits)).to_pylist(),
+                        strict=True):
+            full[o] = s
+        return FieldColumn(name, kind, present, strings=pa.array(full, pa.large_binary()))
+    assert vals.values is not None
+    values = np.zeros(n, np.uint64)
+    values[owners] = vals.values[hits]
+    return FieldColumn(name, kind, present, values=values)
