@@ -116,11 +116,55 @@ class Fields:
                       self.start[mask])
 
 
+_HIGH_BITS: Final = np.uint64(0x8080808080808080)
+_LOW7: Final = np.uint64(0x7F7F7F7F7F7F7F7F)
+#: Masks and shifts that pack the 7-bit groups of 8 little-endian bytes together.
+_PACK: Final = ((np.uint64(0x007F007F007F007F), np.uint64(0x7F007F007F007F00), np.uint64(1)),
+                (np.uint64(0x00003FFF00003FFF), np.uint64(0x3FFF00003FFF0000), np.uint64(2)),
+                (np.uint64(0x000000000FFFFFFF), np.uint64(0x0FFFFFFF00000000), np.uint64(4)))
+
+
+def _words(buf: U8) -> U64:
+    """The 8 bytes starting at each offset of ``buf`` as a little-endian uint64 (a view)."""
+    view: U64 = np.ndarray((max(buf.size - 7, 0),), np.dtype("<u8"), buf, 0, (1,))
+    return view
+
+
 def _varints(buf: U8, pos: I64, end: I64) -> tuple[U64, I64]:
     """Decode one varint at each ``pos`` (vectorised); returns values and next positions.
 
-    Works byte by byte over the varints still running, so 1-byte varints cost one step.
+    Varints of up to 8 bytes (all but huge or negative values) are decoded from the 8 bytes
+    at their position read as one integer; the rest, and those that run past their message,
+    byte by byte (:func:`_varints_bytewise`, which names the error).
     """
+    n = pos.size
+    if not n:
+        return np.zeros(0, np.uint64), pos
+    if (pos >= end).any():
+        at = int(pos[pos >= end].min())
+        raise WireError(at, "a varint, found the end of the enclosing message")
+    words = _words(buf)
+    inside = pos < words.size
+    if not inside.all():
+        return _varints_bytewise(buf, pos, end)
+    w = words[pos]
+    stop = ~w & _HIGH_BITS  # the high bit of each byte that ends a varint
+    last = stop & (np.uint64(0) - stop)  # the first of them
+    length = (np.bitwise_count(last - np.uint64(1)) + np.uint8(1)).astype(np.int64) >> 3
+    nxt = pos + length
+    odd = (stop == 0) | (nxt > end)
+    x = w & ((last << np.uint64(1)) - np.uint64(1)) & _LOW7
+    for keep, move, shift in _PACK:
+        x = (x & keep) | ((x & move) >> shift)
+    if odd.any():
+        rows = np.flatnonzero(odd)
+        x[rows], nxt[rows] = _varints_bytewise(buf, pos[rows], end[rows])
+    return x, nxt
+
+
+def _varints_bytewise(buf: U8, pos: I64, end: I64) -> tuple[U64, I64]:
+    """Decode one varint at each ``pos`` byte by byte over the varints still running;
+    errors name the lowest offset among those failing at the earliest byte step."""
     n = pos.size
     if not n:
         return np.zeros(0, np.uint64), pos
