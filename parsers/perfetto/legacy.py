@@ -56,6 +56,16 @@ class _TemplateField:
     raw: bytes  # the name's UTF-8 bytes
     kind: str | None  # value kind, None: the Field has only its name
 
+    def head(self) -> U8:
+        """The Field's bytes after its length that every event repeats: the name's tag,
+        length and bytes, then the value's tag."""
+        tail = b""
+        if self.kind is not None:
+            number, wire = _value_numbers()[self.kind]
+            tail = bytes([(number << 3) | wire])
+        name_tag = (field_number(_F, "name") << 3) | LEN
+        return np.frombuffer(bytes([name_tag, len(self.raw)]) + self.raw + tail, np.uint8)
+
 
 def legacy_groups(buf: U8, start: I64, end: I64) -> tuple[list[LegacyGroup], I64]:
     """Group the events ``buf[start[i]:end[i]]`` by name and decode their fields.
@@ -171,32 +181,29 @@ def _template_field(buf: U8, pos: I64, end: I64, f: _TemplateField, present: np.
                     ) -> tuple[FieldColumn | None, I64]:
     """Check one Field of the template at ``pos`` in every event; its column and the
     positions after it (None when an event differs)."""
-    last = buf.size - 1
     field_tag = (field_number(_G, "field") << 3) | LEN
-    name_tag = (field_number(_F, "name") << 3) | LEN
-    if (pos >= end).any() or (buf[pos] != field_tag).any():
+    head = f.head()
+    if (pos + 2 >= end).any() or (buf[pos] != field_tag).any():
         return None, pos
-    length, q = decode_varints(buf, pos + 1, end)
-    fend = q + length.astype(np.int64)
-    if (fend > end).any() or (q + 2 + len(f.raw) > fend).any():
+    short = buf[pos + 1]
+    if (short < 0x80).all():
+        q = pos + 2
+        fend = q + short
+    else:
+        length, q = decode_varints(buf, pos + 1, end)
+        fend = q + length.astype(np.int64)
+    v = q + head.size
+    if (fend > end).any() or (v > fend).any():
         return None, pos
-    if (buf[q] != name_tag).any() or (buf[q + 1] != len(f.raw)).any():
+    if not (buf[q[:, None] + np.arange(head.size)] == head).all():
         return None, pos
-    raw = np.frombuffer(f.raw, np.uint8)
-    if raw.size and not (buf[np.minimum(q[:, None] + 2 + np.arange(raw.size), last)]
-                         == raw).all():
-        return None, pos
-    v = q + 2 + raw.size
     if f.kind is None:
         if not np.array_equal(v, fend):
             return None, pos
         empty = pa.array(np.full(pos.size, b"", object), pa.large_binary())
         return FieldColumn(f.name, "string", present.copy(), strings=empty), fend
-    number, wire = _value_numbers()[f.kind]
-    if (v >= fend).any() or (buf[v] != ((number << 3) | wire)).any():
-        return None, pos
-    value, after = decode_varints(buf, v + 1, fend)
-    if wire == VARINT:
+    value, after = decode_varints(buf, v, fend)
+    if f.kind != "string":
         if not np.array_equal(after, fend):
             return None, pos
         return FieldColumn(f.name, f.kind, present.copy(), values=value), fend
