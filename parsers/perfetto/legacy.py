@@ -26,12 +26,28 @@ import pyarrow.compute as pc
 
 from parsers.perfetto.columns import FieldColumn, column_of, gather_strings, to_text
 from parsers.perfetto.protos import field_number
-from parsers.perfetto.wire import I64, LEN, U8, VARINT, WireError, decode_varints, iter_fields, scan
+from parsers.perfetto.wire import (
+    I64,
+    LEN,
+    U8,
+    VARINT,
+    WireError,
+    decode_varints,
+    iter_fields,
+    scan,
+    words,
+)
 
 __all__ = ["LegacyGroup", "legacy_groups", "reference_groups"]
 
 _G: Final = "GenericFtraceEvent"
 _F: Final = "GenericFtraceEvent.Field"
+
+_ALL_ONES: Final = np.uint64(2**64 - 1)
+#: Odd multipliers that mix a name's words into one key (any collision is detected).
+_MIX: Final = tuple(np.uint64(m) for m in (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F,
+                                           0x165667B19E3779F9, 0xD6E8FEB86659FD93))
+
 
 def _value_numbers() -> dict[str, tuple[int, int]]:
     """Column kind -> (Field number, wire type) of its value."""
@@ -78,20 +94,23 @@ def legacy_groups(buf: U8, start: I64, end: I64) -> tuple[list[LegacyGroup], I64
     lead = _leading_names(buf, start, end)
     if lead is None:
         return reference_groups(buf, start, end)
-    names, after = lead
-    encoded = pc.dictionary_encode(names)
-    codes = encoded.indices.to_numpy(zero_copy_only=False)
+    codes, after, name_start, name_len = lead
     by_code = np.argsort(codes, kind="stable")
-    bounds = np.searchsorted(codes[by_code], np.arange(len(encoded.dictionary) + 1))
+    bounds = np.searchsorted(codes[by_code], np.arange(int(codes.max()) + 2))
+    try:
+        names = [buf[name_start[i]:name_start[i] + name_len[i]].tobytes().decode("utf-8")
+                 for i in by_code[bounds[:-1]].tolist()]
+    except UnicodeDecodeError:
+        return reference_groups(buf, start, end)
     fast: list[LegacyGroup] = []
     failed: list[I64] = []
-    for code, raw in enumerate(encoded.dictionary.to_pylist()):
+    for code, name in enumerate(names):
         local = by_code[bounds[code]:bounds[code + 1]]
         cols = _template_columns(buf, after[local], end[local])
         if cols is None:
             failed.append(local)
         else:
-            fast.append(LegacyGroup(raw.decode("utf-8"), local, cols))
+            fast.append(LegacyGroup(name, local, cols))
     if not failed:
         return fast, np.zeros(0, np.int64)
     rest = np.sort(np.concatenate(failed))
@@ -103,9 +122,10 @@ def legacy_groups(buf: U8, start: I64, end: I64) -> tuple[list[LegacyGroup], I64
     return groups, rest[unnamed]
 
 
-def _leading_names(buf: U8, start: I64, end: I64) -> tuple[pa.Array, I64] | None:
-    """The names of events that all begin with a valid UTF-8 ``event_name`` (as binary) and
-    where each name ends; None when some event does not."""
+def _leading_names(buf: U8, start: I64, end: I64) -> tuple[I64, I64, I64, I64] | None:
+    """For events that all begin with an ``event_name``: a code per distinct name (in order
+    of first use), where each event's name ends, starts and its length; None when some event
+    does not begin with one."""
     tag = (field_number(_G, "event_name") << 3) | LEN
     if not start.size or (start >= end).any():
         return None
@@ -115,15 +135,40 @@ def _leading_names(buf: U8, start: I64, end: I64) -> tuple[pa.Array, I64] | None
         length, q = decode_varints(buf, start + 1, end)
     except WireError:
         return None
-    after = q + length.astype(np.int64)
+    n_bytes = length.astype(np.int64)
+    after = q + n_bytes
     if (after > end).any():
         return None
-    names = gather_strings(buf, q, length)
-    try:
-        names.cast(pa.large_string())
-    except pa.ArrowInvalid:
+    codes = _name_codes(buf, q, n_bytes)
+    if codes is None:
+        names = gather_strings(buf, q, length)
+        codes = pc.dictionary_encode(names).indices.to_numpy(zero_copy_only=False)
+    return codes.astype(np.int64), after, q, n_bytes
+
+
+def _name_codes(buf: U8, q: I64, length: I64) -> I64 | None:
+    """Codes of the names ``buf[q[i]:q[i]+length[i]]`` (equal names, equal codes; in order of
+    first use) from the 8-byte words that cover names of up to 32 bytes, without copying
+    them; None for longer names or names too close to the end of ``buf``."""
+    view = words(buf)
+    if not q.size or (length > 32).any() or (q >= view.size).any():
         return None
-    return names, after
+    tail = np.maximum(length - 8, 0)
+    bits = (np.minimum(length, 8) * 8).astype(np.uint64)
+    low = np.where(length >= 8, _ALL_ONES, (np.uint64(1) << np.minimum(bits, 63)) - 1)
+    keys = [length.astype(np.uint64), view[q] & low]
+    for k in (8, 16, tail):
+        keys.append(np.where(length > 8, view[q + np.minimum(k, tail)], np.uint64(0)))
+    mixed = keys[0]
+    for key, odd in zip(keys[1:], _MIX, strict=True):
+        mixed = mixed ^ (key * odd)
+    codes = pc.dictionary_encode(pa.array(mixed)).indices.to_numpy(zero_copy_only=False)
+    member = np.zeros(int(codes.max()) + 1, np.int64)
+    member[codes] = np.arange(codes.size)  # some event of each code
+    rep = member[codes]
+    if not all(np.array_equal(key, key[rep]) for key in keys):
+        return None  # two names mixed to the same word: let the exact path group them
+    return np.asarray(codes, np.int64)
 
 
 def _template(data: bytes) -> list[_TemplateField] | None:

@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = ["WireError", "Fields", "read_varint", "iter_fields", "scan", "as_signed", "zigzag",
-           "decode_varints", "leading_varints"]
+           "decode_varints", "leading_varints", "words"]
 
 U8 = npt.NDArray[np.uint8]
 I64 = npt.NDArray[np.int64]
@@ -124,10 +124,12 @@ _PACK: Final = ((np.uint64(0x007F007F007F007F), np.uint64(0x7F007F007F007F00), n
                 (np.uint64(0x000000000FFFFFFF), np.uint64(0x0FFFFFFF00000000), np.uint64(4)))
 
 
-def _words(buf: U8) -> U64:
-    """The 8 bytes starting at each offset of ``buf`` as a little-endian uint64 (a view)."""
+def words(buf: U8) -> U64:
+    """The 8 bytes starting at each offset of ``buf`` as a little-endian uint64 (a view of
+    ``buf.size - 7`` items: offsets whose 8 bytes are all inside ``buf``)."""
     view: U64 = np.ndarray((max(buf.size - 7, 0),), np.dtype("<u8"), buf, 0, (1,))
     return view
+
 
 
 def _varints(buf: U8, pos: I64, end: I64) -> tuple[U64, I64]:
@@ -143,11 +145,14 @@ def _varints(buf: U8, pos: I64, end: I64) -> tuple[U64, I64]:
     if (pos >= end).any():
         at = int(pos[pos >= end].min())
         raise WireError(at, "a varint, found the end of the enclosing message")
-    words = _words(buf)
-    inside = pos < words.size
+    first = buf[pos]
+    if (first < 0x80).all():  # lengths and small values: one byte each
+        return first.astype(np.uint64), pos + 1
+    view = words(buf)
+    inside = pos < view.size
     if not inside.all():
         return _varints_bytewise(buf, pos, end)
-    w = words[pos]
+    w = view[pos]
     stop = ~w & _HIGH_BITS  # the high bit of each byte that ends a varint
     last = stop & (np.uint64(0) - stop)  # the first of them
     length = (np.bitwise_count(last - np.uint64(1)) + np.uint8(1)).astype(np.int64) >> 3
