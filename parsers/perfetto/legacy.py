@@ -95,7 +95,8 @@ def legacy_groups(buf: U8, start: I64, end: I64) -> tuple[list[LegacyGroup], I64
     if lead is None:
         return reference_groups(buf, start, end)
     codes, after, name_start, name_len = lead
-    by_code = np.argsort(codes, kind="stable")
+    small = codes.astype(np.int16) if codes.max() < 1 << 15 else codes  # radix sort
+    by_code = np.argsort(small, kind="stable")
     bounds = np.searchsorted(codes[by_code], np.arange(int(codes.max()) + 2))
     try:
         names = [buf[name_start[i]:name_start[i] + name_len[i]].tobytes().decode("utf-8")
