@@ -18,6 +18,7 @@ events; the two are compared in ``tests/parsers/test_perfetto_fast_paths.py``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Final
 
 import numpy as np
@@ -72,6 +73,7 @@ class _TemplateField:
     raw: bytes  # the name's UTF-8 bytes
     kind: str | None  # value kind, None: the Field has only its name
 
+    @cached_property
     def head(self) -> U8:
         """The Field's bytes after its length that every event repeats: the name's tag,
         length and bytes, then the value's tag."""
@@ -81,6 +83,21 @@ class _TemplateField:
             tail = bytes([(number << 3) | wire])
         name_tag = (field_number(_F, "name") << 3) | LEN
         return np.frombuffer(bytes([name_tag, len(self.raw)]) + self.raw + tail, np.uint8)
+
+    @cached_property
+    def words(self) -> list[tuple[int, np.uint64, np.uint64]]:
+        """The whole Field but its (one-byte) length as 8-byte words: ``(offset, mask,
+        expected)``, the last word overlapping the one before it."""
+        tag = (field_number(_G, "field") << 3) | LEN
+        pattern = bytes([tag, 0]) + self.head.tobytes()
+        care = b"\xff\x00" + b"\xff" * self.head.size
+        out = []
+        for off in range(0, len(pattern), 8):
+            o = max(min(off, len(pattern) - 8), 0)
+            mask = int.from_bytes(care[o:o + 8], "little")
+            out.append((o, np.uint64(mask),
+                        np.uint64(int.from_bytes(pattern[o:o + 8], "little") & mask)))
+        return out
 
 
 def legacy_groups(buf: U8, start: I64, end: I64) -> tuple[list[LegacyGroup], I64]:
@@ -227,21 +244,24 @@ def _template_field(buf: U8, pos: I64, end: I64, f: _TemplateField, present: np.
                     ) -> tuple[FieldColumn | None, I64]:
     """Check one Field of the template at ``pos`` in every event; its column and the
     positions after it (None when an event differs)."""
-    field_tag = (field_number(_G, "field") << 3) | LEN
-    head = f.head()
-    if (pos + 2 >= end).any() or (buf[pos] != field_tag).any():
+    head = f.head
+    if (pos + 2 >= end).any():
         return None, pos
     short = buf[pos + 1]
-    if (short < 0x80).all():
+    if (short < 0x80).all() and _same_words(buf, pos, f.words):
         q = pos + 2
         fend = q + short
     else:
+        if (buf[pos] != (field_number(_G, "field") << 3) | LEN).any():
+            return None, pos
         length, q = decode_varints(buf, pos + 1, end)
         fend = q + length.astype(np.int64)
+        if (fend > end).any() or (q + head.size > fend).any():
+            return None, pos
+        if not (buf[q[:, None] + np.arange(head.size)] == head).all():
+            return None, pos
     v = q + head.size
     if (fend > end).any() or (v > fend).any():
-        return None, pos
-    if not (buf[q[:, None] + np.arange(head.size)] == head).all():
         return None, pos
     if f.kind is None:
         if not np.array_equal(v, fend):
@@ -257,6 +277,15 @@ def _template_field(buf: U8, pos: I64, end: I64, f: _TemplateField, present: np.
         return None, pos
     return FieldColumn(f.name, f.kind, present.copy(),
                        strings=gather_strings(buf, after, value)), fend
+
+
+def _same_words(buf: U8, pos: I64, chunks: list[tuple[int, np.uint64, np.uint64]]) -> bool:
+    """Whether every ``pos`` starts the bytes ``chunks`` describe (False also when some
+    word would run past ``buf``: the caller then compares byte by byte)."""
+    view = words(buf)
+    if not chunks or (pos + chunks[-1][0] >= view.size).any():
+        return False
+    return all(((view[pos + o] & mask) == expected).all() for o, mask, expected in chunks)
 
 
 def reference_groups(buf: U8, start: I64, end: I64) -> tuple[list[LegacyGroup], I64]:
