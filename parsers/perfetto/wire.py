@@ -304,7 +304,15 @@ def leading_varints(buf: U8, starts: I64, ends: I64, tags: list[int]
     ok = starts < ends
     pos = starts.copy()
     values: list[U64] = []
+    last = buf.size - 1
     for tag in tags:
+        if ok.all() and (pos + 1 < ends).all() and (buf[np.minimum(pos, last)] == tag).all():
+            try:  # every message has the field: no subsets
+                value, pos = _varints(buf, pos + 1, ends)
+            except WireError:
+                return [np.zeros(n, np.uint64) for _ in tags], np.zeros(n, bool), starts
+            values.append(value)
+            continue
         live = np.flatnonzero(ok)
         hit = buf[np.minimum(pos[live], buf.size - 1)] == tag
         ok[live[~hit]] = False
