@@ -109,8 +109,8 @@ def decode_bundles(run: BundleRun, cache: GenericDescriptors) -> DecodedEvents:
         WireError: offsets are positions in ``run.buf``.
     """
     buf = np.frombuffer(run.buf, np.uint8)
-    starts = np.array(run.ev_start, np.int64)
-    ends = np.array(run.ev_end, np.int64)
+    starts = np.frombuffer(run.ev_start, np.int64).copy()  # a copy: the run may be cut later
+    ends = np.frombuffer(run.ev_end, np.int64).copy()
     counts = np.diff(np.array([*run.first_event, len(run.ev_start)], np.int64)).astype(np.int64)
     owner = np.repeat(np.arange(len(run), dtype=np.int64), counts)
     h = _Headers.empty(starts.size)
