@@ -139,12 +139,9 @@ def _varints(buf: U8, pos: I64, end: I64) -> tuple[U64, I64]:
     at their position read as one integer; the rest, and those that run past their message,
     byte by byte (:func:`_varints_bytewise`, which names the error).
     """
-    n = pos.size
-    if not n:
+    if not pos.size:
         return np.zeros(0, np.uint64), pos
-    if (pos >= end).any():
-        at = int(pos[pos >= end].min())
-        raise WireError(at, "a varint, found the end of the enclosing message")
+    _check_room(pos, end)
     first = buf[pos]
     if (first < 0x80).all():  # lengths and small values: one byte each
         return first.astype(np.uint64), pos + 1
@@ -167,15 +164,19 @@ def _varints(buf: U8, pos: I64, end: I64) -> tuple[U64, I64]:
     return x, nxt
 
 
-def _varints_bytewise(buf: U8, pos: I64, end: I64) -> tuple[U64, I64]:
-    """Decode one varint at each ``pos`` byte by byte over the varints still running;
-    errors name the lowest offset among those failing at the earliest byte step."""
-    n = pos.size
-    if not n:
-        return np.zeros(0, np.uint64), pos
+def _check_room(pos: I64, end: I64) -> None:
+    """Every varint starts before the end of its message."""
     if (pos >= end).any():
         at = int(pos[pos >= end].min())
         raise WireError(at, "a varint, found the end of the enclosing message")
+
+
+def _varints_bytewise(buf: U8, pos: I64, end: I64) -> tuple[U64, I64]:
+    """Decode one varint at each ``pos`` byte by byte over the varints still running;
+    errors name the lowest offset among those failing at the earliest byte step."""
+    if not pos.size:
+        return np.zeros(0, np.uint64), pos
+    _check_room(pos, end)
     b = buf[pos]
     values = (b & 0x7F).astype(np.uint64)
     nxt = pos + 1
