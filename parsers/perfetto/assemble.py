@@ -3,7 +3,7 @@
 Rows come in the order of the file: bundle by bundle; in each bundle a ``lost_events``
 marker first (the flag says events were lost *before* the bundle), then the events, with
 compact-sched events merged in by timestamp. ``seq`` numbers the rows of the whole trace.
-``comm``/``tgid`` come from the :class:`~parsers.perfetto.threads.ThreadMap`.
+``comm``/``tgid`` come from the :class:`~parsers.perfetto.side_packets.ThreadMap`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from parsers.perfetto.bundles import BundleRun, CompactEvent
 from parsers.perfetto.events import DecodedEvents, EventGroup
-from parsers.perfetto.threads import ThreadMap
+from parsers.perfetto.side_packets import ThreadMap
 from parsers.perfetto.wire import I64
 from parsers.schema import EVENTS_SCHEMA, LOST_EVENTS
 from parsers.trace import TraceBatch

@@ -10,7 +10,10 @@ field number says which event it is:
 * 65536 and up: the dense form, described by the trace's ``generic_event_descriptors``
   (looked up by id in :class:`~parsers.perfetto.bundles.GenericDescriptors`).
 
-Events of the same kind are decoded together with :func:`parsers.perfetto.wire.scan`.
+Events of the same kind are decoded together with :func:`parsers.perfetto.wire.scan`
+(compiled and dense events whose payload holds every field in order: with
+:func:`~parsers.perfetto.wire.leading_varints`); legacy events by the template of each name
+(:mod:`parsers.perfetto.legacy`).
 """
 
 from __future__ import annotations

@@ -8,11 +8,12 @@ The legacy encoding repeats the event name and every field name in each event::
 In practice every event of a name carries the same fields, named and typed alike, in the
 same order (the kernel's format fixes them). :func:`legacy_groups` takes that *template*
 from the first event of each name and checks it for all the name's events at once, a field
-at a time: tag bytes, name bytes and value tag compared with NumPy, values read with the
-vectorised varint decoder straight into the columns. A name whose events do not all match
-(a field missing or added, another order or type, a broken message) is decoded by
+at a time: a Field's tag, name and value tag compared as 8-byte words with NumPy, its value
+read with the vectorised varint decoder straight into the column. Events are grouped by
+name from the words that cover the names, without copying them. A name whose events do not
+all match (a field missing or added, another order or type, a broken message) is decoded by
 :func:`reference_groups`, the general decoder, which gives the same columns for matching
-events; the two are compared in ``tests/parsers/test_perfetto_fast_paths.py``.
+events; the two are compared in ``tests/parsers/test_perfetto_read_fast_paths.py``.
 """
 
 from __future__ import annotations

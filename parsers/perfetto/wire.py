@@ -3,7 +3,8 @@
 Perfetto traces hold millions of small messages (one per ftrace event). Python protobuf
 message objects cost microseconds each, so the hot path reads the wire format directly:
 :func:`scan` walks *all* messages of a batch at once, one field per step ("lockstep"),
-with NumPy doing the varint arithmetic for every message in the batch together. The
+with NumPy doing the varint arithmetic for every message in the batch together (a varint
+of up to 8 bytes is decoded from the 8 bytes at its position read as one integer). The
 protos (:mod:`parsers.perfetto.protos`) only tell which field number means what.
 
 Every bounds problem raises :class:`WireError` with the absolute byte offset and what was
