@@ -217,6 +217,13 @@ def decode_role_bits(role: pa.Array) -> dict[str, pa.Array]:
 
     word = role.cast(pa.uint32())
     out: dict[str, pa.Array] = {}
+    if isinstance(word, pa.Array) and word.null_count == 0:  # the usual case, in NumPy
+        data = word.to_numpy(zero_copy_only=False)
+        for name, shift, width, typ in ROLE_BITS:
+            bits = (data >> shift) & ((1 << width) - 1)
+            out[name] = pa.array(bits != 0) if typ == pa.bool_() else pa.array(
+                bits.astype(typ.to_pandas_dtype()), typ)
+        return out
     for name, shift, width, typ in ROLE_BITS:
         value = pc.bit_wise_and(pc.shift_right(word, shift), (1 << width) - 1)
         out[name] = pc.not_equal(value, 0) if typ == pa.bool_() else value.cast(typ)

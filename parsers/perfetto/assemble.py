@@ -3,7 +3,7 @@
 Rows come in the order of the file: bundle by bundle; in each bundle a ``lost_events``
 marker first (the flag says events were lost *before* the bundle), then the events, with
 compact-sched events merged in by timestamp. ``seq`` numbers the rows of the whole trace.
-``comm``/``tgid`` come from the :class:`~parsers.perfetto.threads.ThreadMap`.
+``comm``/``tgid`` come from the :class:`~parsers.perfetto.side_packets.ThreadMap`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from parsers.perfetto.bundles import BundleRun, CompactEvent
 from parsers.perfetto.events import DecodedEvents, EventGroup
-from parsers.perfetto.threads import ThreadMap
+from parsers.perfetto.side_packets import ThreadMap
 from parsers.perfetto.wire import I64
 from parsers.schema import EVENTS_SCHEMA, LOST_EVENTS
 from parsers.trace import TraceBatch
@@ -197,7 +197,7 @@ def _marker_ts(b: int, run: BundleRun, dec: DecodedEvents, last_ts: int | None) 
 
 def _who(pid: I64, ok: np.ndarray, threads: ThreadMap) -> tuple[pa.Array, pa.Array]:
     """``comm`` (dictionary-encoded) and ``tgid`` of each row's pid, from the thread map."""
-    uniq, inverse = np.unique(np.where(ok, pid, -1), return_inverse=True)
+    uniq, inverse = _unique_inverse(np.where(ok, pid, -1))
     found = [threads.lookup(p) if p != -1 else (None, None) for p in uniq.tolist()]
     comm_u = pc.dictionary_encode(pa.array([c for c, _ in found], pa.string()))
     tgid_u = pa.array([t for _, t in found], pa.int32())
@@ -205,6 +205,20 @@ def _who(pid: I64, ok: np.ndarray, threads: ThreadMap) -> tuple[pa.Array, pa.Arr
     codes = comm_u.indices.take(idx)
     comm = pa.DictionaryArray.from_arrays(codes, comm_u.dictionary)
     return comm, tgid_u.take(idx)
+
+
+def _unique_inverse(values: I64) -> tuple[I64, I64]:
+    """``np.unique(values, return_inverse=True)``, by a table of the values seen when they
+    span a small range (pids do) instead of a sort."""
+    if values.size:
+        lo, hi = int(values.min()), int(values.max())
+        if hi - lo < 1 << 23:
+            seen = np.zeros(hi - lo + 1, bool)
+            seen[values - lo] = True
+            rank = np.cumsum(seen) - 1
+            return np.flatnonzero(seen) + lo, rank[values - lo]
+    uniq, inverse = np.unique(values, return_inverse=True)
+    return uniq, inverse.ravel()
 
 
 def _args(groups: list[EventGroup], n_events: int, rows: _Rows,

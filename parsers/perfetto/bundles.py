@@ -12,6 +12,7 @@ are kept in a :class:`GenericDescriptors` cache for the bundles that follow.
 from __future__ import annotations
 
 import bisect
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -85,8 +86,9 @@ class BundleRun:
     inner: list[int | None] = field(default_factory=list)
     cycle: list[int] = field(default_factory=list)
     first_event: list[int] = field(default_factory=list)
-    ev_start: list[int] = field(default_factory=list)
-    ev_end: list[int] = field(default_factory=list)
+    #: Events' payload spans in :attr:`buf` (int64 arrays: they go to NumPy in one copy).
+    ev_start: array[int] = field(default_factory=lambda: array("q"))
+    ev_end: array[int] = field(default_factory=lambda: array("q"))
     #: Bundles stored as their events' payloads only: the original bytes and span, to map a
     #: position back to the file (``None``: the bundle's bytes were copied whole).
     packed: list[tuple[bytes, int, int] | None] = field(default_factory=list)
@@ -128,11 +130,16 @@ class BundleRun:
         out.packed = self.packed[i:]
         out.cycle = [c - self.cycle[i] for c in self.cycle[i:]]
         out.first_event = [x - first for x in self.first_event[i:]]
-        out.ev_start = [x - s for x in self.ev_start[first:]]
-        out.ev_end = [x - s for x in self.ev_end[first:]]
+        out.ev_start = _shifted(self.ev_start[first:], -s)
+        out.ev_end = _shifted(self.ev_end[first:], -s)
         self.truncate(i)
         del self.buf[s:]
         return out
+
+
+def _shifted(values: array[int], by: int) -> array[int]:
+    """``values`` (int64) plus ``by``."""
+    return array("q", (np.frombuffer(values, np.int64) + by).tobytes())
 
 
 @dataclass(frozen=True)
@@ -237,8 +244,8 @@ def _packed_bundle(run: BundleRun, src: bytes, a: int, b: int, where: tuple[int,
     run.buf += b"".join(events)
     ends = base + np.cumsum(lengths)
     run.first_event.append(len(run.ev_start))
-    run.ev_start.extend((ends - lengths).tolist())
-    run.ev_end.extend(ends.tolist())
+    run.ev_start.frombytes((ends - lengths).tobytes())
+    run.ev_end.frombytes(ends.tobytes())
     compact = None
     if msg.HasField("compact_sched"):
         at = len(run.buf)
@@ -358,8 +365,8 @@ def _append(run: BundleRun, tags: _Tags, fields: list[tuple[int, int, int, int]]
     high = raw[np.minimum(pos + 2, raw.size - 1)].astype(np.int64) if pos.size else pos
     starts = pos + 2 + two
     lengths = np.where(two, (low & 0x7F) | (high << 7), low)
-    run.ev_start.extend((starts + shift).tolist())
-    run.ev_end.extend((starts + lengths + shift).tolist())
+    run.ev_start.frombytes((starts + shift).astype(np.int64).tobytes())
+    run.ev_end.frombytes((starts + lengths + shift).astype(np.int64).tobytes())
 
 
 def _new_cycle(run: BundleRun) -> bool:

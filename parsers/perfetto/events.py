@@ -10,7 +10,10 @@ field number says which event it is:
 * 65536 and up: the dense form, described by the trace's ``generic_event_descriptors``
   (looked up by id in :class:`~parsers.perfetto.bundles.GenericDescriptors`).
 
-Events of the same kind are decoded together with :func:`parsers.perfetto.wire.scan`.
+Events of the same kind are decoded together with :func:`parsers.perfetto.wire.scan`
+(compiled and dense events whose payload holds every field in order: with
+:func:`~parsers.perfetto.wire.leading_varints`); legacy events by the template of each name
+(:mod:`parsers.perfetto.legacy`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from parsers.perfetto.bundles import BundleRun, GenericDescriptors
-from parsers.perfetto.columns import FieldColumn, column_of, render_args, to_text, typed_array
+from parsers.perfetto.columns import FieldColumn, column_of, render_args, typed_array
+from parsers.perfetto.legacy import legacy_groups
 from parsers.perfetto.protos import (
     GENERIC_FIRST_ID,
     VARINT_KINDS,
@@ -108,8 +112,8 @@ def decode_bundles(run: BundleRun, cache: GenericDescriptors) -> DecodedEvents:
         WireError: offsets are positions in ``run.buf``.
     """
     buf = np.frombuffer(run.buf, np.uint8)
-    starts = np.array(run.ev_start, np.int64)
-    ends = np.array(run.ev_end, np.int64)
+    starts = np.frombuffer(run.ev_start, np.int64).copy()  # a copy: the run may be cut later
+    ends = np.frombuffer(run.ev_end, np.int64).copy()
     counts = np.diff(np.array([*run.first_event, len(run.ev_start)], np.int64)).astype(np.int64)
     owner = np.repeat(np.arange(len(run), dtype=np.int64), counts)
     h = _Headers.empty(starts.size)
@@ -283,87 +287,12 @@ def _group(
 
 
 def _decode_legacy(rows: I64, buf: U8, start: I64, end: I64, out: DecodedEvents) -> None:
-    """``GenericFtraceEvent { event_name = 1; repeated Field field = 2; }`` events."""
-    g, f = "GenericFtraceEvent", "GenericFtraceEvent.Field"
-    sub = scan(buf, start, end)
-    names, _ = column_of(sub, rows.size, field_number(g, "event_name"), "event_name", "string",
-                         buf, LEN)
-    fmask = (sub.number == field_number(g, "field")) & (sub.wire == LEN)
-    fspans = sub.select(fmask)
-    fsub = scan(buf, fspans.start, fspans.start + fspans.value.astype(np.int64))
-    m = fspans.owner.size
-    fname, _ = column_of(fsub, m, field_number(f, "name"), "name", "string", buf, LEN)
-    values = {
-        "string": column_of(fsub, m, field_number(f, "str_value"), "", "string", buf, LEN)[0],
-        "int": column_of(fsub, m, field_number(f, "int_value"), "", "int", buf, VARINT)[0],
-        "uint": column_of(fsub, m, field_number(f, "uint_value"), "", "uint", buf, VARINT)[0],
-    }
-    ev_names = _texts(names, rows.size)
-    field_names = _texts(fname, m)
-    encoded = pc.dictionary_encode(ev_names)
-    codes = encoded.indices.to_numpy(zero_copy_only=False)
-    for code, name in enumerate(encoded.dictionary.to_pylist()):
-        local = np.flatnonzero(codes == code)
-        cols = _legacy_columns(local, fspans.owner, field_names, values)
-        out.groups.append(_group(str(name), rows[local], cols, False, out))
-    unnamed = np.flatnonzero(pc.is_null(ev_names).to_numpy(zero_copy_only=False))
+    """``GenericFtraceEvent { event_name = 1; repeated Field field = 2; }`` events, grouped
+    by name (see :mod:`parsers.perfetto.legacy`)."""
+    groups, unnamed = legacy_groups(buf, start, end)
+    for g in groups:
+        out.groups.append(_group(g.name, rows[g.local], g.cols, False, out))
     if unnamed.size:
         out.skip("generic event without event_name", unnamed.size)
         assert out.dropped is not None
         out.dropped[rows[unnamed]] = True
-
-
-def _texts(col: FieldColumn, n: int) -> pa.Array:
-    assert col.strings is not None
-    text, _ = to_text(col.strings)
-    return pc.if_else(pa.array(col.present), text, pa.scalar(None, pa.string()))
-
-
-def _legacy_columns(
-    local: I64, field_owner: I64, field_names: pa.Array, values: dict[str, FieldColumn]
-) -> list[FieldColumn]:
-    """One column per (field name, value kind) of the events ``local``, in first-seen order."""
-    n = local.size
-    pos = np.full(int(field_owner.max(initial=-1)) + 2 + int(local.max(initial=0)), -1, np.int64)
-    pos[local] = np.arange(n)
-    fsel = np.flatnonzero(pos[field_owner] >= 0) if field_owner.size else field_owner
-    cols: list[FieldColumn] = []
-    if not fsel.size:
-        return cols
-    sel_names = field_names.take(pa.array(fsel))
-    encoded = pc.dictionary_encode(sel_names)
-    codes = encoded.indices.to_numpy(zero_copy_only=False)
-    for code, fname in enumerate(encoded.dictionary.to_pylist()):
-        hits = fsel[codes == code]
-        owners = pos[field_owner[hits]]
-        any_kind = False
-        for kind, vals in values.items():
-            have = hits[vals.present[hits]]
-            if not have.size:
-                continue
-            any_kind = True
-            cols.append(_legacy_column(str(fname), kind, n, pos[field_owner[have]], vals, have))
-        if not any_kind:
-            cols.append(FieldColumn(str(fname), "string", np.isin(np.arange(n), owners),
-                                    strings=pa.array([b"" if o else None for o in
-                                                      np.isin(np.arange(n), owners)],
-                                                     pa.large_binary())))
-    return cols
-
-
-def _legacy_column(
-    name: str, kind: str, n: int, owners: I64, vals: FieldColumn, hits: I64
-) -> FieldColumn:
-    present = np.zeros(n, bool)
-    present[owners] = True
-    if vals.strings is not None:
-        full: list[bytes | None] = [None] * n
-        for o, s in zip(owners.tolist(), vals.strings.take(pa.array(hits)).to_pylist(),
-                        strict=True):
-            full[o] = s
-        return FieldColumn(name, kind, present, strings=pa.array(full, pa.large_binary()))
-    assert vals.values is not None
-    values = np.zeros(n, np.uint64)
-    values[owners] = vals.values[hits]
-    return FieldColumn(name, kind, present, values=values)
-

@@ -34,8 +34,7 @@ from parsers.perfetto.bundles import (
 from parsers.perfetto.events import decode_bundles
 from parsers.perfetto.packets import Block, Source, TruncatedPacket, inner_packets, iter_blocks
 from parsers.perfetto.protos import FTRACE_CLOCK_UNKNOWN, FTRACE_CLOCKS, field_number
-from parsers.perfetto.stats import FtraceStatsLog
-from parsers.perfetto.threads import ThreadMap
+from parsers.perfetto.side_packets import FtraceStatsLog, ThreadMap
 from parsers.perfetto.wire import LEN, WireError, iter_fields, read_varint
 from parsers.schema import LOST_EVENTS
 from parsers.trace import Trace, TraceBatch, TraceMetadata, TraceStream

@@ -3,7 +3,8 @@
 Perfetto traces hold millions of small messages (one per ftrace event). Python protobuf
 message objects cost microseconds each, so the hot path reads the wire format directly:
 :func:`scan` walks *all* messages of a batch at once, one field per step ("lockstep"),
-with NumPy doing the varint arithmetic for every message in the batch together. The
+with NumPy doing the varint arithmetic for every message in the batch together (a varint
+of up to 8 bytes is decoded from the 8 bytes at its position read as one integer). The
 protos (:mod:`parsers.perfetto.protos`) only tell which field number means what.
 
 Every bounds problem raises :class:`WireError` with the absolute byte offset and what was
@@ -20,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = ["WireError", "Fields", "read_varint", "iter_fields", "scan", "as_signed", "zigzag",
-           "decode_varints", "leading_varints"]
+           "decode_varints", "leading_varints", "words"]
 
 U8 = npt.NDArray[np.uint8]
 I64 = npt.NDArray[np.int64]
@@ -116,17 +117,67 @@ class Fields:
                       self.start[mask])
 
 
+_HIGH_BITS: Final = np.uint64(0x8080808080808080)
+_LOW7: Final = np.uint64(0x7F7F7F7F7F7F7F7F)
+#: Masks and shifts that pack the 7-bit groups of 8 little-endian bytes together.
+_PACK: Final = ((np.uint64(0x007F007F007F007F), np.uint64(0x7F007F007F007F00), np.uint64(1)),
+                (np.uint64(0x00003FFF00003FFF), np.uint64(0x3FFF00003FFF0000), np.uint64(2)),
+                (np.uint64(0x000000000FFFFFFF), np.uint64(0x0FFFFFFF00000000), np.uint64(4)))
+
+
+def words(buf: U8) -> U64:
+    """The 8 bytes starting at each offset of ``buf`` as a little-endian uint64 (a view of
+    ``buf.size - 7`` items: offsets whose 8 bytes are all inside ``buf``)."""
+    view: U64 = np.ndarray((max(buf.size - 7, 0),), np.dtype("<u8"), buf, 0, (1,))
+    return view
+
+
+
 def _varints(buf: U8, pos: I64, end: I64) -> tuple[U64, I64]:
     """Decode one varint at each ``pos`` (vectorised); returns values and next positions.
 
-    Works byte by byte over the varints still running, so 1-byte varints cost one step.
+    Varints of up to 8 bytes (all but huge or negative values) are decoded from the 8 bytes
+    at their position read as one integer; the rest, and those that run past their message,
+    byte by byte (:func:`_varints_bytewise`, which names the error).
     """
-    n = pos.size
-    if not n:
+    if not pos.size:
         return np.zeros(0, np.uint64), pos
+    _check_room(pos, end)
+    first = buf[pos]
+    if (first < 0x80).all():  # lengths and small values: one byte each
+        return first.astype(np.uint64), pos + 1
+    view = words(buf)
+    inside = pos < view.size
+    if not inside.all():
+        return _varints_bytewise(buf, pos, end)
+    w = view[pos]
+    stop = ~w & _HIGH_BITS  # the high bit of each byte that ends a varint
+    last = stop & (np.uint64(0) - stop)  # the first of them
+    length = (np.bitwise_count(last - np.uint64(1)) + np.uint8(1)).astype(np.int64) >> 3
+    nxt = pos + length
+    odd = (stop == 0) | (nxt > end)
+    x = w & ((last << np.uint64(1)) - np.uint64(1)) & _LOW7
+    for keep, move, shift in _PACK:
+        x = (x & keep) | ((x & move) >> shift)
+    if odd.any():
+        rows = np.flatnonzero(odd)
+        x[rows], nxt[rows] = _varints_bytewise(buf, pos[rows], end[rows])
+    return x, nxt
+
+
+def _check_room(pos: I64, end: I64) -> None:
+    """Every varint starts before the end of its message."""
     if (pos >= end).any():
         at = int(pos[pos >= end].min())
         raise WireError(at, "a varint, found the end of the enclosing message")
+
+
+def _varints_bytewise(buf: U8, pos: I64, end: I64) -> tuple[U64, I64]:
+    """Decode one varint at each ``pos`` byte by byte over the varints still running;
+    errors name the lowest offset among those failing at the earliest byte step."""
+    if not pos.size:
+        return np.zeros(0, np.uint64), pos
+    _check_room(pos, end)
     b = buf[pos]
     values = (b & 0x7F).astype(np.uint64)
     nxt = pos + 1
@@ -255,7 +306,15 @@ def leading_varints(buf: U8, starts: I64, ends: I64, tags: list[int]
     ok = starts < ends
     pos = starts.copy()
     values: list[U64] = []
+    last = buf.size - 1
     for tag in tags:
+        if ok.all() and (pos + 1 < ends).all() and (buf[np.minimum(pos, last)] == tag).all():
+            try:  # every message has the field: no subsets
+                value, pos = _varints(buf, pos + 1, ends)
+            except WireError:
+                return [np.zeros(n, np.uint64) for _ in tags], np.zeros(n, bool), starts
+            values.append(value)
+            continue
         live = np.flatnonzero(ok)
         hit = buf[np.minimum(pos[live], buf.size - 1)] == tag
         ok[live[~hit]] = False

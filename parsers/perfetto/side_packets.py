@@ -1,9 +1,16 @@
-"""Who each pid is: ``comm`` and ``tgid`` from ProcessTree and TrackDescriptor packets,
-and the vCPU a KVM thread runs (from its ``CPU n/KVM`` name or from events that carry it).
+"""What the packets besides the events say: who each pid is, and the ring buffer's losses.
 
+:class:`ThreadMap`: ``comm`` and ``tgid`` from ProcessTree and TrackDescriptor packets, and
+the vCPU a KVM thread runs (from its ``CPU n/KVM`` name or from events that carry it).
 Perfetto does not put ``comm``/``tgid`` on ftrace events: traced_probes' process-stats data
 source writes ``ProcessTree`` packets (``Process { pid, cmdline }``, ``Thread { tid, tgid,
 name }``), and SDK producers write ``TrackDescriptor`` s with thread/process descriptors.
+
+:class:`FtraceStatsLog`: ``FtraceStats`` packets, the kernel ring buffer's per-CPU counters.
+traced_probes writes one at the start (``phase = START_OF_TRACE``) and one at the end
+(``END_OF_TRACE``); ``overrun`` counts events the kernel overwrote before they were read.
+Perfetto keeps no per-loss count (a bundle only says ``lost_events = true``), so the
+difference is reported as a warning per CPU.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from typing import Final
 from parsers.perfetto.protos import field_number
 from parsers.perfetto.wire import LEN, VARINT, iter_fields
 
-__all__ = ["ThreadMap", "VCPU_THREAD_RE"]
+__all__ = ["ThreadMap", "VCPU_THREAD_RE", "FtraceStatsLog"]
 
 #: QEMU's (and most VMMs') vCPU thread name, e.g. ``CPU 1/KVM``.
 VCPU_THREAD_RE: Final = re.compile(r"^CPU (\d+)/KVM$")
@@ -116,3 +123,57 @@ class ThreadMap:
                 return int(m.group(1)), "thread-name"
         found = self.vcpu_by_pid.get(pid)
         return (found, "other-events") if found is not None else (None, "")
+
+
+_START, _END = 1, 2  # FtraceStats.Phase
+
+
+@dataclass
+class FtraceStatsLog:
+    """Per-phase, per-CPU ``(overrun, dropped_events)`` counters seen in the trace."""
+
+    phases: dict[int, dict[int, tuple[int, int]]] = field(default_factory=dict)
+
+    def apply(self, data: bytes, start: int, end: int) -> None:
+        """Record one ``FtraceStats`` message (``data[start:end]``)."""
+        phase = 0
+        cpus: dict[int, tuple[int, int]] = {}
+        for number, wire, value, at in iter_fields(data, start, end):
+            if number == field_number("FtraceStats", "phase") and wire == VARINT:
+                phase = value
+            elif number == field_number("FtraceStats", "cpu_stats") and wire == LEN:
+                cpu, counters = self._cpu(data, at, at + value)
+                cpus[cpu] = counters
+        self.phases.setdefault(phase, {}).update(cpus)
+
+    @staticmethod
+    def _cpu(data: bytes, start: int, end: int) -> tuple[int, tuple[int, int]]:
+        c = "FtraceCpuStats"
+        cpu, overrun, dropped = 0, 0, 0
+        for number, wire, value, _ in iter_fields(data, start, end):
+            if wire != VARINT:
+                continue
+            if number == field_number(c, "cpu"):
+                cpu = value
+            elif number == field_number(c, "overrun"):
+                overrun = value
+            elif number == field_number(c, "dropped_events"):
+                dropped = value
+        return cpu, (overrun, dropped)
+
+    def lost_per_cpu(self) -> dict[int, int]:
+        """Events lost during the trace per CPU (end minus start overrun, plus drops)."""
+        end = self.phases.get(_END, {})
+        start = self.phases.get(_START, {})
+        out: dict[int, int] = {}
+        for cpu, (overrun, dropped) in end.items():
+            o0, d0 = start.get(cpu, (0, 0))
+            lost = max(overrun - o0, 0) + max(dropped - d0, 0)
+            if lost:
+                out[cpu] = lost
+        return dict(sorted(out.items()))
+
+    def warnings(self) -> list[str]:
+        """One line per CPU that lost events according to the stats."""
+        return [f"ftrace_stats: CPU {cpu} lost {n} events (ring buffer overrun)"
+                for cpu, n in self.lost_per_cpu().items()]
