@@ -175,8 +175,11 @@ def _run(task: _Task) -> list[_Packed]:
             for rb in [res.batch.events, *res.batch.typed.values(), *stacks]:
                 with pa.ipc.new_stream(sink, rb.schema) as writer:
                     writer.write_batch(rb)
-        out.append((replace(res, batch=replace(res.batch, events=res.batch.events.slice(0, 0),
-                                               typed={}, stacks=None)), file, names))
+        # an empty batch, not a slice: a pickled slice carries its whole buffers (6 MB a
+        # chunk through the result pipe, beside the file)
+        empty = pa.RecordBatch.from_pylist([], schema=res.batch.events.schema)
+        out.append((replace(res, batch=replace(res.batch, events=empty, typed={}, stacks=None)),
+                    file, names))
     return out
 
 
