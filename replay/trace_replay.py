@@ -10,8 +10,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Final
 
 import numpy as np
 import pyarrow as pa
@@ -70,10 +71,15 @@ def replay(
     if not loaded.has_kvm_events():
         raise TraceFormatError(str(loaded.metadata.source), NO_KVM_EVENTS)
     sampled = [] if isinstance(trace, Trace) else _sampled_note(Path(trace))
+    owned = not isinstance(trace, Trace)
     threads = identify_threads(loaded)
     release_freed()
+    if owned:
+        loaded = _done_with(loaded, "threads")
     observed = observe(loaded, threads)
     release_freed()
+    if owned:
+        loaded = _done_with(loaded, "observe")
     derived = derive_workloads(loaded, threads)
     release_freed()
     names = expand_policies([policy] if isinstance(policy, str) else list(policy))
@@ -155,7 +161,7 @@ def load_for_replay(source: str | Path, *, strict: bool = False, salvage: bool =
 #: tuned for speed; the reader's working set for one batch lies on top of every slim batch
 #: kept so far, so smaller ones lower the peak (measured on a 10 M-event trace.dat: the
 #: reader's working set drops from about 300 MB to 110 MB, at 10-30% more time to load).
-_BATCH_BYTES = 8 << 20
+_BATCH_BYTES = 4 << 20
 
 
 def _slim(batches: Iterable[TraceBatch]) -> Iterator[TraceBatch]:
@@ -190,18 +196,32 @@ _UNREAD: frozenset[str] = frozenset({"latency_flags", "instance"})
 _NULL_CHUNK = 1 << 20
 
 
-def _without_unread(events: pa.Table) -> pa.Table:
-    """``events`` with the :data:`_UNREAD` columns, and every column that holds only nulls
-    (``tgid`` when the trace does not record it), made of null chunks that share one
-    buffer: 4 bytes per event each instead of a buffer of their own."""
+def _without_unread(events: pa.Table, also: Collection[str] = ()) -> pa.Table:
+    """``events`` with the :data:`_UNREAD` columns, those in ``also``, and every column
+    that holds only nulls (``tgid`` when the trace does not record it), made of null chunks
+    that share one buffer: 4 bytes per event each instead of a buffer of their own."""
     n = events.num_rows
     for i, f in enumerate(events.schema):
         column = events.column(i)
-        if n and f.nullable and (f.name in _UNREAD or column.null_count == n):
+        if n and f.nullable and (f.name in _UNREAD or f.name in also
+                                 or column.null_count == n):
             block = pa.nulls(min(n, _NULL_CHUNK), f.type)
             chunks = [block] * (n // _NULL_CHUNK) + [block.slice(0, n % _NULL_CHUNK)]
             events = events.set_column(i, f, pa.chunked_array(chunks, f.type))
     return events
+
+
+#: ``events`` columns no phase reads after the one named: ``comm`` names threads
+#: (:func:`identify_threads` keeps them), ``cpu`` places lost-event windows (:func:`observe`).
+_READ_UNTIL: Final = {"threads": ("comm",), "observe": ("cpu",)}
+
+
+def _done_with(trace: Trace, phase: str) -> Trace:
+    """``trace`` (one :func:`replay` loaded itself) without the ``events`` columns that no
+    phase after ``phase`` reads, their buffers freed before the next phase runs."""
+    trace.events = _without_unread(trace.events, _READ_UNTIL[phase])
+    release_freed()
+    return trace
 
 
 def _owned(array: pa.Array) -> pa.Array:
