@@ -83,28 +83,41 @@ _STREAMERS: dict[str, Callable[..., TraceStream]] = {
     "ftrace-text": iter_ftrace_text, "trace.dat": iter_tracedat, "perfetto": iter_perfetto}
 
 
-def _options(fmt: str, strict: bool, salvage: bool, workers: int | None) -> dict[str, Any]:
+#: Bytes of a trace.dat ring-buffer page, for ``batch_bytes`` (the file's own size may differ;
+#: the batch then holds as many of its pages).
+_PAGE_BYTES = 4096
+
+
+def _options(fmt: str, strict: bool, salvage: bool, workers: int | None,
+             batch_bytes: int | None = None) -> dict[str, Any]:
     """The reading options ``fmt``'s reader takes (trace.dat decodes fields from format
     definitions, so nothing in it is "unknown" for ``strict`` to reject)."""
     options: dict[str, dict[str, Any]] = {
         "ftrace-text": {"strict": strict, "salvage": salvage, "workers": workers},
         "trace.dat": {"salvage": salvage, "workers": workers},
         "perfetto": {"strict": strict, "salvage": salvage}}
+    if batch_bytes is not None and fmt == "ftrace-text":
+        options[fmt]["chunk_bytes"] = max(1, batch_bytes)
+    if batch_bytes is not None and fmt == "trace.dat":
+        options[fmt]["window_pages"] = max(1, batch_bytes // _PAGE_BYTES)
     return options[fmt]
 
 
 def iter_trace(
     source: str | Path, *, events: Collection[str] | None = None, strict: bool = False,
-    salvage: bool = False, workers: int | None = None,
+    salvage: bool = False, workers: int | None = None, batch_bytes: int | None = None,
 ) -> TraceStream:
     """Stream any supported trace as batches; the format is detected from the content.
 
     Streaming readers give each batch what they know when it is decoded; :func:`read_trace`
     may complete a whole trace afterwards (Perfetto's thread names, loss counts).
-    ``workers`` as in :func:`read_trace`.
+    ``workers`` as in :func:`read_trace`. ``batch_bytes``: input bytes decoded per batch
+    (text), or per CPU of a trace.dat in 4 KiB pages; smaller batches hold less memory at a
+    time, and the rows are the same. None: each reader's default; Perfetto ignores it.
     """
     fmt = detect_format(source)
-    return _STREAMERS[fmt](source, events=events, **_options(fmt, strict, salvage, workers))
+    return _STREAMERS[fmt](source, events=events,
+                           **_options(fmt, strict, salvage, workers, batch_bytes))
 
 
 def read_trace(

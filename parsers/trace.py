@@ -189,10 +189,17 @@ class Trace:
 
     def event_counts(self) -> dict[str, int]:
         """Rows of ``events`` per event name, markers excluded, sorted by name."""
-        names = self.events.filter(self._is_record()).column("event").cast(pa.string())
-        counts = pc.value_counts(names.combine_chunks()).to_pylist()
-        return {str(r["values"]): int(r["counts"]) for r in sorted(
-            counts, key=lambda r: str(r["values"]))}
+        counts: dict[str, int] = {}
+        for chunk in self.events.column("event").chunks:
+            # counted on dictionary codes: no per-row string, no copy of the table
+            if not pa.types.is_dictionary(chunk.type):
+                chunk = chunk.dictionary_encode()
+            words = chunk.dictionary.to_pylist()
+            for row in pc.value_counts(chunk.indices).to_pylist():
+                code, n = row["values"], int(row["counts"])
+                if code is not None and words[code] is not None and words[code] not in MARKERS:
+                    counts[str(words[code])] = counts.get(str(words[code]), 0) + n
+        return dict(sorted(counts.items()))
 
     def has_kvm_events(self) -> bool:
         """Whether any record is a kvm or kvmmmu event (a typed event, or ``kvm_*``)."""
@@ -224,7 +231,7 @@ class Trace:
 
     def info(self) -> dict[str, Any]:
         """A JSON-ready summary: format, clock, CPUs, time range, counts, losses, skips."""
-        real = self.events.filter(self._is_record()).column("ts")
+        real = self.events.column("ts").filter(self._is_record())
         cpus = self.metadata.cpus
         if cpus is None and self.events.num_rows:
             top = pc.max(self.events.column("cpu")).as_py()
@@ -376,5 +383,8 @@ def _concatenate(batches: list[pa.RecordBatch], schema: pa.Schema) -> pa.Table:
             chunked = pa.table({column.name: chunked}).unify_dictionaries().column(0)
         out.append(chunked.combine_chunks())
         del chunked
+        # the pool keeps the freed chunks' pages, which a whole column never fits in: give
+        # them back before the next column, or the copies add up to the table's size again
+        pa.default_memory_pool().release_unused()
     return pa.Table.from_arrays(out, schema=schema)
 

@@ -22,10 +22,8 @@ from typing import Final
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
 
-from parsers.trace import Trace
+from parsers.trace import Trace, rows_named
 
 __all__ = ["Call", "syscalls", "RequestTimes", "IOCTL_NAMES", "enclosing_call", "vm_of_call"]
 
@@ -57,10 +55,8 @@ class Call:
 
 def syscalls(trace: Trace) -> list[Call]:
     """Every traced system call the derivation knows, in trace order."""
-    ev = trace.events
-    names = ev.column("event").cast(pa.string())
-    keep = pc.fill_null(pc.is_in(names, pa.array(["sys_enter", "sys_exit"])), False)
-    rows = ev.filter(keep).select(["seq", "ts", "pid", "tgid", "event", "args"])
+    rows = rows_named(trace.events, ["sys_enter", "sys_exit"],
+                      ["seq", "ts", "pid", "tgid", "event", "args"])
     if not rows.num_rows:
         return []
     open_: dict[int, tuple[str, int, int]] = {}

@@ -24,6 +24,7 @@ Rules (../shared/docs/kernel-semantics.md §3.3, from the kernel's tracepoints):
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -97,8 +98,7 @@ def observe(trace: Trace, threads: ThreadMap, *, burst_gap_ns: int = BURST_GAP_N
         (True, True)
     """
     warnings: list[str] = []
-    frame = _vcpu_event_frame(trace, threads)
-    blocks = _blocks(frame, trace, threads, burst_gap_ns, warnings)
+    blocks = _blocks(_vcpu_event_rows(trace, threads), trace, threads, burst_gap_ns, warnings)
     refcounts, roots = _roots(trace, threads, warnings)
     vcpus = sorted(v.vcpu for v in threads.vcpus.values())
     summary = summarize_blocks(blocks.select(BLOCKS_SCHEMA.names), vcpus)
@@ -111,20 +111,21 @@ def observe(trace: Trace, threads: ThreadMap, *, burst_gap_ns: int = BURST_GAP_N
 _ZAP, _ROOT, _USER, _PREEMPT, _FAULT, _OTHER, _ENTRY, _EXIT = range(8)
 
 
-def _vcpu_event_frame(trace: Trace, threads: ThreadMap) -> pd.DataFrame:
-    """Events of vCPU threads with a category code per row, sorted by (pid, ts, seq).
+def _vcpu_event_rows(trace: Trace, threads: ThreadMap
+                     ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Per vCPU thread, by ascending pid: its events' ``ts`` and category code, in
+    (ts, seq) order.
 
-    Read as NumPy views of the events' columns and gathered once in sorted order: a
-    10 M-event trace would otherwise hold a filtered copy of the columns, their DataFrame and
-    its sorted copy at once (about 0.5 GB more)."""
+    One thread at a time, gathered from NumPy views of the events' columns: a frame of all
+    threads' rows at once (and its sorted copy) grew with the trace, about 0.5 GB at
+    10 M events."""
     ev = trace.events
     seq = _int_column(ev.column("seq"))
     ts = _int_column(ev.column("ts"))
     pid = _int_column(pc.fill_null(ev.column("pid"), -1))
     cat = _categories(ev, seq, trace)
-    order = _vcpu_order(pid, ts, seq, sorted(threads.vcpus))
-    return pd.DataFrame({"seq": seq[order], "ts": ts[order], "pid": pid[order],
-                         "cat": cat[order]}, copy=False)
+    for p, rows in _vcpu_rows(pid, ts, seq, sorted(threads.vcpus)):
+        yield p, ts[rows], cat[rows]
 
 
 def _int_column(column: pa.ChunkedArray) -> np.ndarray:
@@ -139,18 +140,24 @@ def _int_column(column: pa.ChunkedArray) -> np.ndarray:
 _SCAN_PIDS = 64
 
 
-def _vcpu_order(pid: np.ndarray, ts: np.ndarray, seq: np.ndarray, vcpus: list[int]
-                ) -> np.ndarray:
-    """Rows of ``vcpus``' threads in (pid, ts, seq) order. Rows already in (ts, seq) order
-    (every reader's merged output) are only grouped by pid, in order."""
+def _vcpu_rows(pid: np.ndarray, ts: np.ndarray, seq: np.ndarray, vcpus: list[int]
+               ) -> Iterator[tuple[int, np.ndarray]]:
+    """Each of ``vcpus`` (sorted) with its rows in (ts, seq) order, when it has any. Rows
+    already in (ts, seq) order (every reader's merged output) are only found, in order."""
     merged = pid.size < 2 or (bool(np.all(ts[1:] >= ts[:-1]))
                               and bool(np.all(seq[1:] > seq[:-1])))
     if merged and len(vcpus) <= _SCAN_PIDS:
-        return np.concatenate([np.flatnonzero(pid == p) for p in vcpus]
-                              or [np.zeros(0, dtype=np.int64)])
+        for p in vcpus:
+            rows = np.flatnonzero(pid == p)
+            if rows.size:
+                yield p, rows
+        return
     rows = np.flatnonzero(np.isin(pid, np.array(vcpus, dtype=pid.dtype)))
     rows = rows[np.lexsort((seq[rows], ts[rows], pid[rows]))]
-    return rows
+    bounds = np.flatnonzero(np.diff(pid[rows])) + 1
+    for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, rows.size], strict=True):
+        if hi > lo:
+            yield int(pid[rows[lo]]), rows[lo:hi]
 
 
 def _categories(ev: pa.Table, seq: np.ndarray, trace: Trace) -> np.ndarray:
@@ -218,19 +225,12 @@ def _root_alloc_seqs(trace: Trace) -> np.ndarray:
     return seqs
 
 
-def _blocks(df: pd.DataFrame, trace: Trace, threads: ThreadMap, gap: int,
-            warnings: list[str]) -> pa.Table:
+def _blocks(per_thread: Iterable[tuple[int, np.ndarray, np.ndarray]], trace: Trace,
+            threads: ThreadMap, gap: int, warnings: list[str]) -> pa.Table:
     parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]] = []
     no_entry: list[str] = []
-    pids = df["pid"].to_numpy()
-    bounds = np.flatnonzero(np.diff(pids)) + 1
-    for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(pids)], strict=True):
-        if hi <= lo:
-            continue
-        pid = int(pids[lo])
+    for pid, ts, cat in per_thread:
         index = threads.vcpus[pid].vcpu
-        ts = df["ts"].to_numpy()[lo:hi]
-        cat = df["cat"].to_numpy()[lo:hi]
         if (cat == _ENTRY).any() and (cat == _EXIT).any():
             s, e, c = _exit_to_entry(ts, cat)
             parts.append((np.full(s.size, index), s, e, c, "high"))
@@ -419,8 +419,9 @@ def _tdp_zaps(roots: pd.DataFrame, fast: pd.DataFrame, trace: Trace, threads: Th
     direct = roots[roots["direct"].fillna(False).astype(bool)]
     if direct.empty:
         return pd.DataFrame(columns=["root", "ts", "pid", "seq"])
-    ev = trace.events.select(["seq", "ts", "pid"]).to_pandas()
-    ev = ev[ev["seq"].isin(_zap_seqs(trace))].copy()
+    ev = trace.events.select(["seq", "ts", "pid"])
+    # the zaps' rows only, before pandas: not a frame of every event
+    ev = ev.filter(pc.is_in(ev.column("seq"), pa.array(_zap_seqs(trace), pa.int64()))).to_pandas()
     ev["vm"] = [_vm(threads, p, t) for p, t in zip(ev["pid"], ev["ts"], strict=True)]
     born = direct.groupby("root").agg(vm=("vm", "first"), created=("ts", "min")).reset_index()
     parts = []

@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from parsers.stacks import function_name
-from parsers.trace import Trace
+from parsers.trace import Trace, rows_named
 
 __all__ = ["FRAME_CAUSES", "StackCause", "cause_of", "stack_causes", "CAUSE_WORDS",
            "teardown_zaps"]
@@ -90,9 +90,7 @@ def stack_causes(trace: Trace, events: Sequence[str] | None = None) -> dict[int,
     kernel = stacks.filter(pc.and_(pc.equal(stacks.column("kind").cast(pa.string()), "kernel"),
                                    pc.is_valid(stacks.column("frame"))))
     if events is not None:
-        ev = trace.events.select(["seq", "event"])
-        wanted = ev.filter(pc.is_in(ev.column("event").cast(pa.string()),
-                                    pa.array(list(events), pa.string())))
+        wanted = rows_named(trace.events, events, ["seq"])
         kernel = kernel.filter(pc.is_in(kernel.column("event_seq"), wanted.column("seq")))
     frames: dict[int, list[str]] = {}
     for owner, frame in zip(kernel.column("event_seq").to_pylist(),

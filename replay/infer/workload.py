@@ -30,6 +30,7 @@ import pandas as pd
 import pyarrow as pa
 
 from parsers.trace import Trace
+from replay.heap import release_freed
 from replay.infer.call_steps import PAGE_OF_LEVEL as _PAGE_OF_LEVEL
 from replay.infer.call_steps import Step as _Step
 from replay.infer.call_steps import dirty_log_clears, faults, ioctl_resets
@@ -103,12 +104,15 @@ def derive_workloads(trace: Trace, threads: ThreadMap) -> DerivedWorkloads:
     # has; without syscalls the earlier install-time rules stay (docs/replay.md)
     if not calls or not faults(trace, threads, steps, asked):
         _populates(trace, threads, steps)
+    release_freed()
     _fast_zaps(trace, threads, steps, calls)
     dirty_log_clears(trace, threads, steps, calls)
     _teardowns(trace, threads, steps, calls)
     warnings += _apply_resets(plan_resets(
         trace, threads, {vm: [s.op for s in items] for vm, items in steps.items()}), steps)
     backend, era, why = detect_era(trace, threads, calls)
+    # the passes' temporaries are gone: return their pages before the steps are sorted
+    release_freed()
     workloads: dict[int, Workload] = {}
     cols: dict[str, list[object]] = {name: [] for name in EVIDENCE_SCHEMA.names}
     for vm, items in sorted(steps.items()):
