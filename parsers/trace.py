@@ -137,8 +137,14 @@ class Trace:
         return stream.complete(cls.from_batches(stream, stream.metadata))
 
     @classmethod
-    def from_batches(cls, batches: Iterable[TraceBatch], metadata: TraceMetadata) -> Trace:
-        """Concatenate streamed batches into a :class:`Trace`."""
+    def from_batches(cls, batches: Iterable[TraceBatch], metadata: TraceMetadata, *,
+                     contiguous: bool = False) -> Trace:
+        """Concatenate streamed batches into a :class:`Trace`.
+
+        Large batches stay the tables' chunks (see :func:`_concatenate`); ``contiguous``
+        copies every column into one buffer instead, for a reader that takes NumPy views of
+        whole columns (a chunked column is copied by each ``to_numpy``).
+        """
         events: list[pa.RecordBatch] = []
         typed: dict[str, list[pa.RecordBatch]] = {}
         stacks: list[pa.RecordBatch] = []
@@ -148,9 +154,10 @@ class Trace:
                 typed.setdefault(name, []).append(rb)
             if batch.stacks is not None:
                 stacks.append(batch.stacks)
-        tables = {name: _concatenate(rbs, typed_schema(name)) for name, rbs in typed.items()}
-        return cls(_concatenate(events, EVENTS_SCHEMA), tables, metadata,
-                   _concatenate(stacks, STACKS_SCHEMA) if stacks else None)
+        tables = {name: _concatenate(rbs, typed_schema(name), contiguous)
+                  for name, rbs in typed.items()}
+        return cls(_concatenate(events, EVENTS_SCHEMA, contiguous), tables, metadata,
+                   _concatenate(stacks, STACKS_SCHEMA, contiguous) if stacks else None)
 
     @property
     def names(self) -> list[str]:
@@ -354,7 +361,8 @@ def _pandas_type(t: pa.DataType) -> Any:
 KEEP_CHUNK_ROWS: Final = 1 << 13
 
 
-def _concatenate(batches: list[pa.RecordBatch], schema: pa.Schema) -> pa.Table:
+def _concatenate(batches: list[pa.RecordBatch], schema: pa.Schema,
+                 contiguous: bool = False) -> pa.Table:
     """The table of ``batches``, emptying the list as it goes.
 
     Large batches (:data:`KEEP_CHUNK_ROWS` rows on average: the text and trace.dat readers'
@@ -363,9 +371,10 @@ def _concatenate(batches: list[pa.RecordBatch], schema: pa.Schema) -> pa.Table:
     once) and, for batches decoded in worker processes, replaced memory-mapped data the
     workers had written by a copy of it. Small batches (a stream of a few rows at a time)
     are combined, column by column, so that at most one column exists twice (as batch
-    chunks and as its contiguous copy) instead of the whole table.
+    chunks and as its contiguous copy) instead of the whole table; so are large ones when
+    ``contiguous``.
     """
-    if batches and sum(b.num_rows for b in batches) >= KEEP_CHUNK_ROWS * len(batches):
+    if not contiguous and batches and sum(b.num_rows for b in batches) >= KEEP_CHUNK_ROWS * len(batches):
         table = pa.Table.from_batches(batches, schema=schema)
         batches.clear()
         return table.unify_dictionaries()

@@ -69,3 +69,12 @@ def test_chunked_tables_write_and_read_back(monkeypatch: pytest.MonkeyPatch, tmp
     assert back["events"].select(got.events.column_names).equals(got.events)
     for name in got.names:
         assert back[name].select(got.table(name).column_names).equals(got.table(name)), name
+
+
+def test_contiguous_gives_one_chunk_per_column(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(trace_module, "KEEP_CHUNK_ROWS", 1)
+    stream = iter_ftrace_text(SAMPLE, chunk_bytes=256 << 10)
+    got = Trace.from_batches(stream, stream.metadata, contiguous=True)
+    assert got.events.equals(read_trace(SAMPLE).events)
+    for table in [got.events, *(got.table(n) for n in got.names)]:
+        assert all(column.num_chunks == 1 for column in table.columns)
