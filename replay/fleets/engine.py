@@ -1,14 +1,14 @@
 """Run a fleet on Dask: one task per input, results committed by the workers.
 
-The only module that imports ``dask.distributed`` (the optional extra ``fleet``). Each
-input is first hashed (:func:`replay.fleets.task.identify`, on a worker: the bytes may only
-be readable there), a few inputs per task (:data:`HASH_BATCH`) so that small traces do not
-cost the scheduler and the client one more round trip each; each new trace id is then submitted once
-(:func:`replay.fleets.task.process`), keyed by the id so the scheduler never runs it twice
-at once. A worker that dies takes its task with it and the scheduler reruns it elsewhere;
-the rerun replaces whatever partitions the dead attempt had renamed (the trace was not
-committed). Without a ``client`` a ``LocalCluster`` of worker processes (one thread each)
-is started and closed.
+The only module that imports ``dask.distributed`` (the optional extra ``fleet``). Each input
+is first hashed (:func:`replay.fleets.task.identify`, on a worker: the bytes may only be
+readable there), a few inputs per task (:data:`HASH_BATCH`) so that small traces do not cost
+the scheduler and the client one more round trip each; each new trace id is then submitted
+once (:func:`replay.fleets.task.process`), keyed by the id so the scheduler never runs it
+twice at once. A worker that dies takes its task with it and the scheduler reruns it
+elsewhere; the rerun replaces whatever partitions the dead attempt had renamed (the trace
+was not committed). Without a ``client`` a ``LocalCluster`` of worker processes (one thread
+each) is started and closed.
 """
 
 from __future__ import annotations
