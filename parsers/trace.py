@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Final
 
 import pandas as pd
@@ -21,6 +22,7 @@ from parsers.schema import (
     typed_event_names,
     typed_schema,
 )
+from parsers.spill import SpillTable
 from parsers.stacks import STACKS_SCHEMA
 
 #: Rows of ``events`` that mark the trace itself rather than record a kernel event.
@@ -138,13 +140,21 @@ class Trace:
 
     @classmethod
     def from_batches(cls, batches: Iterable[TraceBatch], metadata: TraceMetadata, *,
-                     contiguous: bool = False) -> Trace:
+                     contiguous: bool = False, spill: str | Path | None = None) -> Trace:
         """Concatenate streamed batches into a :class:`Trace`.
 
         Large batches stay the tables' chunks (see :func:`_concatenate`); ``contiguous``
         copies every column into one buffer instead, for a reader that takes NumPy views of
-        whole columns (a chunked column is copied by each ``to_numpy``).
+        whole columns (a chunked column is copied by each ``to_numpy``). ``spill`` (a
+        directory) writes each batch to files there as it comes and maps the tables from
+        them (:class:`~parsers.spill.SpillTable`): contiguous columns whose pages are the
+        kernel's page cache, so the trace's size is not held in the process's memory.
+
+        Raises:
+            SpillError: ``spill`` is given and its files could not be written.
         """
+        if spill is not None:
+            return cls._spilled(batches, metadata, Path(spill))
         events: list[pa.RecordBatch] = []
         typed: dict[str, list[pa.RecordBatch]] = {}
         stacks: list[pa.RecordBatch] = []
@@ -158,6 +168,31 @@ class Trace:
                   for name, rbs in typed.items()}
         return cls(_concatenate(events, EVENTS_SCHEMA, contiguous), tables, metadata,
                    _concatenate(stacks, STACKS_SCHEMA, contiguous) if stacks else None)
+
+    @classmethod
+    def _spilled(cls, batches: Iterable[TraceBatch], metadata: TraceMetadata,
+                 directory: Path) -> Trace:
+        events = SpillTable(EVENTS_SCHEMA, directory)
+        typed: dict[str, SpillTable] = {}
+        stacks: SpillTable | None = None
+        try:
+            for batch in batches:
+                events.append(batch.events)
+                for name, rb in batch.typed.items():
+                    if name not in typed:
+                        typed[name] = SpillTable(typed_schema(name), directory)
+                    typed[name].append(rb)
+                if batch.stacks is not None:
+                    if stacks is None:
+                        stacks = SpillTable(STACKS_SCHEMA, directory)
+                    stacks.append(batch.stacks)
+                del batch
+        except BaseException:
+            for table in (events, *typed.values(), *([stacks] if stacks else [])):
+                table.discard()
+            raise
+        return cls(events.finish(), {name: t.finish() for name, t in typed.items()}, metadata,
+                   stacks.finish() if stacks is not None else None)
 
     @property
     def names(self) -> list[str]:
