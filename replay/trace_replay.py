@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Final
@@ -38,7 +39,7 @@ from replay.trace_result import (
     TraceReplayResult,
 )
 
-__all__ = ["replay", "load_for_replay"]
+__all__ = ["replay", "load_for_replay", "SPILL_FROM_BYTES"]
 
 def replay(
     trace: Trace | str | Path,
@@ -139,25 +140,52 @@ def _sampled_note(path: Path) -> list[str]:
 
 
 def load_for_replay(source: str | Path, *, strict: bool = False, salvage: bool = False,
-                    workers: int | None = None) -> Trace:
+                    workers: int | None = None, spill: bool | None = None,
+                    spill_dir: str | Path | None = None) -> Trace:
     """Stream ``source`` keeping only what :func:`replay` reads: every event row, but
     ``args`` text only for :data:`REPLAY_ARGS_EVENTS`, only :data:`REPLAY_TABLES`, and the
     ``events`` columns the replay never reads (``flags``, ``instance``) null.
 
     Memory is then a few dozen bytes per event instead of the whole payload text.
     ``workers``: as for :func:`~parsers.detect.read_trace`.
+
+    ``spill``: write the slim tables to files as they stream (in ``spill_dir``, else the
+    temporary directory) and map them (:class:`~parsers.spill.SpillTable`), so that the
+    trace's rows live in the page cache, which the kernel can evict, instead of the
+    process's memory: a trace larger than the memory a worker is given still replays.
+    ``None`` (the default) spills sources of :data:`SPILL_FROM_BYTES` or more. The
+    replay's results are the same either way.
+
+    Raises:
+        SpillError: the spill files could not be written (the disk is full).
     """
+    if spill is None:
+        spill = _source_bytes(source) >= SPILL_FROM_BYTES
     stream = iter_trace(source, strict=strict, salvage=salvage, workers=workers,
                         batch_bytes=_BATCH_BYTES)
     # contiguous: derive and observe take NumPy views of whole columns, which a chunked
-    # column would copy each time (+0.2 GB at 10 M events)
+    # column would copy each time (+0.2 GB at 10 M events); spilled columns are contiguous
+    directory = (Path(spill_dir) if spill_dir is not None else Path(tempfile.gettempdir())
+                 ) if spill else None
     trace = stream.complete(Trace.from_batches(_slim(stream), stream.metadata,
-                                               contiguous=True))
+                                               contiguous=True, spill=directory))
     trace.events = _without_unread(trace.events)
     # The streamed batches, freed once concatenated, stay reserved by the allocators: give
     # them back, as the trace is about a third of them.
     release_freed()
     return trace
+
+
+#: Sources at least this large are spilled by :func:`load_for_replay` (about 1 M events of
+#: trace.dat, 0.3 M of text): below it the files cost more time than the memory is worth.
+SPILL_FROM_BYTES: Final = 32 << 20
+
+
+def _source_bytes(source: str | Path) -> int:
+    try:
+        return Path(source).stat().st_size
+    except OSError:
+        return 0  # the reader names the problem
 
 
 #: Input bytes per streamed batch (a trace.dat's: per CPU). The reader's own defaults are
