@@ -98,7 +98,8 @@ def observe(trace: Trace, threads: ThreadMap, *, burst_gap_ns: int = BURST_GAP_N
         (True, True)
     """
     warnings: list[str] = []
-    blocks = _blocks(_vcpu_event_rows(trace, threads), trace, threads, burst_gap_ns, warnings)
+    blocks = _blocks(_vcpu_event_pieces(trace, threads), trace, threads, burst_gap_ns,
+                     warnings)
     refcounts, roots = _roots(trace, threads, warnings)
     vcpus = sorted(v.vcpu for v in threads.vcpus.values())
     summary = summarize_blocks(blocks.select(BLOCKS_SCHEMA.names), vcpus)
@@ -111,21 +112,61 @@ def observe(trace: Trace, threads: ThreadMap, *, burst_gap_ns: int = BURST_GAP_N
 _ZAP, _ROOT, _USER, _PREEMPT, _FAULT, _OTHER, _ENTRY, _EXIT = range(8)
 
 
-def _vcpu_event_rows(trace: Trace, threads: ThreadMap
-                     ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """Per vCPU thread, by ascending pid: its events' ``ts`` and category code, in
-    (ts, seq) order.
+#: Events per segment the observation reads at a time: its temporaries are a few bytes per
+#: row of one segment, not of the whole trace.
+SEGMENT_ROWS: Final = 1 << 21
 
-    One thread at a time, gathered from NumPy views of the events' columns: a frame of all
-    threads' rows at once (and its sorted copy) grew with the trace, about 0.5 GB at
-    10 M events."""
+
+def _vcpu_event_pieces(trace: Trace, threads: ThreadMap
+                       ) -> Iterator[dict[int, tuple[np.ndarray, np.ndarray]]]:
+    """Per segment of the events table, each vCPU thread's events in it (``ts`` and category
+    code, in (ts, seq) order); the segments follow each other in time, so a thread's rows
+    are its pieces one after the other.
+
+    Rows already in (ts, seq) order (every reader's merged output) are read a segment at a
+    time, from NumPy views of the columns; others are sorted, all vCPU rows at once (one
+    piece per thread)."""
+    segment_rows = SEGMENT_ROWS
     ev = trace.events
     seq = _int_column(ev.column("seq"))
     ts = _int_column(ev.column("ts"))
-    pid = _int_column(pc.fill_null(ev.column("pid"), -1))
-    cat = _categories(ev, seq, trace)
-    for p, rows in _vcpu_rows(pid, ts, seq, sorted(threads.vcpus)):
-        yield p, ts[rows], cat[rows]
+    names = ev.column("event").combine_chunks()
+    if not pa.types.is_dictionary(names.type):
+        names = names.dictionary_encode()
+    by_word = np.array([_word_code(w) for w in names.dictionary.to_pylist()] or [_OTHER],
+                       dtype=np.int8)
+    codes = names.indices.to_numpy(zero_copy_only=False)
+    pid_column = ev.column("pid")
+    special = ((_rows_of_seqs(_root_alloc_seqs(trace)), _ROOT),
+               (_rows_of_seqs(_zap_seqs(trace)), _ZAP))
+    vcpus = sorted(threads.vcpus)
+    if not _in_order(ts, seq, segment_rows):
+        pid = _int_column(pc.fill_null(pid_column, -1))
+        cat = _categories(by_word[codes], seq, special)
+        yield {p: (ts[rows], cat[rows]) for p, rows in _vcpu_rows(pid, ts, seq, vcpus)}
+        return
+    for lo in range(0, seq.size, segment_rows):
+        hi = min(lo + segment_rows, seq.size)
+        pid = _int_column(pc.fill_null(pid_column.slice(lo, hi - lo), -1))
+        cat = _categories(by_word[codes[lo:hi]], seq[lo:hi], special)
+        yield {p: (ts[lo:hi][rows], cat[rows]) for p, rows in _rows_by_pid(pid, vcpus)}
+
+
+def _rows_by_pid(pid: np.ndarray, vcpus: list[int]) -> Iterator[tuple[int, np.ndarray]]:
+    """Each of ``vcpus`` (sorted) with its rows of ``pid``, in row order, when it has any:
+    one scan per pid for a few threads, one stable sort for many."""
+    if len(vcpus) <= _SCAN_PIDS:
+        for p in vcpus:
+            rows = np.flatnonzero(pid == p)
+            if rows.size:
+                yield p, rows
+        return
+    rows = np.flatnonzero(np.isin(pid, np.array(vcpus, dtype=pid.dtype)))
+    rows = rows[np.argsort(pid[rows], kind="stable")]
+    bounds = np.flatnonzero(np.diff(pid[rows])) + 1
+    for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, rows.size], strict=True):
+        if hi > lo:
+            yield int(pid[rows[lo]]), rows[lo:hi]
 
 
 def _int_column(column: pa.ChunkedArray) -> np.ndarray:
@@ -135,6 +176,17 @@ def _int_column(column: pa.ChunkedArray) -> np.ndarray:
     return out
 
 
+def _in_order(ts: np.ndarray, seq: np.ndarray, segment_rows: int) -> bool:
+    """True when rows ascend in (ts, seq): ``ts`` never falls and ``seq`` always rises
+    (checked a segment at a time, and across each segment's boundary)."""
+    for lo in range(0, ts.size, segment_rows):
+        hi = min(lo + segment_rows + 1, ts.size)
+        if not (bool(np.all(ts[lo + 1:hi] >= ts[lo:hi - 1]))
+                and bool(np.all(seq[lo + 1:hi] > seq[lo:hi - 1]))):
+            return False
+    return True
+
+
 #: Up to this many vCPU threads, their rows are found one pid at a time (a scan each)
 #: instead of sorting all of them.
 _SCAN_PIDS = 64
@@ -142,16 +194,8 @@ _SCAN_PIDS = 64
 
 def _vcpu_rows(pid: np.ndarray, ts: np.ndarray, seq: np.ndarray, vcpus: list[int]
                ) -> Iterator[tuple[int, np.ndarray]]:
-    """Each of ``vcpus`` (sorted) with its rows in (ts, seq) order, when it has any. Rows
-    already in (ts, seq) order (every reader's merged output) are only found, in order."""
-    merged = pid.size < 2 or (bool(np.all(ts[1:] >= ts[:-1]))
-                              and bool(np.all(seq[1:] > seq[:-1])))
-    if merged and len(vcpus) <= _SCAN_PIDS:
-        for p in vcpus:
-            rows = np.flatnonzero(pid == p)
-            if rows.size:
-                yield p, rows
-        return
+    """Each of ``vcpus`` (sorted) with its rows in (ts, seq) order, when it has any (rows
+    not in that order: sorted, all of them at once)."""
     rows = np.flatnonzero(np.isin(pid, np.array(vcpus, dtype=pid.dtype)))
     rows = rows[np.lexsort((seq[rows], ts[rows], pid[rows]))]
     bounds = np.flatnonzero(np.diff(pid[rows])) + 1
@@ -160,22 +204,23 @@ def _vcpu_rows(pid: np.ndarray, ts: np.ndarray, seq: np.ndarray, vcpus: list[int
             yield int(pid[rows[lo]]), rows[lo:hi]
 
 
-def _categories(ev: pa.Table, seq: np.ndarray, trace: Trace) -> np.ndarray:
-    names = ev.column("event").combine_chunks()
-    if not pa.types.is_dictionary(names.type):
-        names = names.dictionary_encode()
-    words = names.dictionary.to_pylist()
-    by_word = np.array([_word_code(w) for w in words] or [_OTHER], dtype=np.int8)
-    cat: np.ndarray = by_word[names.indices.to_numpy(zero_copy_only=False)]
-    del names
-    cat[_rows_of(seq, _root_alloc_seqs(trace))] = _ROOT
-    cat[_rows_of(seq, _zap_seqs(trace))] = _ZAP
+def _rows_of_seqs(wanted: np.ndarray) -> np.ndarray:
+    """``wanted`` sorted, for :func:`_categories`."""
+    return np.sort(wanted)
+
+
+def _categories(cat: np.ndarray, seq: np.ndarray,
+                special: tuple[tuple[np.ndarray, int], ...]) -> np.ndarray:
+    """``cat`` (the codes of the rows' event names, a new array) with the rows whose
+    ``seq`` is in each special set of seqs given that set's code (later sets win)."""
+    for wanted, code in special:
+        cat[_rows_of(seq, wanted)] = code
     return cat
 
 
 def _rows_of(seq: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    """Rows whose ``seq`` is in ``wanted`` (a mask; found by binary search when ``seq``
-    ascends, as in every reader's output, instead of sorting both)."""
+    """Rows whose ``seq`` is in ``wanted`` (sorted; a mask found by binary search when
+    ``seq`` ascends, as in every reader's output, instead of sorting both)."""
     if not wanted.size or not seq.size:
         return np.zeros(seq.size, dtype=bool)
     if not bool(np.all(seq[1:] > seq[:-1])):
@@ -225,19 +270,27 @@ def _root_alloc_seqs(trace: Trace) -> np.ndarray:
     return seqs
 
 
-def _blocks(per_thread: Iterable[tuple[int, np.ndarray, np.ndarray]], trace: Trace,
+def _blocks(pieces: Iterable[dict[int, tuple[np.ndarray, np.ndarray]]], trace: Trace,
             threads: ThreadMap, gap: int, warnings: list[str]) -> pa.Table:
+    """The block windows of each vCPU thread, its events read piece by piece
+    (:func:`_vcpu_event_pieces`): a thread's rows not yet in a closed window are carried
+    into its next piece, so the working set is one piece plus what is carried."""
+    with_entries = _threads_with_entries(trace, threads)
+    finders: dict[int, _WindowFinder] = {}
+    for piece in pieces:
+        for pid, (ts, cat) in piece.items():
+            if pid not in finders:
+                finders[pid] = _WindowFinder(pid in with_entries, gap)
+            finders[pid].feed(ts, cat)
     parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]] = []
     no_entry: list[str] = []
-    for pid, ts, cat in per_thread:
+    for pid in sorted(finders):
+        finder = finders.pop(pid)
+        s, e, c = finder.finish()
         index = threads.vcpus[pid].vcpu
-        if (cat == _ENTRY).any() and (cat == _EXIT).any():
-            s, e, c = _exit_to_entry(ts, cat)
-            parts.append((np.full(s.size, index), s, e, c, "high"))
-        else:
+        parts.append((np.full(s.size, index), s, e, c, "high" if finder.entries else "low"))
+        if not finder.entries:
             no_entry.append(threads.thread_name(pid))
-            s, e, c = _host_windows(ts, cat, gap)
-            parts.append((np.full(s.size, index), s, e, c, "low"))
     if no_entry:
         warnings.append(
             f"no kvm_entry/kvm_exit for {len(no_entry)} vCPU threads ({', '.join(no_entry[:4])}"
@@ -263,6 +316,82 @@ def _blocks(per_thread: Iterable[tuple[int, np.ndarray, np.ndarray]], trace: Tra
         pa.nulls(start.size, pa.int64()), pa.array(lost, pa.bool_()),
         pa.array(conf.tolist(), pa.string()),
     ], schema=OBSERVED_BLOCKS_SCHEMA)
+
+
+def _threads_with_entries(trace: Trace, threads: ThreadMap) -> set[int]:
+    """vCPU threads with both a ``kvm_entry`` and a ``kvm_exit`` (their blocks run exit →
+    entry; the others' are host windows), read a segment at a time."""
+    ev = trace.events
+    names = ev.column("event").combine_chunks()
+    if not pa.types.is_dictionary(names.type):
+        names = names.dictionary_encode()
+    words = names.dictionary.to_pylist()
+    wanted = {code: np.array([i for i, w in enumerate(words) if _word_code(w) == code],
+                             dtype=np.int32) for code in (_ENTRY, _EXIT)}
+    if not all(v.size for v in wanted.values()):
+        return set()
+    codes = names.indices.to_numpy(zero_copy_only=False)
+    vcpus = np.array(sorted(threads.vcpus), dtype=np.int64)
+    seen: dict[int, set[int]] = {_ENTRY: set(), _EXIT: set()}
+    for lo in range(0, codes.size, SEGMENT_ROWS):
+        hi = min(lo + SEGMENT_ROWS, codes.size)
+        pid = _int_column(pc.fill_null(ev.column("pid").slice(lo, hi - lo), -1))
+        for code, indices in wanted.items():
+            found = np.unique(pid[np.isin(codes[lo:hi], indices)])
+            seen[code].update(found[np.isin(found, vcpus)].tolist())
+    return seen[_ENTRY] & seen[_EXIT]
+
+
+class _WindowFinder:
+    """One vCPU thread's block windows from its events fed in order, piece by piece.
+
+    Each piece is cut after the last point where no window can span (after the last
+    ``kvm_entry``; for host windows, after the last userspace exit or gap), the windows
+    before it found at once (:func:`_exit_to_entry`, :func:`_host_windows`) and the rest
+    carried into the next piece: the windows are those of the whole thread at once."""
+
+    def __init__(self, entries: bool, gap: int) -> None:
+        self.entries = entries
+        self.gap = gap
+        self.ts = np.zeros(0, dtype=np.int64)
+        self.cat = np.zeros(0, dtype=np.int8)
+        self.found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def feed(self, ts: np.ndarray, cat: np.ndarray) -> None:
+        if self.ts.size:
+            ts, cat = np.concatenate([self.ts, ts]), np.concatenate([self.cat, cat])
+        upto = self._closed(ts, cat)
+        if upto:
+            self.found.append(self._windows(ts[:upto], cat[:upto]))
+        # the rows carried are copies: a view would keep the whole piece alive
+        self.ts, self.cat = ts[upto - 1 if upto and not self.entries else upto:].copy(), \
+            cat[upto - 1 if upto and not self.entries else upto:].copy()
+
+    def _closed(self, ts: np.ndarray, cat: np.ndarray) -> int:
+        """Rows the windows found now cover: through the last entry; for host windows
+        through the row after the last cut (that row also starts the carried rows)."""
+        if self.entries:
+            last = np.flatnonzero(cat == _ENTRY)
+            return int(last[-1]) + 1 if last.size else 0
+        if ts.size < 2:
+            return 0
+        cut = np.flatnonzero((cat[:-1] == _USER) | (np.diff(ts) > self.gap))
+        return int(cut[-1]) + 2 if cut.size else 0
+
+    def _windows(self, ts: np.ndarray, cat: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return _exit_to_entry(ts, cat) if self.entries else _host_windows(ts, cat, self.gap)
+
+    def finish(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every window: those found, then the carried rows'."""
+        if self.ts.size:
+            self.found.append(self._windows(self.ts, self.cat))
+        found, self.found = self.found, []
+        if not found:
+            return (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64),
+                    np.zeros(0, dtype=np.int8))
+        start, end, code = (np.concatenate([f[i] for f in found]) for i in range(3))
+        return start, end, code
 
 
 def _window_cause(cat: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -314,19 +443,56 @@ def _host_windows(ts: np.ndarray, cat: np.ndarray, gap: int
 
 
 def _lost_flags(start: np.ndarray, end: np.ndarray, trace: Trace) -> np.ndarray:
+    """Blocks overlapping a lost-events window: from the last event on the marker's CPU
+    before it (the trace's first event when none) to the marker."""
     flags = np.zeros(start.size, dtype=bool)
     if LOST_EVENTS not in trace.names or not start.size:
         return flags
-    lost = trace.table(LOST_EVENTS).to_pandas()
-    ev = trace.events.select(["ts", "cpu", "event"]).to_pandas()
-    ev = ev[ev["event"].astype(str) != LOST_EVENTS]
-    first = int(ev["ts"].min()) if len(ev) else 0
-    for ts, cpu in zip(lost["ts"], lost["cpu"], strict=True):
-        hi = int(ts) if pd.notna(ts) else int(ev["ts"].max())
-        before = ev[(ev["cpu"] == cpu) & (ev["ts"] < hi)]["ts"]
-        lo = int(before.max()) if len(before) else first
+    lost = trace.table(LOST_EVENTS)
+    marker_ts = _int_column(lost.column("ts"))  # never null (the table's schema)
+    marker_cpu = lost.column("cpu").to_pandas().to_numpy(dtype=float)  # NaN: unknown
+    for lo, hi in zip(_lost_starts(trace, marker_ts, marker_cpu), marker_ts.tolist(),
+                      strict=True):
         flags |= (start < hi) & (end > lo)
     return flags
+
+
+def _lost_starts(trace: Trace, marker_ts: np.ndarray, marker_cpu: np.ndarray) -> list[int]:
+    """Per lost-events marker, the time of the last event (markers excluded) on its CPU
+    before it, or the trace's first event time when there is none (or the CPU is unknown);
+    the events are read a segment at a time."""
+    ev = trace.events
+    names = ev.column("event").combine_chunks()
+    if not pa.types.is_dictionary(names.type):
+        names = names.dictionary_encode()
+    marker_codes = [i for i, w in enumerate(names.dictionary.to_pylist()) if w == LOST_EVENTS]
+    codes = names.indices.to_numpy(zero_copy_only=False)
+    ts = _int_column(ev.column("ts"))
+    none = np.iinfo(np.int64).min
+    first = np.iinfo(np.int64).max
+    cpus = sorted({int(c) for c in marker_cpu if not np.isnan(c)})
+    below = {c: np.full(marker_ts.size, none) for c in cpus}
+    for lo in range(0, ts.size, SEGMENT_ROWS):
+        hi = min(lo + SEGMENT_ROWS, ts.size)
+        real = ~np.isin(codes[lo:hi], marker_codes)
+        seg_ts = ts[lo:hi][real]
+        if not seg_ts.size:
+            continue
+        first = min(first, int(seg_ts.min()))
+        cpu = ev.column("cpu").slice(lo, hi - lo).to_pandas().to_numpy(dtype=float)[real]
+        for c in cpus:
+            on = np.sort(seg_ts[cpu == c])
+            if on.size:
+                k = np.searchsorted(on, marker_ts, side="left") - 1
+                np.maximum(below[c], np.where(k >= 0, on[np.maximum(k, 0)], none),
+                           out=below[c])
+    if first == np.iinfo(np.int64).max:
+        first = 0
+    out = []
+    for i, c in enumerate(marker_cpu.tolist()):
+        seen = none if np.isnan(c) else int(below[int(c)][i])
+        out.append(first if seen == none else seen)
+    return out
 
 
 def root_keys(table: pd.DataFrame) -> pd.Series:
