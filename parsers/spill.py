@@ -51,7 +51,7 @@ def spill_types_supported(schema: pa.Schema) -> bool:
 
 def _supported(t: pa.DataType) -> bool:
     if pa.types.is_dictionary(t):
-        return t.index_type == pa.int32() and pa.types.is_string(t.value_type)
+        return bool(t.index_type == pa.int32() and pa.types.is_string(t.value_type))
     return t in _FIXED or pa.types.is_boolean(t) or pa.types.is_string(t)
 
 
