@@ -8,7 +8,8 @@ same recorded workload for longer (each copy shifted past the end of the previou
    ../shared/traces/real/tc_kvm.v6.dat (as benchmarks/parse_tracedat.py builds it), read
    with ``load_for_replay`` (batches slimmed to what the replay reads) then replayed; the
    parse share is timed apart (after), and the peak RSS is that of load + replay alone
-   (issue 14's target: at most 1 GB at 10 M events; issue 12's was 1.5 GB);
+   (issue 14's target: at most 1 GB at 10 M events; issue 12's was 1.5 GB), beside the
+   anonymous peak (the RSS without the spilled rows' mapped page cache);
 2. in memory: copies of the bundled sample_traces/tracefs_record_tgid.txt tables (two VMs x
    two vCPUs, tgid known) replayed from a whole :class:`~parsers.trace.Trace`.
 
@@ -19,16 +20,16 @@ replay at 200 k faults, and time(200 k) / time(50 k) <= 5.5, i.e. about linear):
 in its own process, so its peak RSS is its own (parse, derive and replay).
 
 Memory limit (``limit``, not run by default): the same trace.dat replayed in a child
-process whose data segment (``RLIMIT_DATA``: heap and private mappings) is limited to
-:data:`LIMIT_BYTES`; the streamed replay completes, the whole-trace replay (``read_trace``
-then ``replay``) under the same limit fails. The whole Trace's Arrow size is printed
-beside it (measured in another child, without a limit): at 10 M events the limit is above
-it, as the streamed replay still holds a slim row of every event (about 43 B) and the
-derivation's temporaries. The limited children use the C library's allocator for Arrow
-(``ARROW_DEFAULT_MEMORY_POOL=system``): mimalloc reserves address space in large arenas it
-does not use, which the limit would count.
+process limited to :data:`LIMIT_BYTES` (or the MB given), three ways: spilled (the
+default for large sources: the trace's rows are files mapped into the process, page cache
+the kernel evicts under the limit), slim rows in memory, and the whole trace. The limit
+is a memory cgroup (anonymous memory and page cache, what a container or a Kubernetes
+worker is given) when this process may make one, else ``RLIMIT_DATA``; the trace's own
+sizes (whole tables, slim rows) are printed beside it. The limited children use the C
+library's allocator for Arrow (``ARROW_DEFAULT_MEMORY_POOL=system``): mimalloc reserves
+address space in large arenas it does not use, which ``RLIMIT_DATA`` would count.
 
-    python benchmarks/replay.py [EVENTS] [POLICY] [shadow|tdp|limit][,...]
+    python benchmarks/replay.py [EVENTS] [POLICY] [shadow|tdp|limit][,...] [LIMIT_MB]
 """
 
 from __future__ import annotations
@@ -54,9 +55,10 @@ from replay.render.kernel_text import TGID_HEADER  # noqa: E402
 TARGET_EVENTS_PER_S = 1_000_000
 #: Issue 14: the peak RSS of the streamed 10 M-event replay is at most 1 GB.
 TARGET_PEAK_BYTES = 1_000_000_000
-#: The ``limit`` case's limit on a replay's data segment: enough for the streamed replay of
-#: 10 M events, not for the whole-trace one.
-LIMIT_BYTES = 1_600_000_000
+#: The ``limit`` case's default memory limit: below the slim rows of 10 M events (about
+#: 0.46 GB) and half the whole trace's tables (0.86 GB); the spilled replay needs about
+#: 0.43 GB of its own memory there.
+LIMIT_BYTES = 500_000_000
 SAMPLE = "sample_traces/tracefs_record_tgid.txt"
 TDP_FAULTS = (50_000, 200_000)
 TDP_TARGET_EVENTS_PER_S = 300_000
@@ -116,12 +118,13 @@ def streaming(events: int, policy: str) -> None:
         # load + replay first, from the peak-RSS mark reset, so its peak is its own (the
         # parse-only pass would leave its freed heap behind in the process)
         own_peak = _reset_peak_rss()
-        t0 = time.perf_counter()
-        trace = load_for_replay(path)
-        loaded = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        result = replay(trace, policy=policy)
-        wall = time.perf_counter() - t0
+        with _AnonPeak() as anon:
+            t0 = time.perf_counter()
+            trace = load_for_replay(path)
+            loaded = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            result = replay(trace, policy=policy)
+            wall = time.perf_counter() - t0
         peak = _peak_rss_bytes()
         blocks = result.block_intervals.num_rows
         del trace, result
@@ -139,6 +142,9 @@ def streaming(events: int, policy: str) -> None:
           f"{'of load_for_replay + replay alone' if own_peak else 'of the whole process so far'}"
           f"; {peak / TARGET_PEAK_BYTES:.2f}x the {TARGET_PEAK_BYTES / 1e9:.1f} GB target "
           f"({'met' if peak <= TARGET_PEAK_BYTES else 'NOT met'}; load {os.getloadavg()[0]:.1f})")
+    print(f"  anonymous peak        {anon.bytes / 1e6:,.0f} MB (RssAnon: the process's own "
+          f"memory; the rest of the RSS is the spilled rows' page cache, which the kernel "
+          f"evicts under a limit: see the limit case)")
 
 
 def _reset_peak_rss() -> bool:
@@ -175,7 +181,8 @@ def main() -> int:
     if "tdp" in cases:
         tdp(policy)
     if "limit" in cases:
-        limited(events, policy)
+        limit_mb = int(sys.argv[4]) if len(sys.argv) > 4 else LIMIT_BYTES // 1_000_000
+        limited(events, policy, limit_mb * 1_000_000)
     return 0
 
 
@@ -333,9 +340,10 @@ def tdp(policy: str) -> None:
 
 
 # ---------------------------------------------------------------- memory limit
-def limited(events: int, policy: str) -> None:
-    """The streamed replay of an ``events``-event trace.dat under :data:`LIMIT_BYTES`,
-    against the whole trace's in-memory size and the whole-trace replay under that limit."""
+def limited(events: int, policy: str, limit: int) -> None:
+    """The replay of an ``events``-event trace.dat under a memory limit of ``limit`` bytes,
+    three ways: spilled (``load_for_replay``'s default for large sources), slim in memory
+    (``spill=False``) and the whole trace (``read_trace``); beside the trace's own sizes."""
     import json
     import subprocess
     import tempfile
@@ -348,44 +356,165 @@ def limited(events: int, policy: str) -> None:
     env = {**os.environ, "ARROW_DEFAULT_MEMORY_POOL": "system", "MALLOC_ARENA_MAX": "2",
            "OPENBLAS_NUM_THREADS": "1"}
     runs: dict[str, dict[str, Any]] = {}
+    how = _memory_cgroup_kind()
     with tempfile.TemporaryDirectory(prefix="bench-limit-") as tmp:
         path = Path(tmp) / "big.v6.dat"
         tracedat.build(path, -(-events // tracedat.EVENTS_PER_COPY))
-        for mode, limit in (("size", 0), ("stream", LIMIT_BYTES), ("whole", LIMIT_BYTES)):
-            done = subprocess.run([sys.executable, __file__, "--limit-child", str(path), policy,
-                                   str(limit), mode], capture_output=True, text=True, env=env)
+        file_bytes = path.stat().st_size
+        for mode in ("size", "spilled", "memory", "whole"):
+            with _limited_group(0 if mode == "size" else limit) as group:
+                t0 = time.perf_counter()
+                done = subprocess.run(
+                    [sys.executable, __file__, "--limit-child", str(path), policy,
+                     str(limit if group is None and mode != "size" else 0), mode],
+                    capture_output=True, text=True, env=env,
+                    preexec_fn=(lambda g=group: _join_group(g)) if group else None)
+                wall = time.perf_counter() - t0
+                used = _group_peak(group)
             lines = done.stdout.strip().splitlines()
             runs[mode] = json.loads(lines[-1]) if done.returncode == 0 and lines else {
-                "error": (done.stderr.strip().splitlines() or ["no output"])[-1]}
-    whole = runs["size"].get("trace_bytes")
-    print(f"limit      {events:,}-event trace.dat, data segment limited to "
-          f"{LIMIT_BYTES / 1e9:.1f} GB (RLIMIT_DATA; Arrow on the system allocator)")
-    print(f"  whole Trace's tables  {whole / 1e9:.2f} GB of Arrow buffers (read_trace, no limit)"
-          if whole else f"  whole Trace not measured: {runs['size'].get('error')}")
-    for mode, what in (("stream", "streamed replay (load_for_replay)"),
+                "error": (done.stderr.strip().splitlines() or
+                          [f"killed by signal {-done.returncode} (the OOM killer)"
+                           if done.returncode < 0 else f"exit {done.returncode}"])[-1]}
+            runs[mode].update(wall=wall, group_peak=used)
+    size = runs["size"]
+    print(f"limit      {events:,}-event trace.dat ({file_bytes / 1e6:,.0f} MB), memory limited to "
+          f"{limit / 1e6:,.0f} MB by {how or 'RLIMIT_DATA (no writable memory cgroup)'}")
+    if "error" not in size:
+        print(f"  the trace's own size:  whole tables {size['trace_bytes'] / 1e6:,.0f} MB, slim "
+              f"rows (load_for_replay) {size['slim_bytes'] / 1e6:,.0f} MB: the limit is "
+              f"{limit / size['trace_bytes']:.2f}x and {limit / size['slim_bytes']:.2f}x of them")
+    for mode, what in (("spilled", "spilled replay (default)"),
+                       ("memory", "slim rows in memory (spill=False)"),
                        ("whole", "whole-trace replay (read_trace)")):
         r = runs[mode]
-        print(f"  {what:34s} " + (f"completed, {r['blocks']:,} block rows, peak RSS "
-                                  f"{r['peak'] / 1e6:,.0f} MB, load {r['load']:.1f}"
-                                  if "error" not in r else f"failed: {r['error'][:90]}"))
+        used = f", cgroup peak {r['group_peak'] / 1e6:,.0f} MB" if r.get("group_peak") else ""
+        print(f"  {what:34s} " + (
+            f"completed in {r['wall']:.1f} s, {r['blocks']:,} block rows, anonymous peak "
+            f"{r['anon_peak'] / 1e6:,.0f} MB{used}, load {r['load']:.1f}"
+            if "error" not in r else f"failed: {r['error'][:90]}"))
+
+
+#: cgroup v1 and v2 memory controllers, where this process may make a group.
+_CGROUP_V1 = Path("/sys/fs/cgroup/memory")
+_CGROUP_V2 = Path("/sys/fs/cgroup")
+
+
+def _memory_cgroup_kind() -> str | None:
+    """How a limit is set here: a cgroup v1 or v2 memory controller we may write, or None."""
+    if (_CGROUP_V1 / "memory.limit_in_bytes").is_file() and os.access(_CGROUP_V1, os.W_OK):
+        return "a memory cgroup (v1 memory.limit_in_bytes: anonymous memory + page cache)"
+    controllers = _CGROUP_V2 / "cgroup.controllers"
+    if controllers.is_file() and "memory" in controllers.read_text().split() and \
+            os.access(_CGROUP_V2, os.W_OK):
+        return "a memory cgroup (v2 memory.max: anonymous memory + page cache)"
+    return None
+
+
+class _limited_group:  # noqa: N801 - a context manager used like a function
+    """A new memory cgroup limited to ``limit`` bytes (None inside when there is none to
+    make, or ``limit`` is 0); removed on exit."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.path: Path | None = None
+
+    def __enter__(self) -> Path | None:
+        kind = _memory_cgroup_kind() if self.limit else None
+        if kind is None:
+            return None
+        v1 = "v1" in kind
+        self.path = (_CGROUP_V1 if v1 else _CGROUP_V2) / f"kvm-mmu-bench-{os.getpid()}"
+        self.path.mkdir()
+        (self.path / ("memory.limit_in_bytes" if v1 else "memory.max")).write_text(
+            str(self.limit))
+        return self.path
+
+    def __exit__(self, *exc: object) -> None:
+        if self.path is not None:
+            for _ in range(50):  # the child's pages are uncharged just after it exits
+                try:
+                    self.path.rmdir()
+                    break
+                except OSError:
+                    time.sleep(0.1)
+
+
+def _join_group(group: Path) -> None:
+    (group / "cgroup.procs").write_text(str(os.getpid()))
+
+
+def _group_peak(group: Path | None) -> int | None:
+    if group is None:
+        return None
+    for name in ("memory.max_usage_in_bytes", "memory.peak"):
+        if (group / name).is_file():
+            return int((group / name).read_text())
+    return None
 
 
 def limit_child(path: Path, policy: str, limit: int, mode: str) -> int:
-    """One run of :func:`limited`, in its own process: ``size`` reads the whole trace and
-    prints its Arrow size; ``stream`` and ``whole`` replay it under ``limit``."""
+    """One run of :func:`limited`, in its own process: ``size`` reads the trace whole and
+    slim and prints their Arrow sizes; the others replay it (under ``limit`` as
+    ``RLIMIT_DATA`` when no cgroup limits them)."""
     import json
+
+    from replay.trace_replay import load_for_replay
 
     if limit:
         resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
     if mode == "size":
         trace = read_trace(path)
         size = sum(trace.table(n).nbytes for n in ["events", *trace.names])
-        print(json.dumps({"trace_bytes": size}))
+        del trace
+        slim = load_for_replay(path, spill=False)
+        print(json.dumps({"trace_bytes": size, "slim_bytes": sum(
+            slim.table(n).nbytes for n in ["events", *slim.names])}))
         return 0
-    result = replay(read_trace(path) if mode == "whole" else path, policy=policy)
-    print(json.dumps({"blocks": result.block_intervals.num_rows, "peak": _peak_rss_bytes(),
+    with _AnonPeak() as peak:
+        trace = read_trace(path) if mode == "whole" else load_for_replay(
+            path, spill=mode == "spilled")
+        result = replay(trace, policy=policy)
+    print(json.dumps({"blocks": result.block_intervals.num_rows, "anon_peak": peak.bytes,
                       "load": os.getloadavg()[0]}))
     return 0
+
+
+class _AnonPeak:
+    """The largest ``RssAnon`` (the process's own memory, not the mapped files' page cache)
+    seen while the block runs, sampled every 5 ms by a thread."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self._stop = False
+        self._thread: Any = None
+
+    @staticmethod
+    def now() -> int:
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
+
+    def _run(self) -> None:
+        while not self._stop:
+            self.bytes = max(self.bytes, self.now())
+            time.sleep(0.005)
+
+    def __enter__(self) -> _AnonPeak:
+        import threading
+
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop = True
+        self._thread.join()
+        self.bytes = max(self.bytes, self.now())
 
 
 if __name__ == "__main__":
