@@ -6,6 +6,8 @@ message on one line and exits with status 2, never with a traceback.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 __all__ = [
     "KvmMmuError",
     "TraceFormatError",
@@ -19,6 +21,7 @@ __all__ = [
     "RecordError",
     "OutputError",
     "EventNameError",
+    "SpillError",
 ]
 
 
@@ -146,3 +149,14 @@ class EventNameError(KvmMmuError):
         hint = f" (did you mean {suggestion}?)" if suggestion else ""
         super().__init__(f"--event {name}: no event of that name in this trace, and no known "
                          f"kvm event is called so{hint}")
+
+
+class SpillError(KvmMmuError):
+    """A trace's rows could not be spilled to disk (:mod:`parsers.spill`): the directory is
+    missing or not writable, or the disk is full. ``path`` is the spill directory."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{path}: cannot spill the trace's rows there: {reason} (set TMPDIR "
+                         f"or spill_dir to a directory with room, or load with spill=False)")

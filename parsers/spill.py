@@ -22,16 +22,9 @@ from typing import BinaryIO, Final
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["SpillTable", "SpillError", "spill_types_supported"]
+from parsers.errors import SpillError
 
-
-class SpillError(OSError):
-    """A spill file could not be written or mapped (disk full, directory missing)."""
-
-    def __init__(self, path: Path, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = path
-        self.reason = reason
+__all__ = ["SpillTable", "spill_types_supported"]
 
 
 #: Bytes per value of the fixed-width types a spilled column may hold.

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 import parsers.spill as spill_module
 from parsers.detect import iter_trace
-from parsers.spill import SpillError, SpillTable
+from parsers.errors import SpillError
+from parsers.spill import SpillTable
 from parsers.trace import Trace
 from tests.conftest import SAMPLES
 

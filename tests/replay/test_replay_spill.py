@@ -118,3 +118,24 @@ def test_the_window_finder_over_pieces_equals_one_piece(
         return sorted(zip(*(w.tolist() for w in windows), strict=True))
 
     assert rows(got) == rows(want)
+
+
+def test_a_spill_directory_that_cannot_be_written_is_one_line_naming_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    from typer.testing import CliRunner
+
+    import replay.trace_replay as trace_replay
+    from replay.cli import app
+
+    missing = tmp_path / "gone"
+    monkeypatch.setattr(tempfile, "tempdir", str(missing))
+    monkeypatch.setattr(trace_replay, "SPILL_FROM_BYTES", 0)  # the bundled sample spills
+    out = tmp_path / "tables"
+    got = CliRunner().invoke(app, ["replay", str(SAMPLES / "tracefs_record_tgid.txt"),
+                                   "-o", str(out)])
+    assert got.exit_code == 2, got.output
+    assert str(missing) in got.output and "Traceback" not in got.output
+    assert "spill" in got.output
+    assert not out.exists()
