@@ -30,33 +30,47 @@ SUMMARY_SCHEMA: Final = pa.schema(
 
 def summarize_blocks(blocks: pa.Table, vcpus: list[int]) -> pa.Table:
     """Per-vCPU ``blocks, p50_ns, p99_ns, max_ns, total_ns, max_cause`` (count-weighted
-    nearest-rank percentiles; ``max_cause`` = cause of the first longest block)."""
-    import numpy as np
-    import pandas as pd
+    nearest-rank percentiles; ``max_cause`` = cause of the first longest block).
 
-    df = blocks.select(["vcpu", "start", "end", "cause", "n_blocks", "each_ns"]).to_pandas()
-    df["cause"] = df["cause"].astype(object)
-    known = sorted(set(vcpus) | set(df["vcpu"].tolist()))
-    out = pd.DataFrame({"vcpu": known}).set_index("vcpu")
-    if len(df):
-        by = df.groupby("vcpu", sort=True)
-        out["blocks"] = by["n_blocks"].sum()
-        out["total_ns"] = (df["end"] - df["start"]).groupby(df["vcpu"]).sum()
-        out["max_ns"] = by["each_ns"].max()
-        out["max_cause"] = df.loc[by["each_ns"].idxmax(), ["vcpu", "cause"]].set_index("vcpu")
-        ranked = df.sort_values(["vcpu", "each_ns"], kind="stable")
-        cum = ranked.groupby("vcpu")["n_blocks"].cumsum()
+    NumPy over the five columns read (a pandas frame of them and its sorted copies was the
+    observation's peak at millions of blocks)."""
+    import numpy as np
+
+    def ints(name: str) -> np.ndarray:
+        column = blocks.column(name)
+        return np.asarray(column.to_numpy(), dtype=np.int64) if blocks.num_rows else \
+            np.zeros(0, dtype=np.int64)
+
+    vcpu, each, count = ints("vcpu"), ints("each_ns"), ints("n_blocks")
+    span = ints("end") - ints("start")
+    known = sorted(set(vcpus) | set(np.unique(vcpu).tolist()))
+    cols: dict[str, list[object]] = {name: [] for name in SUMMARY_SCHEMA.names}
+    order = np.lexsort((each, vcpu))  # stable: equal rows keep the table's order
+    sorted_vcpu = vcpu[order]
+    causes = blocks.column("cause") if blocks.num_rows else None
+    for v in known:
+        lo, hi = (int(x) for x in np.searchsorted(sorted_vcpu, [v, v + 1]))
+        rows = order[lo:hi]
+        cols["vcpu"].append(v)
+        if not rows.size:
+            for name in ("blocks", "p50_ns", "p99_ns", "max_ns", "total_ns"):
+                cols[name].append(0)
+            cols["max_cause"].append(None)
+            continue
+        n = count[rows]
+        total = int(n.sum())
+        cumulative = np.cumsum(n)
         for q, name in ((0.50, "p50_ns"), (0.99, "p99_ns")):
-            need = np.maximum(1, np.ceil(q * out["blocks"].astype(float)))
-            hit = ranked[cum.to_numpy() >= need.reindex(ranked["vcpu"]).to_numpy()]
-            out[name] = hit.groupby("vcpu")["each_ns"].first()
-    cols = {
-        "vcpu": out.index.to_numpy(dtype=np.int64),
-        **{c: out.get(c, pd.Series(0, index=out.index)).fillna(0).astype(np.int64).to_numpy()
-           for c in ("blocks", "p50_ns", "p99_ns", "max_ns", "total_ns")},
-        "max_cause": [None if pd.isna(c) else str(c)
-                      for c in out.get("max_cause", pd.Series(None, index=out.index))],
-    }
+            k = int(np.searchsorted(cumulative, max(1.0, np.ceil(q * float(total))), "left"))
+            cols[name].append(int(each[rows[k]]) if k < rows.size else 0)
+        longest = int(each[rows[-1]])
+        # the first row (in the table's order) of the longest: the first of the equal run
+        first = rows[int(np.searchsorted(each[rows], longest, "left"))]
+        cause = causes[int(first)].as_py() if causes is not None else None
+        cols["blocks"].append(total)
+        cols["max_ns"].append(longest)
+        cols["total_ns"].append(int(span[rows].sum()))
+        cols["max_cause"].append(None if cause is None else str(cause))
     return pa.Table.from_pydict(cols, schema=SUMMARY_SCHEMA)
 
 
