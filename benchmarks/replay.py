@@ -109,12 +109,13 @@ def streaming(events: int, policy: str) -> None:
         print(f"streaming  skipped: {tracedat.SOURCE} is absent")
         return
     from parsers import iter_trace
-    from replay.trace_replay import load_for_replay
+    from replay.trace_replay import SPILL_FROM_BYTES, load_for_replay
 
     copies = -(-events // tracedat.EVENTS_PER_COPY)
     with tempfile.TemporaryDirectory(prefix="bench-replay-") as tmp:
         path = Path(tmp) / "big.v6.dat"
         tracedat.build(path, copies)
+        spilled = path.stat().st_size >= SPILL_FROM_BYTES
         # load + replay first, from the peak-RSS mark reset, so its peak is its own (the
         # parse-only pass would leave its freed heap behind in the process)
         own_peak = _reset_peak_rss()
@@ -143,8 +144,9 @@ def streaming(events: int, policy: str) -> None:
           f"; {peak / TARGET_PEAK_BYTES:.2f}x the {TARGET_PEAK_BYTES / 1e9:.1f} GB target "
           f"({'met' if peak <= TARGET_PEAK_BYTES else 'NOT met'}; load {os.getloadavg()[0]:.1f})")
     print(f"  anonymous peak        {anon.bytes / 1e6:,.0f} MB (RssAnon: the process's own "
-          f"memory; the rest of the RSS is the spilled rows' page cache, which the kernel "
-          f"evicts under a limit: see the limit case)")
+          + ("memory; the rest of the RSS is the spilled rows' page cache, which the kernel "
+             "evicts under a limit: see the limit case)" if spilled else
+             f"memory; a trace.dat under {SPILL_FROM_BYTES >> 20} MiB is not spilled)"))
 
 
 def _reset_peak_rss() -> bool:
@@ -157,15 +159,22 @@ def _reset_peak_rss() -> bool:
     return True
 
 
-def _peak_rss_bytes() -> int:
-    """Peak RSS since the last reset (``VmHWM``), else of the whole process (ru_maxrss)."""
+def _status_bytes(field: str) -> int | None:
+    """A ``kB`` field of ``/proc/self/status`` in bytes (None where there is none)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return None
+
+
+def _peak_rss_bytes() -> int:
+    """Peak RSS since the last reset (``VmHWM``), else of the whole process (ru_maxrss)."""
+    peak = _status_bytes("VmHWM")
+    return peak if peak is not None else \
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def main() -> int:
@@ -491,13 +500,7 @@ class _AnonPeak:
 
     @staticmethod
     def now() -> int:
-        try:
-            for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith("RssAnon:"):
-                    return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        return 0
+        return _status_bytes("RssAnon") or 0
 
     def _run(self) -> None:
         while not self._stop:
