@@ -14,8 +14,8 @@ nothing is left behind however the process ends after that.
 
 from __future__ import annotations
 
-import os
 import tempfile
+import weakref
 from pathlib import Path
 from typing import BinaryIO, Final
 
@@ -207,8 +207,14 @@ class SpillTable:
         parent = Path(directory) if directory is not None else Path(tempfile.gettempdir())
         try:
             self.directory = Path(tempfile.mkdtemp(prefix="kvm-mmu-spill-", dir=parent))
+        except OSError as e:
+            raise SpillError(parent, e.strerror or str(e)) from e
+        # a table dropped unfinished (its caller raised) takes its files with it
+        self._cleanup = weakref.finalize(self, _remove, self.directory)
+        try:
             self.columns = [_Column(f, self.directory, i) for i, f in enumerate(schema)]
         except OSError as e:
+            self._cleanup()
             raise SpillError(parent, e.strerror or str(e)) from e
         self.num_rows = 0
 
@@ -234,7 +240,7 @@ class SpillTable:
         except OSError as e:
             self.discard()
             raise SpillError(self.directory, e.strerror or str(e)) from e
-        os.rmdir(self.directory)
+        self._cleanup()
         fields = [f.with_type(a.type) for f, a in zip(self.schema, arrays, strict=True)]
         return pa.Table.from_arrays(arrays, schema=pa.schema(fields, self.schema.metadata))
 
@@ -243,9 +249,12 @@ class SpillTable:
         for column in self.columns:
             for f in column.files.values():
                 f.close()
-            for path in column.paths.values():
-                path.unlink(missing_ok=True)
-        if self.directory.is_dir():
-            for path in self.directory.glob("*"):
-                path.unlink(missing_ok=True)
-            self.directory.rmdir()
+        self._cleanup()
+
+
+def _remove(directory: Path) -> None:
+    """Remove a spill directory and the files left in it (none once mapped)."""
+    if directory.is_dir():
+        for path in directory.glob("*"):
+            path.unlink(missing_ok=True)
+        directory.rmdir()

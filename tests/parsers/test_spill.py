@@ -144,3 +144,14 @@ def test_a_spilled_trace_equals_the_trace_in_memory(name: str, tmp_path: Path) -
         got, want = spilled.table(table), memory.table(table)
         assert got.schema.equals(want.schema), table
         assert _decoded(got) == _decoded(want), table
+
+
+def test_a_table_dropped_unfinished_removes_its_files(tmp_path: Path) -> None:
+    spilled = SpillTable(pa.schema([("x", pa.int64())]), tmp_path)
+    spilled.append(pa.record_batch([pa.array(range(10))], names=["x"]))
+    assert any(tmp_path.iterdir())
+    del spilled  # a caller that raised between append and finish
+    import gc
+
+    gc.collect()
+    assert list(tmp_path.iterdir()) == []
