@@ -71,7 +71,9 @@ def test_the_largest_recorded_trace_spills_by_default(monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(trace_replay.Trace, "from_batches", spy)
     load_for_replay(path, spill_dir=tmp_path)
-    load_for_replay(SAMPLES / "tracefs_record_tgid.txt")  # smaller: in memory
+    smaller = SAMPLES / "handwritten" / "tdp_5.18_workqueue.txt"
+    assert smaller.stat().st_size < path.stat().st_size
+    load_for_replay(smaller)  # in memory
     assert made == [tmp_path, None]
 
 
