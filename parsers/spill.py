@@ -111,7 +111,8 @@ class _Column:
         if not n:
             return
         buffers = array.buffers()
-        self.valid.append(_bits_of(buffers[0], array.offset, n))
+        valid = _bits_of(buffers[0], array.offset, n)
+        self.valid.append(valid)
         self.nulls += array.null_count
         t = self.type
         if pa.types.is_dictionary(t):
@@ -119,7 +120,6 @@ class _Column:
             codes = np.array([self.words.setdefault(w, len(self.words))
                               for w in array.dictionary.to_pylist()] or [0], dtype=np.int32)
             indices = np.frombuffer(buffers[1], dtype=np.int32)[array.offset:array.offset + n]
-            valid = _bits_of(buffers[0], array.offset, n)
             # null slots may hold any index: map them to 0, never out of range
             self.files["values"].write(np.where(valid, codes[np.where(valid, indices, 0)],
                                                 0).astype(np.int32).tobytes())

@@ -165,8 +165,9 @@ def load_for_replay(source: str | Path, *, strict: bool = False, salvage: bool =
                         batch_bytes=_BATCH_BYTES)
     # contiguous: derive and observe take NumPy views of whole columns, which a chunked
     # column would copy each time (+0.2 GB at 10 M events); spilled columns are contiguous
-    directory = (Path(spill_dir) if spill_dir is not None else Path(tempfile.gettempdir())
-                 ) if spill else None
+    directory = None
+    if spill:
+        directory = Path(spill_dir) if spill_dir is not None else Path(tempfile.gettempdir())
     trace = stream.complete(Trace.from_batches(_slim(stream), stream.metadata,
                                                contiguous=True, spill=directory))
     trace.events = _without_unread(trace.events)

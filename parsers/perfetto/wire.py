@@ -132,7 +132,6 @@ def words(buf: U8) -> U64:
     return view
 
 
-
 def _varints(buf: U8, pos: I64, end: I64) -> tuple[U64, I64]:
     """Decode one varint at each ``pos`` (vectorised); returns values and next positions.
 

@@ -130,15 +130,10 @@ def _vcpu_event_pieces(trace: Trace, threads: ThreadMap
     ev = trace.events
     seq = _int_column(ev.column("seq"))
     ts = _int_column(ev.column("ts"))
-    names = ev.column("event").combine_chunks()
-    if not pa.types.is_dictionary(names.type):
-        names = names.dictionary_encode()
-    by_word = np.array([_word_code(w) for w in names.dictionary.to_pylist()] or [_OTHER],
-                       dtype=np.int8)
-    codes = names.indices.to_numpy(zero_copy_only=False)
+    codes, words = _event_codes(ev)
+    by_word = np.array([_word_code(w) for w in words] or [_OTHER], dtype=np.int8)
     pid_column = ev.column("pid")
-    special = ((_rows_of_seqs(_root_alloc_seqs(trace)), _ROOT),
-               (_rows_of_seqs(_zap_seqs(trace)), _ZAP))
+    special = ((np.sort(_root_alloc_seqs(trace)), _ROOT), (np.sort(_zap_seqs(trace)), _ZAP))
     vcpus = sorted(threads.vcpus)
     if not _in_order(ts, seq, segment_rows):
         pid = _int_column(pc.fill_null(pid_column, -1))
@@ -176,6 +171,14 @@ def _int_column(column: pa.ChunkedArray) -> np.ndarray:
     return out
 
 
+def _event_codes(ev: pa.Table) -> tuple[np.ndarray, list[str]]:
+    """The ``event`` column as one array of dictionary codes, and the names they index."""
+    names = ev.column("event").combine_chunks()
+    if not pa.types.is_dictionary(names.type):
+        names = names.dictionary_encode()
+    return names.indices.to_numpy(zero_copy_only=False), names.dictionary.to_pylist()
+
+
 def _in_order(ts: np.ndarray, seq: np.ndarray, segment_rows: int) -> bool:
     """True when rows ascend in (ts, seq): ``ts`` never falls and ``seq`` always rises
     (checked a segment at a time, and across each segment's boundary)."""
@@ -204,15 +207,11 @@ def _vcpu_rows(pid: np.ndarray, ts: np.ndarray, seq: np.ndarray, vcpus: list[int
             yield int(pid[rows[lo]]), rows[lo:hi]
 
 
-def _rows_of_seqs(wanted: np.ndarray) -> np.ndarray:
-    """``wanted`` sorted, for :func:`_categories`."""
-    return np.sort(wanted)
-
-
 def _categories(cat: np.ndarray, seq: np.ndarray,
                 special: tuple[tuple[np.ndarray, int], ...]) -> np.ndarray:
     """``cat`` (the codes of the rows' event names, a new array) with the rows whose
-    ``seq`` is in each special set of seqs given that set's code (later sets win)."""
+    ``seq`` is in each special set of seqs (sorted) given that set's code (later sets
+    win)."""
     for wanted, code in special:
         cat[_rows_of(seq, wanted)] = code
     return cat
@@ -322,15 +321,11 @@ def _threads_with_entries(trace: Trace, threads: ThreadMap) -> set[int]:
     """vCPU threads with both a ``kvm_entry`` and a ``kvm_exit`` (their blocks run exit →
     entry; the others' are host windows), read a segment at a time."""
     ev = trace.events
-    names = ev.column("event").combine_chunks()
-    if not pa.types.is_dictionary(names.type):
-        names = names.dictionary_encode()
-    words = names.dictionary.to_pylist()
+    codes, words = _event_codes(ev)
     wanted = {code: np.array([i for i, w in enumerate(words) if _word_code(w) == code],
                              dtype=np.int32) for code in (_ENTRY, _EXIT)}
     if not all(v.size for v in wanted.values()):
         return set()
-    codes = names.indices.to_numpy(zero_copy_only=False)
     vcpus = np.array(sorted(threads.vcpus), dtype=np.int64)
     seen: dict[int, set[int]] = {_ENTRY: set(), _EXIT: set()}
     for lo in range(0, codes.size, SEGMENT_ROWS):
@@ -363,9 +358,10 @@ class _WindowFinder:
         upto = self._closed(ts, cat)
         if upto:
             self.found.append(self._windows(ts[:upto], cat[:upto]))
-        # the rows carried are copies: a view would keep the whole piece alive
-        self.ts, self.cat = ts[upto - 1 if upto and not self.entries else upto:].copy(), \
-            cat[upto - 1 if upto and not self.entries else upto:].copy()
+        # host windows: the row after the cut also starts the carried rows; the rows
+        # carried are copies, as a view would keep the whole piece alive
+        carry = upto - 1 if upto and not self.entries else upto
+        self.ts, self.cat = ts[carry:].copy(), cat[carry:].copy()
 
     def _closed(self, ts: np.ndarray, cat: np.ndarray) -> int:
         """Rows the windows found now cover: through the last entry; for host windows
@@ -462,11 +458,8 @@ def _lost_starts(trace: Trace, marker_ts: np.ndarray, marker_cpu: np.ndarray) ->
     before it, or the trace's first event time when there is none (or the CPU is unknown);
     the events are read a segment at a time."""
     ev = trace.events
-    names = ev.column("event").combine_chunks()
-    if not pa.types.is_dictionary(names.type):
-        names = names.dictionary_encode()
-    marker_codes = [i for i, w in enumerate(names.dictionary.to_pylist()) if w == LOST_EVENTS]
-    codes = names.indices.to_numpy(zero_copy_only=False)
+    codes, words = _event_codes(ev)
+    marker_codes = [i for i, w in enumerate(words) if w == LOST_EVENTS]
     ts = _int_column(ev.column("ts"))
     none = np.iinfo(np.int64).min
     first = np.iinfo(np.int64).max
