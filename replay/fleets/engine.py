@@ -4,12 +4,11 @@ The only module that imports ``dask.distributed`` (the optional extra ``fleet``)
 is first hashed (:func:`replay.fleets.task.identify`, on a worker: the bytes may only be
 readable there), a few inputs per task (:data:`HASH_BATCH`) so that small traces do not cost
 the scheduler and the client one more round trip each; each new trace id is then submitted
-once (:func:`replay.fleets.task.process_all`: small traces a few to a task, each committed
-on its own), keyed by the id so the scheduler never runs it twice at once. A worker that
-dies takes its task with it and the scheduler reruns it elsewhere; the rerun replaces
-whatever partitions the dead attempt had renamed (a trace not yet committed) and skips
-the traces the dead attempt had committed. Without a ``client`` a ``LocalCluster`` of
-worker processes (one thread each) is started and closed.
+once (:func:`replay.fleets.task.process`), keyed by the id so the scheduler never runs it
+twice at once. A worker that dies takes its task with it and the scheduler reruns it
+elsewhere; the rerun replaces whatever partitions the dead attempt had renamed (the trace
+was not committed). Without a ``client`` a ``LocalCluster`` of worker processes (one thread
+each) is started and closed.
 """
 
 from __future__ import annotations
@@ -27,10 +26,10 @@ from parsers.errors import MissingExtraError
 from replay.fleets.inputs import path_id
 from replay.fleets.result import FleetResult
 from replay.fleets.store import TRACES, commit, committed_ids
-from replay.fleets.task import TRACES_SCHEMA, identify_all, process_all
+from replay.fleets.task import TRACES_SCHEMA, identify_all, process
 
 __all__ = ["run_on_dask", "local_client", "require_dask", "Progress", "HASH_BATCH",
-           "REPLAY_BATCH", "SMALL_TRACE_BYTES", "LEAN_WORKERS"]
+           "LEAN_WORKERS"]
 
 #: Dask settings of the workers :func:`local_client` starts: no statistical profiler (it
 #: samples the busy thread's stack every 10 ms, CPU the replay needs; in a 10 s idle run
@@ -39,10 +38,6 @@ LEAN_WORKERS: Final = {"distributed.worker.profile.enabled": False}
 
 #: Inputs hashed by one task at most; fewer when that would leave a worker without any.
 HASH_BATCH: Final = 16
-#: Traces replayed by one task at most, when they are small: together at most
-#: :data:`SMALL_TRACE_BYTES` (a larger trace has a task of its own).
-REPLAY_BATCH: Final = 4
-SMALL_TRACE_BYTES: Final = 4 << 20
 
 #: Called with each event of the run: ``("total", n)``, ``("row", traces row)``,
 #: ``("skipped", source)``, ``("duplicate", source)``.
@@ -104,10 +99,8 @@ def run_on_dask(client: Any, sources: Sequence[str], root: Path, policies: Seque
         owner[key] = [(source, path_id(source)) for source in batch]
         hashes.append(client.submit(identify_all, batch, base, key=key, pure=False))
     pending = distributed.as_completed(hashes)
-    per_task = _batch_size(len(sources), result.workers or 1, REPLAY_BATCH)
     try:
         for future in pending:
-            new: list[tuple[str, str, int]] = []
             for out in _outcomes(future, base, owner):
                 if out["kind"] == "row":
                     result.rows.append(out)
@@ -120,13 +113,11 @@ def run_on_dask(client: Any, sources: Sequence[str], root: Path, policies: Seque
                     tell("duplicate", out["source"])
                 else:
                     seen[out["trace"]] = out["source"]
-                    new.append((out["source"], out["trace"], int(out["size"] or 0)))
-            for items in _replay_batches(new, per_task):
-                # keyed by its first trace id: the scheduler never runs a trace twice at once
-                key = f"kvm-fleet-replay-{items[0][1]}"
-                owner[key] = [(source, trace_id) for source, trace_id, _ in items]
-                pending.add(client.submit(process_all, items, base, list(policies), events,
-                                          key=key, pure=False))
+                    key = f"kvm-fleet-replay-{out['trace']}"
+                    owner[key] = [(out["source"], out["trace"])]
+                    pending.add(client.submit(
+                        process, out["source"], out["trace"], out["size"], base,
+                        list(policies), events, key=key, pure=False))
     except BaseException:
         for future in [*hashes, *pending.futures]:
             future.cancel()
@@ -139,30 +130,8 @@ def run_on_dask(client: Any, sources: Sequence[str], root: Path, policies: Seque
 def _batches(sources: Sequence[str], workers: int) -> list[list[str]]:
     """``sources`` in order, cut into batches of at most :data:`HASH_BATCH`, and small
     enough that every worker gets about four."""
-    size = _batch_size(len(sources), workers, HASH_BATCH)
+    size = max(1, min(HASH_BATCH, len(sources) // (4 * workers)))
     return [list(sources[i:i + size]) for i in range(0, len(sources), size)]
-
-
-def _batch_size(total: int, workers: int, most: int) -> int:
-    """At most ``most``, and small enough that every worker gets about four batches."""
-    return max(1, min(most, total // (4 * workers)))
-
-
-def _replay_batches(items: Sequence[tuple[str, str, int]], most: int
-                    ) -> list[list[tuple[str, str, int]]]:
-    """``(source, trace id, size)`` in order, grouped for :func:`process_all`: at most
-    ``most`` a task and :data:`SMALL_TRACE_BYTES` together; a larger trace alone."""
-    out: list[list[tuple[str, str, int]]] = []
-    group: list[tuple[str, str, int]] = []
-    for item in items:
-        if group and (len(group) >= most or sum(i[2] for i in group) + item[2]
-                      > SMALL_TRACE_BYTES):
-            out.append(group)
-            group = []
-        group.append(item)
-    if group:
-        out.append(group)
-    return out
 
 
 def _outcomes(future: Any, root: str,

@@ -88,15 +88,6 @@ def process(source: str, trace_id: str, size: int, root: str, policies: Sequence
     return {"kind": "row", "trace": trace_id, "reused": False, **row}
 
 
-def process_all(items: Sequence[tuple[str, str, int]], root: str, policies: Sequence[str],
-                events: bool = False) -> list[dict[str, Any]]:
-    """:func:`process` of each ``(source, trace id, size)``, in order: one task replays a
-    few small traces, so that they do not cost the scheduler and the client a round trip
-    each (each trace is still committed on its own, so a rerun skips those done)."""
-    return [process(source, trace_id, size, root, policies, events)
-            for source, trace_id, size in items]
-
-
 def _message(exc: BaseException, source: str) -> str:
     text = " ".join(str(exc).split())
     if isinstance(exc, KvmMmuError) and source in text:

@@ -142,42 +142,6 @@ def test_a_clean_run_twice_gives_the_same_dataset(fleet_clean: tuple[Path, Any],
     assert_same_dataset(tmp_path / "ds", fleet_clean[0])
 
 
-def test_small_traces_replayed_several_to_a_task_give_the_same_dataset(
-        fleet_clean: tuple[Path, Any], fleet_inputs: dict[str, Path], fleet_client: Any,
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import replay.fleets.engine as engine
-
-    submitted: list[int] = []
-    real = engine.process_all
-
-    monkeypatch.setattr(engine, "_batch_size", lambda total, workers, most: most)
-    monkeypatch.setattr(engine, "process_all", real)
-    grouping = engine._replay_batches
-
-    def spy(items: Any, most: int) -> Any:
-        out = grouping(items, most)
-        submitted.extend(len(group) for group in out)
-        return out
-
-    monkeypatch.setattr(engine, "_replay_batches", spy)
-    fleet([str(p) for p in fleet_inputs.values()], tmp_path / "ds", policies=POLICIES,
-          client=fleet_client)
-    assert max(submitted) > 1, submitted  # some task did replay several traces
-    assert_same_dataset(tmp_path / "ds", fleet_clean[0])
-
-
-def test_replay_batches_hold_few_small_traces_and_large_ones_alone() -> None:
-    from replay.fleets.engine import SMALL_TRACE_BYTES, _replay_batches
-
-    small, large = 1000, SMALL_TRACE_BYTES + 1
-    items = [(f"s{i}", f"id{i}", size) for i, size in
-             enumerate([small] * 5 + [large] + [small] * 2 + [SMALL_TRACE_BYTES // 2] * 3)]
-    groups = _replay_batches(items, 4)
-    assert [x for g in groups for x in g] == items  # every trace once, in order
-    assert [len(g) for g in groups] == [4, 1, 1, 3, 2]  # two halves fill one task
-    assert all(len(g) == 1 or sum(x[2] for x in g) <= SMALL_TRACE_BYTES for g in groups)
-
-
 def test_without_the_extra_the_error_says_what_to_install(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setitem(sys.modules, "distributed", None)

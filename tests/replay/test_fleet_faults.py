@@ -38,14 +38,8 @@ def clean(sources: list[str], client: Any, tmp_path_factory: pytest.TempPathFact
     return out
 
 
-@pytest.mark.parametrize("batched", [False, True], ids=["one-trace-tasks", "batched-tasks"])
 def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(
-        sources: list[str], client: Any, clean: Path, tmp_path: Path, batched: bool,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    if batched:  # several traces a task: the rerun skips those the dead attempt committed
-        import replay.fleets.engine as engine
-
-        monkeypatch.setattr(engine, "_batch_size", lambda total, workers, most: most)
+        sources: list[str], client: Any, clean: Path, tmp_path: Path) -> None:
     killed: list[int] = []
 
     def kill_a_busy_worker(kind: str, value: Any) -> None:
